@@ -1,0 +1,34 @@
+# ppo-pipeline: every target creates .venv (python3 -m venv + pip) when missing and reinstalls only
+# when pyproject.toml changed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PPO_HOME ?= $(CURDIR)/.ppo
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PYTHONDONTWRITEBYTECODE ?= 1
+
+.PHONY: run test bench lint install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ppo train --config configs/cartpole.yaml --no-mlflow
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_speed.py --seeds 8
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .ppo .pytest_cache

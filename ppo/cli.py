@@ -1,0 +1,133 @@
+"""``ppo`` command line: train, evaluate (and, with MLflow/Prefect installed, serve and the pipeline).
+
+Every command validates its config first and exits with status 2 and a message naming the field
+before any training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="PPO in JAX: train, evaluate, serve and promote agents.")
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. ppo.learning_rate=1e-3")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(config: Path | None, overrides: list[str] | None) -> Any:
+    from ppo.config import ConfigError, load_config, parse_overrides
+
+    try:
+        return load_config(config, parse_overrides(overrides))
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def summary_table(result: dict[str, Any], title: str = "Training summary") -> Table:
+    table = Table(title=title, show_header=False)
+    fe = result.get("final_eval") or {}
+    rows = [
+        ("converged", result.get("converged")), ("stop reason", result.get("stop_reason")),
+        ("episodes (min over seeds)", result.get("episodes")), ("env steps / seed", result.get("env_steps")),
+        ("best window avg reward", result.get("best_avg_reward")),
+        ("final eval avg ± std", f"{fe.get('avg_reward', float('nan')):.1f} ± {fe.get('std_reward', float('nan')):.1f}"),
+        ("final eval per seed", ", ".join(f"{x:.1f}" for x in fe.get("per_seed_avg", []))),
+        ("compile s", result.get("compile_s")), ("train s (jitted chunks)", result.get("train_time_s")),
+        ("env steps / s", result.get("env_steps_per_s")), ("wall s", result.get("wall_time_s")),
+        ("checkpoint", result.get("checkpoint_dir")), ("mlflow run", result.get("run_id")),
+    ]
+    for k, v in rows:
+        if v is not None:
+            table.add_row(k, _fmt(v))
+    return table
+
+
+@app.command()
+def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool, typer.Option(
+        "--resume", help="continue from the latest checkpoint of this config")] = False,
+          mlflow: Annotated[bool | None, typer.Option("--mlflow/--no-mlflow", help="default: tracking.enabled")] = None,
+          json_out: Annotated[Path | None, typer.Option("--json", help="write the result (no history) here")] = None,
+          ) -> None:
+    """Train PPO on a config; progress bar while training, summary table at the end."""
+    cfg = _load(config, set_)
+    from ppo.trainer import NonFiniteLossError, PPOTrainer
+
+    enable = cfg.tracking.enabled if mlflow is None else mlflow
+    trainer = PPOTrainer(config=cfg, enable_mlflow=enable)
+    console.print(f"[bold]training[/] {cfg.env.id}, seeds {list(cfg.train.seeds)}, {cfg.env.num_envs} envs x "
+                  f"{cfg.num_steps} steps per update, config {cfg.config_hash()}", highlight=False)
+    progress = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
+                        TextColumn("ep {task.completed:.0f}/{task.total:.0f}"),
+                        TextColumn("{task.fields[steps]} steps"), TextColumn("avg {task.fields[avg]}"),
+                        TextColumn("{task.fields[sps]} steps/s"), TimeElapsedColumn(), console=console)
+    task = progress.add_task("train", total=cfg.train.max_episodes, steps=0, avg="-", sps="-")
+
+    def on_chunk(info: dict[str, Any]) -> None:
+        m = info["step_metrics"]
+        progress.update(task, completed=min(info["episode"], cfg.train.max_episodes), steps=f"{info['env_steps']:,}",
+                        avg=_fmt(m.get("avg_reward")), sps=_fmt(m.get("env_steps_per_s")))
+        if "eval_metrics" in info:
+            e = info["eval_metrics"]
+            progress.console.print(f"  eval @ episode {info['episode']}: {e['avg_reward']:.1f} ± {e['std_reward']:.1f}",
+                                   highlight=False)
+
+    try:
+        with progress:
+            result = trainer.train(callback=on_chunk, resume=resume)
+    except NonFiniteLossError as e:
+        _fail(str(e), code=3)
+    console.print(summary_table(result))
+    if json_out:
+        json_out.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+
+
+@app.command()
+def evaluate(config: ConfigOpt = None, set_: SetOpt = None,
+             episodes: Annotated[int, typer.Option(min=1, help="episodes per seed")] = 100,
+             backend: Annotated[str, typer.Option(help="gymnasium (real env) or jax (gymnax twin)")] = "gymnasium",
+             seed: int = 0, all_seeds: Annotated[bool, typer.Option("--all-seeds")] = False) -> None:
+    """Evaluate the latest checkpoint of a config (greedy policy); prints JSON."""
+    cfg = _load(config, set_)
+    if backend not in ("gymnasium", "jax"):
+        _fail(f"--backend: {backend!r} is not allowed; expected 'gymnasium' or 'jax'")
+    from ppo.trainer import PPOTrainer
+
+    trainer = PPOTrainer(config=cfg)
+    try:
+        trainer.restore()
+    except FileNotFoundError as e:
+        _fail(str(e), code=1)
+    out = trainer.evaluate(episodes, backend=backend, seed=seed, all_seeds=all_seeds)
+    out.pop("returns")
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,328 @@
+"""The one configuration model: every default and every validation rule lives here.
+
+Sections mirror the pipeline: ``env`` (what to train on), ``ppo`` (the algorithm, with the reference
+document's parameter names), ``train`` (episodes, convergence, evaluation, chunking, checkpoints),
+``tracking`` / ``registry`` (MLflow) and ``gate`` (promotion statistics).
+
+Errors are meant for people: :func:`load_config` raises :class:`ConfigError` whose message names the
+dotted field, the bad value and what is allowed, before any training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: Environments with a gymnax implementation (training) and a gymnasium twin (evaluation).
+SUPPORTED_ENVS: tuple[str, ...] = ("CartPole-v1", "Acrobot-v1")
+_ENV_SLUGS = {"CartPole-v1": "cartpole", "Acrobot-v1": "acrobot"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class EnvConfig(_Section):
+    """Which environment to train on and how many copies run side by side per seed."""
+
+    id: Literal["CartPole-v1", "Acrobot-v1"] = "CartPole-v1"
+    num_envs: int = Field(4, ge=1, le=65536, description="parallel envs per seed")
+    max_steps_per_episode: int = Field(500, ge=1, le=100_000, description="time limit (truncation)")
+
+
+class PPOConfig(_Section):
+    """Algorithm hyperparameters; names and defaults are the reference table's."""
+
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
+    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0)
+    gamma: float = Field(0.99, ge=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    entropy_coef: float = Field(0.01, ge=0.0, le=1.0)
+    value_coef: float = Field(0.5, ge=0.0, le=100.0)
+    max_grad_norm: float = Field(0.5, gt=0.0, le=1e6)
+    epochs_per_update: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=1 << 24, description="env steps per update, all envs of a seed")
+    minibatch_size: int = Field(64, ge=1, le=1 << 24)
+    anneal_lr: bool = Field(False, description="linear decay to 0 over train.max_env_steps")
+    hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, max_length=8)
+    adam_eps: float = Field(1e-5, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PPOConfig:
+        if any(h < 1 or h > 4096 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes: every layer must be in [1, 4096], got {list(self.hidden_sizes)}")
+        if self.minibatch_size > self.batch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})"
+            )
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must divide batch_size ({self.batch_size})"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    """Episode budget, convergence, evaluation cadence and how the hot path is chunked."""
+
+    max_episodes: int = Field(1000, ge=1, le=10**9)
+    target_reward: float = Field(195.0, ge=-1e9, le=1e9)
+    convergence_window: int = Field(100, ge=1, le=100_000)
+    early_stopping_patience: int = Field(10, ge=0, le=10**9)
+    eval_frequency: int = Field(50, ge=1, le=10**9, description="episodes between evaluations")
+    eval_episodes: int = Field(10, ge=1, le=100_000)
+    log_frequency: int = Field(1, ge=1, le=10**6, description="chunks between log/callback rows")
+    seeds: tuple[int, ...] = Field((0,), min_length=1, max_length=1024)
+    max_env_steps: int | None = Field(None, ge=1, le=10**12, description="hard cap per seed")
+    updates_per_chunk: int = Field(20, ge=1, le=100_000, description="updates in one jitted call")
+    checkpoint_every: int = Field(10, ge=0, le=10**6, description="chunks between checkpoints; 0 = end only")
+    checkpoint_dir: str | None = Field(None, description="default $PPO_HOME/checkpoints/<config hash>")
+
+    @model_validator(mode="after")
+    def _checks(self) -> TrainConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        if any(s < 0 or s >= 2**31 for s in self.seeds):
+            raise ValueError(f"seeds must be in [0, 2**31), got {list(self.seeds)}")
+        return self
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    experiment: str | None = Field(None, description="default ppo-<env slug>")
+    tracking_uri: str | None = Field(None, description="default $MLFLOW_TRACKING_URI or sqlite in $PPO_HOME")
+
+
+class RegistryConfig(_Section):
+    model_name: str | None = Field(None, description="default ppo-<env slug>")
+    register_only_converged: bool = True
+
+
+class GateConfig(_Section):
+    episodes: int = Field(20, ge=1, le=10_000, description="gymnasium episodes per trained seed")
+    min_return: float = Field(475.0, ge=-1e9, le=1e9)
+    margin: float = Field(10.0, ge=0.0, le=1e9)
+    mode: Literal["non_inferior", "superior"] = "non_inferior"
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(2000, ge=100, le=1_000_000)
+    eval_seed: int = Field(10_000, ge=0, lt=2**31)
+
+
+class Config(_Section):
+    env: EnvConfig = EnvConfig()
+    ppo: PPOConfig = PPOConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
+    gate: GateConfig = GateConfig()
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        if self.ppo.batch_size % self.env.num_envs:
+            raise ValueError(
+                f"env.num_envs ({self.env.num_envs}) must divide ppo.batch_size ({self.ppo.batch_size})"
+            )
+        if self.ppo.anneal_lr and self.train.max_env_steps is None:
+            raise ValueError("ppo.anneal_lr needs train.max_env_steps (the horizon to anneal over)")
+        if self.train.max_env_steps is not None and self.train.max_env_steps < self.ppo.batch_size:
+            raise ValueError(
+                f"train.max_env_steps ({self.train.max_env_steps}) must be >= ppo.batch_size "
+                f"({self.ppo.batch_size})"
+            )
+        return self
+
+    # ---- derived values (never stored, so they cannot disagree with the fields) ----
+    @property
+    def num_steps(self) -> int:
+        """Steps each env takes per update."""
+        return self.ppo.batch_size // self.env.num_envs
+
+    @property
+    def num_minibatches(self) -> int:
+        return self.ppo.batch_size // self.ppo.minibatch_size
+
+    @property
+    def env_slug(self) -> str:
+        return _ENV_SLUGS[self.env.id]
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"ppo-{self.env_slug}"
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"ppo-{self.env_slug}"
+
+    def total_updates(self) -> int | None:
+        if self.train.max_env_steps is None:
+            return None
+        return max(1, self.train.max_env_steps // self.ppo.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-name view, e.g. ``{"ppo.learning_rate": 3e-4, ...}`` (MLflow params)."""
+        out: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+    def config_hash(self) -> str:
+        """Content hash of everything that shapes training (tracking/registry/gate excluded)."""
+        d = self.to_dict()
+        shaping = {k: d[k] for k in ("env", "ppo", "train")}
+        shaping["train"] = {k: v for k, v in shaping["train"].items() if k != "checkpoint_dir"}
+        blob = json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A config problem, with a message that names the field, the value and what is allowed."""
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "<config>"
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    if kind == "extra_forbidden":
+        parent, _, leaf = loc.rpartition(".")
+        allowed = _field_names(parent)
+        return f"{loc}: unknown key {leaf!r}; allowed keys here: {', '.join(allowed)}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        lo, hi = _bounds(loc)
+        return f"{loc}: {shown} is out of range; allowed: {lo} .. {hi} ({err['msg'].lower()})"
+    if kind == "literal_error":
+        return f"{loc}: {shown} is not allowed; expected {ctx.get('expected')}"
+    if kind == "value_error":
+        msg = str(ctx.get("error", err.get("msg")))
+        return msg if loc == "<config>" else f"{loc}: {msg}"
+    return f"{loc}: {err.get('msg')} (got {shown})"
+
+
+def _section_model(path: str) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in [p for p in path.split(".") if p]:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _field_names(path: str) -> list[str]:
+    model = _section_model(path)
+    return sorted(model.model_fields) if model else []
+
+
+def _bounds(loc: str) -> tuple[str, str]:
+    parent, _, leaf = loc.rpartition(".")
+    model = _section_model(parent)
+    lo, hi = "-inf", "inf"
+    if model and leaf in model.model_fields:
+        for m in model.model_fields[leaf].metadata:
+            for attr, side in (("ge", "lo"), ("gt", "lo>"), ("le", "hi"), ("lt", "hi<")):
+                v = getattr(m, attr, None)
+                if v is None:
+                    continue
+                if side.startswith("lo"):
+                    lo = f"{v}" if side == "lo" else f">{v}"
+                else:
+                    hi = f"{v}" if side == "hi" else f"<{v}"
+    return lo, hi
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"override {key!r}: expected <section>.<field>, sections: {', '.join(Config.model_fields)}"
+        )
+    section, field = parts
+    if section not in Config.model_fields:
+        raise ConfigError(f"override {key!r}: unknown section {section!r}; allowed: {', '.join(Config.model_fields)}")
+    if field not in _field_names(section):
+        raise ConfigError(
+            f"override {key!r}: unknown field {field!r} in {section}; allowed: {', '.join(_field_names(section))}"
+        )
+    sub = d.setdefault(section, {})
+    if not isinstance(sub, dict):
+        raise ConfigError(f"{section}: must be a mapping, got {sub!r}")
+    sub[field] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["ppo.learning_rate=1e-3", ...]`` → ``{"ppo.learning_rate": 0.001}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. ppo.learning_rate=1e-3")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+    return out
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Validate a nested dict plus dotted overrides into a :class:`Config`."""
+    data = json.loads(json.dumps(data or {}))  # deep copy, JSON-able only
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(x) for x in e.errors())) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (or nothing: all defaults) and apply dotted overrides."""
+    data: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist or is not a file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(p)!r} cannot be read: {e}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return build_config(data, overrides)
+
+
+def ppo_home() -> Path:
+    """State folder: ``$PPO_HOME`` or ``./.ppo``."""
+    return Path(os.environ.get("PPO_HOME", ".ppo")).resolve()
+
+
+def flat_kwargs_to_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Map the reference's flat keyword names (``max_episodes=...``) onto dotted config fields."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if "." in key:
+            out[key] = value
+            continue
+        homes = [s for s in Config.model_fields if key in _field_names(s)]
+        if key == "max_steps_per_episode":
+            homes = ["env"]
+        if len(homes) != 1:
+            raise ConfigError(f"unknown training parameter {key!r}")
+        out[f"{homes[0]}.{key}"] = value
+    return out

@@ -1,0 +1,421 @@
+"""PPOTrainer: the reference API over the jitted hot path in :mod:`ppo.update`.
+
+The hot path runs as compiled chunks of ``train.updates_per_chunk`` updates for all seeds at once. The
+host loop between chunks does what needs Python: episode bookkeeping, evaluation every
+``eval_frequency`` episodes, convergence and early stopping, callbacks, logging and checkpoints. A seed
+that has converged (or used its episode budget) is frozen: its state stops changing while the others
+train on, so every seed ends at the parameters with which it met the criterion.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppo.config import Config, build_config, flat_kwargs_to_overrides, load_config, ppo_home
+
+Callback = Callable[[dict[str, Any]], Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the run is aborted and nothing is registered."""
+
+
+#: Built programs and compiled chunks, per config hash: a second trainer for the same config in the
+#: same process (a re-run flow, a resume) neither retraces nor recompiles.
+_PROGRAMS: dict[str, tuple[Any, Any, Any]] = {}
+_COMPILED: dict[tuple[str, int], Any] = {}
+
+
+def enable_compilation_cache() -> Path | None:
+    """Use JAX's persistent compilation cache, in ``$PPO_JAX_CACHE`` if it names a folder, else in
+    ``$PPO_HOME/jax-cache``; ``PPO_JAX_CACHE=0`` disables it (cold-start benchmarks)."""
+    setting = os.environ.get("PPO_JAX_CACHE", "")
+    if setting == "0":
+        return None
+    import jax
+
+    path = Path(setting) if setting not in ("", "1") else ppo_home() / "jax-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()) if values.size else None
+
+
+class PPOTrainer:
+    """Train PPO agents on a gymnax env; evaluate on the real gymnasium env.
+
+    Args:
+        agent: optional :class:`~ppo.agent.PPOAgent`; its sizes must match the env. After training it
+            holds the parameters of the seed with the best final evaluation.
+        env: optional :class:`~ppo.envs.CartPoleWrapper`; its ``env_id`` selects the env.
+        config: a :class:`~ppo.config.Config`, a YAML path, or None (defaults).
+        enable_mlflow: log to MLflow via :class:`~ppo.tracking.MLflowLogger`.
+        **params: any config field by its reference name (``max_episodes=...``) or dotted name.
+    """
+
+    def __init__(self, agent: Any = None, env: Any = None, config: Config | str | os.PathLike[str] | None = None,
+                 enable_mlflow: bool = False, logger: Any = None, **params: Any) -> None:
+        overrides = flat_kwargs_to_overrides(params)
+        if env is not None:
+            overrides.setdefault("env.id", env.env_id)
+            if getattr(env, "max_steps_per_episode", None):
+                overrides.setdefault("env.max_steps_per_episode", env.max_steps_per_episode)
+        if agent is not None:
+            overrides.setdefault("ppo.hidden_sizes", list(agent.hidden_sizes))
+        if isinstance(config, Config):
+            self.config = build_config(config.to_dict(), overrides)
+        else:
+            self.config = load_config(config, overrides)
+        from ppo.envs import env_spec
+
+        spec = env_spec(self.config.env.id)
+        if agent is not None and (agent.observation_dim, agent.action_dim) != (spec.observation_dim, spec.action_dim):
+            raise ValueError(f"agent dims ({agent.observation_dim}, {agent.action_dim}) do not match "
+                             f"{spec.env_id} ({spec.observation_dim}, {spec.action_dim})")
+        self.env = env
+        self.agent = agent
+        self.enable_mlflow = enable_mlflow
+        self.logger = logger
+        self.state: Any = None
+        self.seed_params: list[Any] = []
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, enable_mlflow: bool | None = None,
+                    **overrides: Any) -> PPOTrainer:
+        """Build from a YAML file plus overrides (reference names or dotted names)."""
+        config = load_config(path, flat_kwargs_to_overrides(overrides))
+        return cls(config=config, enable_mlflow=config.tracking.enabled if enable_mlflow is None else enable_mlflow)
+
+    # ------------------------------------------------------------------ paths and program
+    @property
+    def checkpoint_dir(self) -> Path:
+        if self.config.train.checkpoint_dir:
+            return Path(self.config.train.checkpoint_dir)
+        return ppo_home() / "checkpoints" / self.config.config_hash()
+
+    def _get_program(self) -> tuple[Any, Any, Any]:
+        key = self.config.config_hash()
+        if key not in _PROGRAMS:
+            from ppo.update import make_program
+
+            enable_compilation_cache()
+            _PROGRAMS[key] = make_program(self.config)
+        return _PROGRAMS[key]
+
+    def _chunk_fn(self, state: Any, active: Any, num_updates: int) -> Any:
+        key = (self.config.config_hash(), num_updates)
+        if key not in _COMPILED:
+            t = time.perf_counter()
+            _COMPILED[key] = self._get_program()[1].lower(state, active, num_updates).compile()
+            self.timings["compile_s"] = self.timings.get("compile_s", 0.0) + time.perf_counter() - t
+        return _COMPILED[key]
+
+    def init_state(self) -> Any:
+        import jax.numpy as jnp
+
+        init = self._get_program()[0]
+        t = time.perf_counter()
+        state = init(jnp.asarray(self.config.train.seeds, dtype=jnp.uint32))
+        self.timings["init_s"] = time.perf_counter() - t
+        return state
+
+    # ------------------------------------------------------------------ training
+    def train(self, callback: Callback | None = None, resume: bool = False) -> dict[str, Any]:
+        """Train until every seed converged or spent its budget; see DESIGN.md for the semantics.
+
+        ``callback(info)`` gets ``{'episode', 'env_steps', 'step_metrics', 'eval_metrics'?}`` every
+        ``log_frequency`` chunks; returning ``False`` stops training (a final evaluation still runs).
+        ``resume=True`` continues from the checkpoint in :attr:`checkpoint_dir` if there is one.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        from ppo.checkpoint import load_checkpoint, save_checkpoint
+
+        cfg, tr = self.config, self.config.train
+        started = time.perf_counter()
+        seeds = list(tr.seeds)
+        n_seeds = len(seeds)
+        state = self.init_state()
+        host: dict[str, Any] = {
+            "chunk": 0, "converged_since": [None] * n_seeds, "converged": [False] * n_seeds,
+            "best_avg": [None] * n_seeds, "next_eval_at": tr.eval_frequency, "history": [], "evals": [],
+            "config_hash": cfg.config_hash(), "stopped_by_callback": False,
+        }
+        resumed_from = None
+        if resume:
+            restored = load_checkpoint(self.checkpoint_dir, state)
+            if restored is not None:
+                state, host = restored
+                state = jax.tree.map(jnp.asarray, state)
+                resumed_from = host["chunk"]
+                host["stopped_by_callback"] = False
+        logger = self._open_logger(resumed=resumed_from is not None)
+        try:
+            result = self._loop(state, host, callback, logger, started, save_checkpoint)
+        except BaseException as e:
+            if logger is not None:
+                logger.end(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=repr(e))
+            raise
+        result["resumed_from_chunk"] = resumed_from
+        if logger is not None:
+            logger.log_result(self, result)
+            logger.end(status="FINISHED")
+            result["run_id"] = logger.run_id
+        return result
+
+    def _open_logger(self, resumed: bool) -> Any:
+        if self.logger is not None:
+            self.logger.start(self.config, resumed=resumed)
+            return self.logger
+        if not self.enable_mlflow:
+            return None
+        from ppo.tracking import MLflowLogger
+
+        self.logger = MLflowLogger.from_config(self.config)
+        self.logger.start(self.config, resumed=resumed)
+        return self.logger
+
+    def _loop(self, state: Any, host: dict[str, Any], callback: Callback | None, logger: Any,
+              started: float, save_checkpoint: Callable[..., Any]) -> dict[str, Any]:
+        import jax
+        import jax.numpy as jnp
+
+        cfg, tr = self.config, self.config.train
+        seeds = list(tr.seeds)
+        batch = cfg.ppo.batch_size
+        window = tr.convergence_window
+        stop_reason = "max_episodes"
+        train_time = 0.0
+        train_steps = 0
+        while True:
+            episodes = np.asarray(jax.device_get(state.stats.episodes))
+            updates_done = int(np.asarray(jax.device_get(state.update)).max())
+            env_steps = updates_done * batch
+            budget_left = np.array([not c and e < tr.max_episodes
+                                    for c, e in zip(host["converged"], episodes, strict=True)])
+            if all(host["converged"]):
+                stop_reason = "converged"
+                break
+            if not budget_left.any():
+                break
+            if tr.max_env_steps is not None and env_steps >= tr.max_env_steps:
+                stop_reason = "max_env_steps"
+                break
+            if host["stopped_by_callback"]:
+                stop_reason = "callback"
+                break
+            num_updates = tr.updates_per_chunk
+            if tr.max_env_steps is not None:
+                num_updates = min(num_updates, math.ceil((tr.max_env_steps - env_steps) / batch))
+            active = jnp.asarray(budget_left)
+            chunk_fn = self._chunk_fn(state, active, num_updates)
+            t = time.perf_counter()
+            state, metrics = chunk_fn(state, active)
+            metrics = jax.device_get(metrics)
+            stats = jax.device_get(state.stats)
+            dt = time.perf_counter() - t
+            train_time += dt
+            steps_this_chunk = int(budget_left.sum()) * num_updates * batch
+            train_steps += steps_this_chunk
+            host["chunk"] += 1
+
+            first_update = updates_done + 1
+            if not np.isfinite(metrics.total_loss).all():
+                bad = np.argwhere(~np.isfinite(metrics.total_loss))[0]
+                raise NonFiniteLossError(
+                    f"non-finite loss at update {first_update + int(bad[1])} (seed {seeds[int(bad[0])]}): "
+                    f"policy={metrics.policy[tuple(bad)]}, value={metrics.value[tuple(bad)]}; "
+                    "training aborted, nothing will be registered")
+
+            episodes = np.asarray(stats.episodes)
+            window_means = [float(stats.window[i, :min(int(e), window)].mean()) if e > 0 else None
+                            for i, e in enumerate(episodes)]
+            for i, m in enumerate(window_means):
+                if m is None or host["converged"][i]:
+                    continue
+                if host["best_avg"][i] is None or m > host["best_avg"][i]:
+                    host["best_avg"][i] = m
+                if episodes[i] >= window and m >= tr.target_reward:
+                    if host["converged_since"][i] is None:
+                        host["converged_since"][i] = int(episodes[i])
+                    if episodes[i] - host["converged_since"][i] >= tr.early_stopping_patience:
+                        host["converged"][i] = True
+                else:
+                    host["converged_since"][i] = None
+
+            completed = metrics.episodes_completed.sum(axis=1)
+            seed_returns = [float(metrics.completed_return[i].sum() / completed[i]) if completed[i] else None
+                            for i in range(len(seeds))]
+            valid_returns = [r for r in seed_returns if r is not None]
+            valid_windows = [m for m in window_means if m is not None]
+            env_steps = int(np.asarray(jax.device_get(state.update)).max()) * batch
+            row: dict[str, Any] = {
+                "chunk": host["chunk"],
+                "update": env_steps // batch,
+                "env_steps": env_steps,
+                "episodes": int(episodes.min()),
+                "avg_reward": float(np.mean(valid_windows)) if valid_windows else None,
+                "episode_return": float(np.mean(valid_returns)) if valid_returns else None,
+                "loss/policy": float(metrics.policy.mean()),
+                "loss/value": float(metrics.value.mean()),
+                "loss/entropy": float(metrics.entropy.mean()),
+                "loss/approx_kl": float(metrics.approx_kl.mean()),
+                "loss/clip_fraction": float(metrics.clip_fraction.mean()),
+                "grad_norm": float(metrics.grad_norm.mean()),
+                "env_steps_per_s": steps_this_chunk / dt if dt > 0 else None,
+                "converged_seeds": int(sum(host["converged"])),
+                "wall_s": time.perf_counter() - started,
+            }
+            for seed, r, m in zip(seeds, seed_returns, window_means, strict=True):
+                row[f"episode_return/seed_{seed}"] = r
+                row[f"avg_reward/seed_{seed}"] = m
+
+            eval_metrics = None
+            if int(episodes.min()) >= host["next_eval_at"]:
+                eval_metrics = self._evaluate_seeds(state, tr.eval_episodes, seed=10_000 + len(host["evals"]))
+                eval_metrics.update(episode=int(episodes.min()), env_steps=env_steps)
+                host["evals"].append(eval_metrics)
+                while host["next_eval_at"] <= int(episodes.min()):
+                    host["next_eval_at"] += tr.eval_frequency
+                row["eval/return_mean"] = eval_metrics["avg_reward"]
+                row["eval/return_std"] = eval_metrics["std_reward"]
+            host["history"].append(row)
+
+            if logger is not None:
+                logger.log_row(row)
+            if callback is not None and (host["chunk"] % tr.log_frequency == 0 or eval_metrics is not None):
+                info = {"episode": row["episodes"], "env_steps": env_steps,
+                        "step_metrics": {k: v for k, v in row.items() if "/seed_" not in k}}
+                if eval_metrics is not None:
+                    info["eval_metrics"] = {k: v for k, v in eval_metrics.items() if k != "returns"}
+                if callback(info) is False:
+                    host["stopped_by_callback"] = True
+            if tr.checkpoint_every and host["chunk"] % tr.checkpoint_every == 0:
+                save_checkpoint(self.checkpoint_dir, state, host)
+
+        self.state = state
+        final_eval = self._evaluate_seeds(state, tr.eval_episodes, seed=20_000)
+        best = int(np.argmax(final_eval["per_seed_avg"]))
+        host.update(best_seed_index=best, final_eval=final_eval, finished=True, stop_reason=stop_reason)
+        save_checkpoint(self.checkpoint_dir, state, host)
+        self._set_agent(best)
+        wall = time.perf_counter() - started
+        history = host["history"]
+        episodes = [int(e) for e in np.asarray(jax.device_get(state.stats.episodes))]
+        best_avg = [b for b in host["best_avg"] if b is not None]
+        return {
+            "converged": bool(all(host["converged"])),
+            "converged_seeds": [s for s, c in zip(seeds, host["converged"], strict=True) if c],
+            "stop_reason": stop_reason,
+            "episodes": min(episodes),
+            "episodes_per_seed": episodes,
+            "env_steps": history[-1]["env_steps"] if history else 0,
+            "best_avg_reward": max(best_avg) if best_avg else None,
+            "best_avg_reward_per_seed": host["best_avg"],
+            "final_eval": final_eval,
+            "best_seed": seeds[best],
+            "evaluations": host["evals"],
+            "wall_time_s": wall,
+            "train_time_s": train_time,
+            "env_steps_per_s": train_steps / train_time if train_time > 0 else None,
+            "compile_s": self.timings.get("compile_s", 0.0),
+            "history": history,
+            "checkpoint_dir": str(self.checkpoint_dir),
+            "config_hash": host["config_hash"],
+        }
+
+    def _set_agent(self, best: int) -> None:
+        if self.agent is None:
+            from ppo.agent import PPOAgent
+            from ppo.envs import env_spec
+
+            spec = env_spec(self.config.env.id)
+            self.agent = PPOAgent(spec.observation_dim, spec.action_dim, self.config.ppo.hidden_sizes,
+                                  params=self.seed_params[best])
+        else:
+            self.agent.params = self.seed_params[best]
+
+    def restore(self) -> dict[str, Any]:
+        """Load the latest checkpoint (no training); the agent gets the best (or first) seed's params.
+
+        Returns the checkpoint's host metadata (history, evaluations, convergence, final_eval).
+        """
+        import jax
+        import jax.numpy as jnp
+
+        from ppo.checkpoint import load_checkpoint
+
+        restored = load_checkpoint(self.checkpoint_dir, self.init_state())
+        if restored is None:
+            raise FileNotFoundError(f"no checkpoint in {self.checkpoint_dir}: train this config first")
+        state, host = restored
+        self.state = jax.tree.map(jnp.asarray, state)
+        self._split_seeds(self.state)
+        self._set_agent(int(host.get("best_seed_index", 0)))
+        return host
+
+    # ------------------------------------------------------------------ evaluation
+    def _split_seeds(self, state: Any) -> list[Any]:
+        import jax
+
+        params = jax.device_get(state.params)
+        self.seed_params = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), params)
+                            for i in range(len(self.config.train.seeds))]
+        return self.seed_params
+
+    def _evaluate_seeds(self, state: Any, num_episodes: int, seed: int) -> dict[str, Any]:
+        from ppo.evaluate import evaluate_gymnasium, summarize
+
+        per_seed = [evaluate_gymnasium(p, self.config.env.id, num_episodes, seed=seed,
+                                       max_steps_per_episode=self.config.env.max_steps_per_episode)
+                    for p in self._split_seeds(state)]
+        out = summarize(np.concatenate(per_seed))
+        out["per_seed_avg"] = [float(r.mean()) for r in per_seed]
+        return out
+
+    def evaluate(self, num_episodes: int = 10, backend: str = "gymnasium", seed: int = 0,
+                 all_seeds: bool = False) -> dict[str, Any]:
+        """Greedy evaluation of the trained agent (or, with ``all_seeds``, of every trained seed).
+
+        ``backend="gymnasium"`` runs the real env; ``"jax"`` runs the gymnax twin, jitted.
+        """
+        from ppo.evaluate import evaluate_gymnasium, make_jax_evaluator, summarize
+
+        if backend not in ("gymnasium", "jax"):
+            raise ValueError(f"backend must be 'gymnasium' or 'jax', got {backend!r}")
+        if num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+        if self.agent is None:
+            raise RuntimeError("no trained agent: call train() first or pass agent=")
+        params_list = self.seed_params if all_seeds and self.seed_params else [self.agent.params]
+        if backend == "gymnasium":
+            returns = [evaluate_gymnasium(p, self.config.env.id, num_episodes, seed=seed,
+                                          max_steps_per_episode=self.config.env.max_steps_per_episode)
+                       for p in params_list]
+        else:
+            import jax
+
+            from ppo.envs import make_jax_env
+            from ppo.update import make_network
+
+            env, env_params = make_jax_env(self.config.env.id, self.config.env.max_steps_per_episode)
+            run = make_jax_evaluator(make_network(self.config), env, env_params, num_episodes)
+            returns = [np.asarray(run(p, jax.random.PRNGKey(seed))) for p in params_list]
+        out = summarize(np.concatenate(returns))
+        out["per_seed_avg"] = [float(r.mean()) for r in returns]
+        return out

@@ -1,0 +1,133 @@
+"""The hot path, PureJaxRL style: pure functions closed over a frozen config.
+
+``make_program(config)`` returns ``init(seeds) -> state`` and ``run_chunk(state, active, num_updates) -> (state, metrics)``.
+One call of ``run_chunk`` performs ``train.updates_per_chunk`` PPO updates (rollout → GAE → epochs of
+minibatch steps) for every seed at once: ``lax.scan`` over updates inside ``vmap`` over seeds, one
+compiled program for N seeds. Metrics come back per seed and per update, already reduced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from ppo.config import Config
+from ppo.envs import env_spec, make_jax_env
+from ppo.losses import gae, ppo_loss
+from ppo.networks import PPONetwork
+from ppo.rollout import EpisodeStats, make_rollout
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything one seed's training needs to continue exactly: params, optimizer, envs, rng, counters."""
+
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: jnp.ndarray
+    key: jnp.ndarray
+    stats: EpisodeStats
+    update: jnp.ndarray  # int32 updates done
+
+
+class UpdateMetrics(NamedTuple):
+    policy: jnp.ndarray
+    value: jnp.ndarray
+    entropy: jnp.ndarray
+    approx_kl: jnp.ndarray
+    clip_fraction: jnp.ndarray
+    grad_norm: jnp.ndarray
+    total_loss: jnp.ndarray
+    episodes_completed: jnp.ndarray
+    completed_return: jnp.ndarray
+
+
+def make_network(config: Config) -> PPONetwork:
+    return PPONetwork(action_dim=env_spec(config.env.id).action_dim, hidden_sizes=tuple(config.ppo.hidden_sizes))
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """clip_by_global_norm → Adam(eps); linear decay to 0 over ``train.max_env_steps`` if ``anneal_lr``."""
+    ppo = config.ppo
+    lr: Any = ppo.learning_rate
+    if ppo.anneal_lr:
+        steps = config.total_updates() * config.num_minibatches * ppo.epochs_per_update
+        lr = optax.linear_schedule(ppo.learning_rate, 0.0, steps)
+    return optax.chain(optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(lr, eps=ppo.adam_eps))
+
+
+def make_program(config: Config):
+    """Build the jitted ``init`` and ``run_chunk`` for ``config`` (nothing is traced until first call)."""
+    env, env_params = make_jax_env(config.env.id, config.env.max_steps_per_episode)
+    spec = env_spec(config.env.id)
+    network = make_network(config)
+    tx = make_optimizer(config)
+    ppo = config.ppo
+    num_envs, num_steps = config.env.num_envs, config.num_steps
+    batch, num_minibatches, window = ppo.batch_size, config.num_minibatches, config.train.convergence_window
+    rollout = make_rollout(network, env, env_params, num_envs, num_steps)
+
+    def init_one(seed: jnp.ndarray) -> TrainState:
+        key = jax.random.PRNGKey(seed)
+        key, k_net, k_env = jax.random.split(key, 3)
+        params = network.init(k_net, jnp.zeros((1, spec.observation_dim), jnp.float32))
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, num_envs), env_params)
+        stats = EpisodeStats(jnp.zeros(num_envs, jnp.float32), jnp.zeros(window, jnp.float32),
+                             jnp.int32(0), jnp.int32(0), jnp.float32(0.0))
+        return TrainState(params, tx.init(params), env_state, obs, key, stats, jnp.int32(0))
+
+    def minibatch_step(carry, minibatch):
+        params, opt_state = carry
+        obs, actions, old_log_probs, advantages, returns = minibatch
+
+        def loss_fn(p):
+            logits, values = network.apply(p, obs)
+            info = ppo_loss(logits, values, actions, old_log_probs, advantages, returns,
+                            ppo.clip_epsilon, ppo.value_coef, ppo.entropy_coef)
+            return info.total, info
+
+        (_, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), (info, grad_norm)
+
+    def update_one(state: TrainState, _) -> tuple[TrainState, UpdateMetrics]:
+        stats = state.stats._replace(completed=jnp.int32(0), completed_return=jnp.float32(0.0))
+        env_state, obs, stats, key, traj = rollout(state.params, state.env_state, state.obs, stats, state.key)
+        next_values = network.apply(state.params, traj.next_obs, method=PPONetwork.value)
+        advantages, returns = gae(traj.rewards, traj.values, next_values, traj.terminated, traj.dones,
+                                  ppo.gamma, ppo.gae_lambda)
+        flat = jax.tree.map(lambda x: x.reshape((batch,) + x.shape[2:]),
+                            (traj.obs, traj.actions, traj.log_probs, advantages, returns))
+
+        def epoch(carry, _):
+            params, opt_state, key = carry
+            key, k_perm = jax.random.split(key)
+            perm = jax.random.permutation(k_perm, batch)
+            minibatches = jax.tree.map(
+                lambda x: x[perm].reshape((num_minibatches, batch // num_minibatches) + x.shape[1:]), flat)
+            (params, opt_state), out = jax.lax.scan(minibatch_step, (params, opt_state), minibatches)
+            return (params, opt_state, key), out
+
+        (params, opt_state, key), (info, grad_norm) = jax.lax.scan(
+            epoch, (state.params, state.opt_state, key), None, length=ppo.epochs_per_update)
+        metrics = UpdateMetrics(info.policy.mean(), info.value.mean(), info.entropy.mean(),
+                                info.approx_kl.mean(), info.clip_fraction.mean(), grad_norm.mean(),
+                                info.total.mean(), stats.completed, stats.completed_return)
+        new_state = TrainState(params, opt_state, env_state, obs, key, stats, state.update + 1)
+        return new_state, metrics
+
+    def chunk_one(state: TrainState, active: jnp.ndarray, num_updates: int):
+        new_state, metrics = jax.lax.scan(update_one, state, None, length=num_updates)
+        # a frozen seed (converged or out of budget) keeps its state exactly
+        new_state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
+        return new_state, metrics
+
+    init = jax.jit(jax.vmap(init_one))
+    run_chunk = jax.jit(jax.vmap(chunk_one, in_axes=(0, 0, None)), static_argnums=2)
+    return init, run_chunk, network

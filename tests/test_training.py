@@ -1,0 +1,155 @@
+"""Trainer behaviour on a tiny config (one compiled program for the whole module)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from conftest import small_config
+
+from ppo import CartPoleWrapper, PPOAgent, PPOTrainer
+from ppo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+
+TIMING_KEYS = {"env_steps_per_s", "wall_s"}
+
+
+def _strip(history):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
+def _leaves(trainer):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(trainer.state.params))]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    os.environ["PPO_HOME"] = str(tmp_path_factory.mktemp("home"))
+    trainer = PPOTrainer(config=small_config())
+    calls = []
+    result = trainer.train(callback=calls.append)
+    return trainer, result, calls
+
+
+def test_result_and_callback_contract(reference_run):
+    trainer, result, calls = reference_run
+    for key in ("converged", "episodes", "env_steps", "best_avg_reward", "final_eval", "wall_time_s", "history"):
+        assert key in result
+    assert result["env_steps"] == 128 * 5 * 6 and result["stop_reason"] == "max_env_steps"
+    assert len(result["history"]) == 6 and not result["converged"]
+    assert set(result["final_eval"]) >= {"avg_reward", "std_reward", "min_reward", "max_reward", "returns"}
+    assert len(calls) == 6
+    assert all({"episode", "env_steps", "step_metrics"} <= set(c) for c in calls)
+    assert "avg_reward" in calls[-1]["step_metrics"]
+    assert any("eval_metrics" in c for c in calls), "eval_frequency=40 episodes must trigger evaluations"
+    assert [c["env_steps"] for c in calls] == [640 * (i + 1) for i in range(6)]
+    row = result["history"][-1]
+    for key in ("loss/policy", "loss/value", "loss/entropy", "loss/approx_kl", "loss/clip_fraction", "grad_norm"):
+        assert np.isfinite(row[key])
+    assert row["episodes"] > 0
+
+
+def test_same_config_and_seed_give_same_numbers(reference_run):
+    trainer, result, _ = reference_run
+    again = PPOTrainer(config=small_config())
+    result2 = again.train()
+    assert _strip(result2["history"]) == _strip(result["history"])
+    for a, b in zip(_leaves(trainer), _leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_different_seed_gives_different_numbers(reference_run):
+    _, result, _ = reference_run
+    other = PPOTrainer(config=small_config(**{"train.seeds": [5, 1]}))
+    assert _strip(other.train()["history"]) != _strip(result["history"])
+
+
+def test_resume_after_stop_equals_uninterrupted(reference_run, tmp_path):
+    trainer, result, _ = reference_run
+    cfg = small_config(**{"train.checkpoint_dir": str(tmp_path / "ck")})
+    first = PPOTrainer(config=cfg).train(callback=lambda info: info["env_steps"] < 1280)
+    assert first["stop_reason"] == "callback" and first["env_steps"] == 1280
+    resumed = PPOTrainer(config=cfg)
+    out = resumed.train(resume=True)
+    assert out["resumed_from_chunk"] == 2 and out["env_steps"] == result["env_steps"]
+    for a, b in zip(_leaves(trainer), _leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _strip(out["history"]) == _strip(result["history"])
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    # long enough (~40 chunks) that the kill lands mid-run; same config file for the killed and resumed run
+    cfg = small_config(**{"train.checkpoint_dir": str(tmp_path / "ck"), "train.updates_per_chunk": 25,
+                          "train.max_env_steps": 128 * 25 * 40, "train.eval_frequency": 10**6})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "PPO_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "ppo.cli", "train", "-c", str(path), "--no-mlflow"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path / "ck" / CHECKPOINT_NAME
+    deadline = time.time() + 120
+    while not ck.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(np.random.default_rng().uniform(0.0, 0.2))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = load_checkpoint(tmp_path / "ck", PPOTrainer(config=cfg).init_state())[1]
+    assert not killed_at.get("finished") and 1 <= killed_at["chunk"] < 40
+    rc = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    resumed = PPOTrainer(config=cfg)
+    resumed.restore()
+    uninterrupted = PPOTrainer(config=cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"checkpoint_dir": str(tmp_path / "ref")})}))
+    uninterrupted.train()
+    for a, b in zip(_leaves(uninterrupted), _leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_torn_checkpoint_is_never_loaded(tmp_path):
+    cfg = small_config(**{"train.checkpoint_dir": str(tmp_path)})
+    trainer = PPOTrainer(config=cfg)
+    template = trainer.init_state()
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"\x82\xa6sha256")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path, template)
+    with pytest.raises(CheckpointError):
+        trainer.train(resume=True)
+
+
+def test_reference_objects_and_evaluate(reference_run):
+    trainer, _, _ = reference_run
+    obs = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    actions = trainer.agent.predict(obs, deterministic=True)
+    assert actions.shape == (7,) and actions.dtype == np.int64 and set(actions) <= {0, 1}
+    g = trainer.evaluate(num_episodes=5)
+    j = trainer.evaluate(num_episodes=5, backend="jax")
+    for out in (g, j):
+        assert set(out) >= {"avg_reward", "std_reward", "min_reward", "max_reward", "returns"}
+        assert len(out["returns"]) == 5
+    both = trainer.evaluate(num_episodes=4, all_seeds=True)
+    assert len(both["returns"]) == 8 and len(both["per_seed_avg"]) == 2
+    with pytest.raises(ValueError, match="backend"):
+        trainer.evaluate(3, backend="torch")
+
+
+def test_agent_and_env_objects(tmp_path):
+    agent = PPOAgent(observation_dim=4, action_dim=2)
+    env = CartPoleWrapper()
+    trainer = PPOTrainer(agent=agent, env=env, max_episodes=1000, target_reward=195.0, enable_mlflow=False)
+    assert trainer.config.train.max_episodes == 1000 and trainer.config.env.id == "CartPole-v1"
+    agent.save(tmp_path / "a")
+    loaded = PPOAgent.load(tmp_path / "a")
+    obs = np.random.default_rng(1).normal(size=(16, 4))
+    np.testing.assert_array_equal(loaded.predict(obs), agent.predict(obs))
+    with pytest.raises(ValueError, match="do not match"):
+        PPOTrainer(agent=PPOAgent(6, 3), env=env)
+    with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
+        agent.predict(np.zeros((2, 3)))
