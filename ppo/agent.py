@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ppo.networks import actor_layers, numpy_logits
+from ppo.policy import actor_layers, numpy_logits
 
 
 class PPOAgent:

@@ -18,7 +18,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="PPO in JAX: train, evaluate, serve and promote agents.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. ppo.learning_rate=1e-3")]
@@ -94,11 +94,19 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool,
             progress.console.print(f"  eval @ episode {info['episode']}: {e['avg_reward']:.1f} ± {e['std_reward']:.1f}",
                                    highlight=False)
 
+    from ppo.checkpoint import CheckpointError
+
     try:
         with progress:
             result = trainer.train(callback=on_chunk, resume=resume)
     except NonFiniteLossError as e:
         _fail(str(e), code=3)
+    except CheckpointError as e:
+        _fail(f"{e}; delete it or train without --resume", code=1)
+    except Exception as e:
+        if type(e).__name__ == "TrackingUnavailableError":
+            _fail(str(e), code=1)
+        raise
     console.print(summary_table(result))
     if json_out:
         json_out.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
@@ -123,6 +131,31 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None,
     out = trainer.evaluate(episodes, backend=backend, seed=seed, all_seeds=all_seeds)
     out.pop("returns")
     sys.stdout.write(json.dumps(out) + "\n")
+
+
+@app.command()
+def serve(model: Annotated[str | None, typer.Option(help="model URI; default models:/<model>@champion")] = None,
+          config: ConfigOpt = None, host: str = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535)] = 5001) -> None:
+    """Serve a registered model over HTTP (``mlflow models serve --env-manager local``)."""
+    import os
+    import shutil
+
+    cfg = _load(config, None)
+    from ppo.tracking import check_reachable, default_tracking_uri
+
+    uri = model or f"models:/{cfg.model_name}@champion"
+    tracking = default_tracking_uri()
+    try:
+        check_reachable(tracking)
+    except RuntimeError as e:
+        _fail(str(e), code=1)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    mlflow_bin = shutil.which("mlflow", path=env["PATH"]) or "mlflow"
+    console.print(f"serving {uri} on http://{host}:{port}/invocations (store {tracking})", highlight=False)
+    os.execvpe(mlflow_bin, [mlflow_bin, "models", "serve", "-m", uri, "--env-manager", "local",
+                            "-h", host, "-p", str(port)], env)
 
 
 def main() -> None:  # pragma: no cover - entry point

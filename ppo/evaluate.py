@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ppo.networks import actor_layers, numpy_logits
+from ppo.policy import actor_layers, numpy_logits
 
 
 def evaluate_gymnasium(params: Any, env_id: str, num_episodes: int, seed: int = 0,

@@ -59,20 +59,3 @@ class PPONetwork(nn.Module):
 
     def value(self, x: jnp.ndarray) -> jnp.ndarray:
         return self.critic(x)
-
-
-def actor_layers(params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The actor's (kernel, bias) pairs in order, as NumPy arrays (for host-side inference)."""
-    actor = params["params"]["actor"] if "params" in params else params["actor"]
-    names = sorted(actor, key=lambda n: int(n.rsplit("_", 1)[1]))
-    return [(np.asarray(actor[n]["kernel"], np.float32), np.asarray(actor[n]["bias"], np.float32))
-            for n in names]
-
-
-def numpy_logits(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray) -> np.ndarray:
-    """The actor's forward pass in NumPy: same math as :class:`ActorNetwork`, no JAX dispatch."""
-    x = np.asarray(obs, np.float32)
-    for kernel, bias in layers[:-1]:
-        x = np.tanh(x @ kernel + bias)
-    kernel, bias = layers[-1]
-    return x @ kernel + bias

@@ -130,7 +130,7 @@ class PPOTrainer:
         init = self._get_program()[0]
         t = time.perf_counter()
         state = init(jnp.asarray(self.config.train.seeds, dtype=jnp.uint32))
-        self.timings["init_s"] = time.perf_counter() - t
+        self.timings.setdefault("init_s", time.perf_counter() - t)
         return state
 
     # ------------------------------------------------------------------ training

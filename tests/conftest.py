@@ -34,3 +34,64 @@ def small_config(**overrides):
         "tracking": {"enabled": False},
     }
     return build_config(base, overrides)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def venv_env(**extra: str) -> dict[str, str]:
+    """The current environment with this interpreter's bin/ first on PATH (mlflow/uvicorn/prefect)."""
+    import sys
+
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), **extra}
+
+
+def wait_http(url: str, timeout: float = 90.0, proc=None) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+class Background:
+    """A server subprocess bound to 127.0.0.1, logging to a file, stopped (process group) on exit."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None):
+        import subprocess
+
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env or venv_env(),
+                                     cwd=cwd, start_new_session=True)
+        self.log_path = log
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text()[-n:]

@@ -1,0 +1,87 @@
+"""The served model: an MLflow pyfunc defined from code (``ppo/model_code.py``), never pickled.
+
+Artifacts: ``params.msgpack`` (flax msgpack of the actor-critic parameters), ``policy.json`` (sizes),
+``config.yaml``. Input: float32 observations (n, obs_dim) as an array or DataFrame; output: greedy
+integer actions (n,), computed by :func:`ppo.policy.greedy_actions`, the same function as
+``PPOAgent.predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from ppo.policy import actor_layers, greedy_actions
+
+# The schema is the logged tensor signature; MLflow's type-hint schema inference does not apply here.
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+
+
+class PPOPolicyModel(mlflow.pyfunc.PythonModel):
+    """Greedy PPO policy: observations → actions."""
+
+    def load_context(self, context):
+        from flax import serialization
+
+        meta = json.loads(Path(context.artifacts["policy"]).read_text())
+        params = serialization.msgpack_restore(Path(context.artifacts["params"]).read_bytes())
+        self.layers = actor_layers(params)
+        self.observation_dim = int(meta["observation_dim"])
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
+        data = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
+        try:
+            obs = np.asarray(data, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise MlflowException(f"observations must be numbers: {e}", INVALID_PARAMETER_VALUE) from None
+        if obs.ndim == 1 and obs.shape[0] == self.observation_dim:
+            obs = obs[None]
+        if obs.ndim != 2 or obs.shape[1] != self.observation_dim:
+            raise MlflowException(f"observations must have shape (n, {self.observation_dim}), got {obs.shape}",
+                                  INVALID_PARAMETER_VALUE)
+        if not np.isfinite(obs).all():
+            raise MlflowException("observations must be finite (no NaN or inf)", INVALID_PARAMETER_VALUE)
+        return greedy_actions(self.layers, obs)
+
+
+def model_artifacts(agent: Any, config: Any, directory: Path) -> dict[str, str]:
+    """Write the model's artifact files into ``directory``; return MLflow's ``artifacts`` mapping."""
+    import yaml
+    from flax import serialization
+
+    params = serialization.to_state_dict(_numpy_tree(agent.params))
+    (directory / "params.msgpack").write_bytes(serialization.msgpack_serialize(params))
+    (directory / "policy.json").write_text(json.dumps({
+        "observation_dim": agent.observation_dim, "action_dim": agent.action_dim,
+        "hidden_sizes": list(agent.hidden_sizes), "env_id": config.env.id}))
+    (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return {name: str(directory / file) for name, file in
+            (("params", "params.msgpack"), ("policy", "policy.json"), ("config", "config.yaml"))}
+
+
+def model_signature(observation_dim: int) -> tuple[Any, np.ndarray]:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, observation_dim))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
+    return signature, np.zeros((2, observation_dim), np.float32)
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("mlflow", "numpy", "flax", "jax", "pydantic", "pyyaml")]
+
+
+def _numpy_tree(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _numpy_tree(v) for k, v in tree.items()}
+    return np.asarray(tree)

@@ -1,0 +1,320 @@
+"""MLflow adapter: the only place (with :mod:`ppo.serving`) where ``ppo`` touches MLflow.
+
+* Store: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///$PPO_HOME/mlflow.db`` with artifacts in
+  ``$PPO_HOME/mlartifacts``.
+* :class:`MLflowLogger`: params (dotted config names), metrics with DESIGN.md's keys at step = env steps,
+  batched through ``log_batch``; per-seed curves as metric suffixes ``.../seed_<n>``; artifacts
+  (config YAML, history CSV, final checkpoint) and the policy model (models-from-code, no pickle).
+* Registry helpers: idempotent registration per run id, alias ``champion`` get/set, load by alias.
+* An unreachable server fails fast with one readable :class:`TrackingUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ppo.config import Config, ppo_home
+
+CHAMPION = "champion"
+# Bounded HTTP retries for MLflow's own client: seconds, not the default minutes.
+for _k, _v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+               ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+    os.environ.setdefault(_k, _v)
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+METRIC_KEYS = {
+    "episode_return": "train/episode_return",
+    "avg_reward": "train/avg_reward",
+    "episodes": "train/episodes",
+    "env_steps": "train/env_steps",
+    "loss/policy": "loss/policy",
+    "loss/value": "loss/value",
+    "loss/entropy": "loss/entropy",
+    "loss/approx_kl": "loss/approx_kl",
+    "loss/clip_fraction": "loss/clip_fraction",
+    "grad_norm": "grad_norm",
+    "eval/return_mean": "eval/return_mean",
+    "eval/return_std": "eval/return_std",
+    "env_steps_per_s": "perf/env_steps_per_s",
+}
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking server cannot be reached (after bounded retries)."""
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ppo_home() / 'mlflow.db'}"
+
+
+def default_artifact_root() -> str:
+    return (ppo_home() / "mlartifacts").as_uri()
+
+
+def check_reachable(uri: str, attempts: int = 3, delay_s: float = 1.0, timeout_s: float = 3.0) -> None:
+    """For an HTTP tracking URI, probe ``/health`` a few times; raise one readable error if it stays down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    last: Exception | None = None
+    start = time.monotonic()
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                if r.status < 500:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            last = e
+        if attempt + 1 < attempts:
+            time.sleep(delay_s * (attempt + 1))
+    raise TrackingUnavailableError(
+        f"MLflow tracking server {uri} is unreachable after {attempts} attempts "
+        f"({time.monotonic() - start:.1f} s): {getattr(last, 'reason', last)}. Start it (make serve) or unset "
+        "MLFLOW_TRACKING_URI to use the local store in $PPO_HOME.")
+
+
+def connect(tracking_uri: str | None = None) -> MlflowClient:
+    """Point MLflow at the store (checked reachable) and return a client."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = client._tracking_client.tracking_uri
+    location = default_artifact_root() + f"/{name}" if uri.startswith("sqlite:") else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("jax", "flax", "optax", "gymnax", "mlflow"):
+        try:
+            out[f"version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            out[f"version.{pkg}"] = "missing"
+    return out
+
+
+class MLflowLogger:
+    """Logs one training run to MLflow (the reference's ``MLflowLogger``).
+
+    Metrics are buffered and written with ``log_batch`` every ``flush_every_s`` seconds or
+    ``flush_every_metrics`` metrics, and at the end, so tracking costs little next to training.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "ppo-cartpole",
+                 run_name: str | None = None, flush_every_s: float = 5.0, flush_every_metrics: int = 900) -> None:
+        self.client = connect(tracking_uri)
+        self.tracking_uri = self.client._tracking_client.tracking_uri
+        self.experiment = experiment
+        self.experiment_id = get_or_create_experiment(self.client, experiment)
+        self.run_name = run_name
+        self.run_id: str | None = None
+        self.flush_every_s = flush_every_s
+        self.flush_every_metrics = flush_every_metrics
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self.logging_s = 0.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> MLflowLogger:
+        return cls(config.tracking.tracking_uri, config.experiment_name)
+
+    # ---- run lifecycle ----
+    def start(self, config: Config, resumed: bool = False, run_dir: Path | None = None) -> str:
+        """Create the run (or, when resuming, reopen the one recorded in ``run_dir``) and log params/tags."""
+        t = time.perf_counter()
+        marker = Path(run_dir) / "mlflow_run.json" if run_dir else None
+        if resumed and marker is not None and marker.is_file():
+            previous = json.loads(marker.read_text())
+            if previous.get("tracking_uri") == self.tracking_uri:
+                try:
+                    self.client.update_run(previous["run_id"], status="RUNNING")
+                    self.run_id = previous["run_id"]
+                except mlflow.exceptions.MlflowException:
+                    self.run_id = None
+        if self.run_id is None:
+            import jax
+
+            tags = {"config_hash": config.config_hash(), "git_commit": _git_commit(), "env_id": config.env.id,
+                    "seeds": json.dumps(list(config.train.seeds)), "device": jax.devices()[0].device_kind,
+                    "platform": jax.devices()[0].platform, "host": platform.node(), **_versions()}
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
+            self.run_id = run.info.run_id
+            params = [Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v))
+                      for k, v in config.flat().items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.tracking_uri}))
+        self.logging_s += time.perf_counter() - t
+        return self.run_id
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """Queue one history row's metrics (step = env steps)."""
+        t = time.perf_counter()
+        step, ts = int(row["env_steps"]), int(time.time() * 1000)
+        for key, value in row.items():
+            if value is None or key in ("chunk", "update", "wall_s", "converged_seeds"):
+                continue
+            name = METRIC_KEYS.get(key)
+            if name is None and "/seed_" in key:
+                base, seed = key.split("/seed_")
+                name = f"{METRIC_KEYS.get(base, base)}/seed_{seed}"
+            if name is not None:
+                self._buffer.append(Metric(name, float(value), ts, step))
+        if len(self._buffer) >= self.flush_every_metrics or time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+        self.logging_s += time.perf_counter() - t
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if v is not None)
+        self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self.client.log_batch(self.run_id, metrics=batch)
+        self._last_flush = time.monotonic()
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_result(self, trainer: Any, result: dict[str, Any]) -> None:
+        """Final metrics, artifacts (config, history CSV, checkpoint) and the model; register if converged."""
+        t = time.perf_counter()
+        self.flush()
+        fe = result["final_eval"]
+        self.log_metrics({"eval/return_mean": fe["avg_reward"], "eval/return_std": fe["std_reward"],
+                          "final/best_avg_reward": result.get("best_avg_reward"),
+                          "final/episodes": result["episodes"], "final/wall_time_s": result["wall_time_s"],
+                          "final/compile_s": result.get("compile_s")}, step=result["env_steps"])
+        self.set_tags({"converged": result["converged"], "stop_reason": result["stop_reason"],
+                       "best_seed": result["best_seed"]})
+        with tempfile.TemporaryDirectory() as tmp:
+            import yaml
+
+            cfg_path = Path(tmp) / "config.yaml"
+            cfg_path.write_text(yaml.safe_dump(trainer.config.to_dict(), sort_keys=False))
+            self.client.log_artifact(self.run_id, str(cfg_path))
+            hist = Path(tmp) / "history.csv"
+            hist.write_text(history_csv(result["history"]))
+            self.client.log_artifact(self.run_id, str(hist))
+            summary = Path(tmp) / "result.json"
+            summary.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
+            self.client.log_artifact(self.run_id, str(summary))
+        ckpt = Path(result["checkpoint_dir"]) / "checkpoint.msgpack"
+        if ckpt.is_file():
+            self.client.log_artifact(self.run_id, str(ckpt), artifact_path="checkpoint")
+        log_policy_model(self.run_id, trainer.agent, trainer.config)
+        if result["converged"] or not trainer.config.registry.register_only_converged:
+            version = register_model(self.run_id, trainer.config.model_name,
+                                     tags={"final_eval": f"{fe['avg_reward']:.2f}"})
+            result["model_version"] = version
+        self.logging_s += time.perf_counter() - t
+
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        try:
+            self.flush()
+            if error:
+                self.set_tags({"error": error[:4000]})
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- model and registry
+def log_policy_model(run_id: str, agent: Any, config: Config) -> str:
+    """Log the greedy policy as a pyfunc from code (no pickle). Returns the model URI."""
+    from ppo.serving import model_artifacts, model_signature, pip_requirements
+
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = model_artifacts(agent, config, Path(tmp))
+        signature, example = model_signature(agent.observation_dim)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(Path(__file__).with_name("model_code.py")),
+                artifacts=artifacts, signature=signature, input_example=example,
+                pip_requirements=pip_requirements(), code_paths=[str(Path(__file__).parent)])
+    MlflowClient().set_tag(run_id, "model_uri", info.model_uri)
+    return info.model_uri
+
+
+def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = None) -> str:
+    """Register the run's model under ``model_name``; a second call for the same run returns the same version."""
+    client = MlflowClient()
+    existing = [v for v in client.search_model_versions(f"name='{model_name}'") if v.run_id == run_id]
+    if existing:
+        return str(min(int(v.version) for v in existing))
+    run = client.get_run(run_id)
+    model_uri = run.data.tags.get("model_uri")
+    if not model_uri:
+        raise ValueError(f"run {run_id} has no logged model: nothing to register")
+    version = mlflow.register_model(model_uri, model_name, tags={
+        "run_id": run_id, "config_hash": run.data.tags.get("config_hash", ""),
+        **{k: str(v) for k, v in (tags or {}).items()}})
+    return str(version.version)
+
+
+def set_champion(model_name: str, version: str | int, alias: str = CHAMPION) -> None:
+    MlflowClient().set_registered_model_alias(model_name, alias, str(version))
+
+
+def get_champion(model_name: str, alias: str = CHAMPION) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def load_model(uri: str) -> Any:
+    """``mlflow.pyfunc.load_model`` (e.g. ``models:/ppo-cartpole@champion``)."""
+    return mlflow.pyfunc.load_model(uri)
