@@ -158,6 +158,74 @@ def serve(model: Annotated[str | None, typer.Option(help="model URI; default mod
                             "-h", host, "-p", str(port)], env)
 
 
+def _prefect_env() -> None:
+    """Embedded defaults for Prefect (before it is imported): state under $PPO_HOME, no telemetry."""
+    import os
+
+    from ppo.config import ppo_home
+
+    os.environ.setdefault("PREFECT_HOME", str(ppo_home() / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # Prefect won't make parents
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def _run_flow(fn: Any, **kwargs: Any) -> dict[str, Any]:
+    from prefect.exceptions import PrefectException
+
+    try:
+        state = fn(return_state=True, **kwargs)
+    except PrefectException as e:
+        _fail(f"Prefect: {e}", code=1)
+    if not state.is_completed():
+        try:
+            state.result()
+        except Exception as e:  # the task's own error, e.g. a ConfigError naming the field
+            _fail(f"flow {state.name}: {type(e).__name__}: {e}", code=2 if type(e).__name__ == "ConfigError" else 1)
+        _fail(f"flow ended in state {state.name}", code=1)
+    return state.result()
+
+
+@app.command()
+def pipeline(config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
+             set_: SetOpt = None) -> None:
+    """Run the whole ``train-ppo`` Prefect flow in this process (embedded Prefect API unless
+    PREFECT_API_URL is set): validate, train, evaluate, gate, report, register, promote."""
+    from ppo.config import parse_overrides
+
+    _load(config, set_)  # fail fast, before Prefect starts, on a bad config
+    _prefect_env()
+    from flows.train_ppo import train_ppo
+
+    summary = _run_flow(train_ppo, config_path=str(config) if config else None, overrides=parse_overrides(set_))
+    table = Table(title="train-ppo", show_header=False)
+    for k, v in summary.items():
+        table.add_row(k, _fmt(v) if not isinstance(v, list) else ", ".join(_fmt(x) for x in v))
+    console.print(table)
+    console.print(f"report: {summary['report']}", highlight=False)
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+@app.command()
+def promote(version: Annotated[str, typer.Option("--version", "-v", help="model version to gate")],
+            config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
+            set_: SetOpt = None) -> None:
+    """Run the ``promote-model`` flow for a registered version (for CI without a Prefect worker)."""
+    from ppo.config import parse_overrides
+
+    _load(config, set_)
+    _prefect_env()
+    from flows.promote import promote_model
+
+    summary = _run_flow(promote_model, version=version, config_path=str(config) if config else None,
+                        overrides=parse_overrides(set_))
+    console.print(f"gate {'PASSED' if summary['gate_passed'] else 'FAILED'} ({summary['gate_reason']}); "
+                  f"{summary['model_name']}@champion = {summary['champion']}", highlight=False)
+    sys.stdout.write(json.dumps(summary) + "\n")
+    if not summary["gate_passed"]:
+        raise typer.Exit(4)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

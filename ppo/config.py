@@ -102,6 +102,8 @@ class TrackingConfig(_Section):
 class RegistryConfig(_Section):
     model_name: str | None = Field(None, description="default ppo-<env slug>")
     register_only_converged: bool = True
+    auto_register: bool = Field(True, description="the trainer registers a converged run itself (the "
+                                "pipeline registers in its own task instead)")
 
 
 class GateConfig(_Section):

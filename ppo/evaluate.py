@@ -86,3 +86,10 @@ def summarize(returns: np.ndarray) -> dict[str, Any]:
     r = np.asarray(returns, dtype=float)
     return {"avg_reward": float(r.mean()), "std_reward": float(r.std()), "min_reward": float(r.min()),
             "max_reward": float(r.max()), "returns": r.tolist()}
+
+
+def evaluate_params_list(params_list: list[Any], env_id: str, episodes: int, seed: int,
+                         max_steps_per_episode: int | None = None) -> np.ndarray:
+    """``[len(params_list), episodes]`` greedy returns; every policy faces the same episodes."""
+    return np.stack([evaluate_gymnasium(p, env_id, episodes, seed=seed, max_steps_per_episode=max_steps_per_episode)
+                     for p in params_list])

@@ -97,6 +97,19 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+_CLIENTS: dict[str, MlflowClient] = {}
+
+
+def client() -> MlflowClient:
+    """A client for the configured store (connecting, with the reachability check, once per URI)."""
+    uri = default_tracking_uri()
+    if uri not in _CLIENTS:
+        _CLIENTS[uri] = connect(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return _CLIENTS[uri]
+
+
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -243,7 +256,8 @@ class MLflowLogger:
         if ckpt.is_file():
             self.client.log_artifact(self.run_id, str(ckpt), artifact_path="checkpoint")
         log_policy_model(self.run_id, trainer.agent, trainer.config)
-        if result["converged"] or not trainer.config.registry.register_only_converged:
+        registry = trainer.config.registry
+        if registry.auto_register and (result["converged"] or not registry.register_only_converged):
             version = register_model(self.run_id, trainer.config.model_name,
                                      tags={"final_eval": f"{fe['avg_reward']:.2f}"})
             result["model_version"] = version
@@ -284,17 +298,17 @@ def log_policy_model(run_id: str, agent: Any, config: Config) -> str:
                 name="model", python_model=str(Path(__file__).with_name("model_code.py")),
                 artifacts=artifacts, signature=signature, input_example=example,
                 pip_requirements=pip_requirements(), code_paths=[str(Path(__file__).parent)])
-    MlflowClient().set_tag(run_id, "model_uri", info.model_uri)
+    client().set_tag(run_id, "model_uri", info.model_uri)
     return info.model_uri
 
 
 def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = None) -> str:
     """Register the run's model under ``model_name``; a second call for the same run returns the same version."""
-    client = MlflowClient()
-    existing = [v for v in client.search_model_versions(f"name='{model_name}'") if v.run_id == run_id]
+    c = client()
+    existing = [v for v in c.search_model_versions(f"name='{model_name}'") if v.run_id == run_id]
     if existing:
         return str(min(int(v.version) for v in existing))
-    run = client.get_run(run_id)
+    run = c.get_run(run_id)
     model_uri = run.data.tags.get("model_uri")
     if not model_uri:
         raise ValueError(f"run {run_id} has no logged model: nothing to register")
@@ -305,16 +319,56 @@ def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = N
 
 
 def set_champion(model_name: str, version: str | int, alias: str = CHAMPION) -> None:
-    MlflowClient().set_registered_model_alias(model_name, alias, str(version))
+    client().set_registered_model_alias(model_name, alias, str(version))
 
 
 def get_champion(model_name: str, alias: str = CHAMPION) -> str | None:
     try:
-        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+        return str(client().get_model_version_by_alias(model_name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
 
 
 def load_model(uri: str) -> Any:
     """``mlflow.pyfunc.load_model`` (e.g. ``models:/ppo-cartpole@champion``)."""
+    client()
     return mlflow.pyfunc.load_model(uri)
+
+
+def version_params(model_name: str, version: str | int) -> tuple[Any, dict[str, Any]]:
+    """The flax params and policy metadata of a registered model version (read from its artifacts)."""
+    from flax import serialization
+
+    mv = client().get_model_version(model_name, str(version))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=tmp))
+        params = serialization.msgpack_restore(next(local.rglob("params.msgpack")).read_bytes())
+        meta = json.loads(next(local.rglob("policy.json")).read_text())
+    return params, {**meta, "run_id": mv.run_id, "version": str(mv.version)}
+
+
+def champion_info(model_name: str, alias: str = CHAMPION) -> dict[str, str] | None:
+    try:
+        mv = client().get_model_version_by_alias(model_name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return {"version": str(mv.version), "run_id": mv.run_id}
+
+
+def tag_version(model_name: str, version: str | int, tags: dict[str, Any]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(model_name, str(version), k, str(v).lower() if isinstance(v, bool) else str(v))
+
+
+def log_report(run_id: str, directory: Path) -> None:
+    client().log_artifacts(run_id, str(directory), artifact_path="report")
+
+
+def run_url(run_id: str) -> str | None:
+    """A browser URL of the run when the store is an HTTP server, else None."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("http"):
+        return None
+    exp = client().get_run(run_id).info.experiment_id
+    return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"

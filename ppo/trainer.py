@@ -9,6 +9,7 @@ train on, so every seed ends at the parameters with which it met the criterion.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -164,6 +165,13 @@ class PPOTrainer:
                 state = jax.tree.map(jnp.asarray, state)
                 resumed_from = host["chunk"]
                 host["stopped_by_callback"] = False
+                done = self.checkpoint_dir / "result.json"
+                if host.get("finished") and host.get("stop_reason") != "callback" and done.is_file():
+                    # a finished run: hand back its result, log nothing twice
+                    self.state = state
+                    self._split_seeds(state)
+                    self._set_agent(int(host.get("best_seed_index", 0)))
+                    return {**json.loads(done.read_text()), "resumed_from_chunk": resumed_from}
         logger = self._open_logger(resumed=resumed_from is not None)
         try:
             result = self._loop(state, host, callback, logger, started, save_checkpoint)
@@ -176,18 +184,17 @@ class PPOTrainer:
             logger.log_result(self, result)
             logger.end(status="FINISHED")
             result["run_id"] = logger.run_id
+        (self.checkpoint_dir / "result.json").write_text(json.dumps(result, default=str))
         return result
 
     def _open_logger(self, resumed: bool) -> Any:
-        if self.logger is not None:
-            self.logger.start(self.config, resumed=resumed)
-            return self.logger
-        if not self.enable_mlflow:
-            return None
-        from ppo.tracking import MLflowLogger
+        if self.logger is None:
+            if not self.enable_mlflow:
+                return None
+            from ppo.tracking import MLflowLogger
 
-        self.logger = MLflowLogger.from_config(self.config)
-        self.logger.start(self.config, resumed=resumed)
+            self.logger = MLflowLogger.from_config(self.config)
+        self.logger.start(self.config, resumed=resumed, run_dir=self.checkpoint_dir)
         return self.logger
 
     def _loop(self, state: Any, host: dict[str, Any], callback: Callback | None, logger: Any,
