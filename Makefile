@@ -8,7 +8,7 @@ export PPO_HOME ?= $(CURDIR)/.ppo
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: run test bench lint install clean
+.PHONY: run test bench lint install clean serve stop
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/train_speed.py --seeds 8
+
+serve: $(STAMP)
+	scripts/serve.sh
+
+stop:
+	scripts/stop.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

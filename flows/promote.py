@@ -10,7 +10,7 @@ from tasks import evaluate_version, gate, promote, register, validate_config
 
 
 @flow(name="promote-model", log_prints=True)
-def promote_model(version: str, config_path: str | None = "configs/cartpole.yaml",
+def promote_model(version: int, config_path: str | None = "configs/cartpole.yaml",
                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Gate model ``version`` (of the config's registered model) against the current champion."""
     validated = validate_config(config_path, overrides or {})
@@ -26,4 +26,4 @@ def promote_model(version: str, config_path: str | None = "configs/cartpole.yaml
 if __name__ == "__main__":
     import sys
 
-    promote_model(sys.argv[1])
+    promote_model(int(sys.argv[1]))

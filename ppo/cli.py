@@ -207,7 +207,7 @@ def pipeline(config: Annotated[Path | None, typer.Option("--config", "-c")] = Pa
 
 
 @app.command()
-def promote(version: Annotated[str, typer.Option("--version", "-v", help="model version to gate")],
+def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help="model version to gate")],
             config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
             set_: SetOpt = None) -> None:
     """Run the ``promote-model`` flow for a registered version (for CI without a Prefect worker)."""

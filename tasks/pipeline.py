@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,28 @@ def _code_version() -> str:
 
 
 CODE_VERSION = _code_version()
+class InjectedFault(RuntimeError):
+    """Raised by :func:`_fault` (fault-injection drills and tests only)."""
+
+
+def _fault(task_name: str) -> None:
+    """Fault injection for drills: ``PPO_FAULTS="train=1,register=permanent"`` makes ``train`` fail its
+    first attempt (a transient error, counted in ``$PPO_HOME/faults``) and ``register`` fail always."""
+    spec = dict(item.split("=", 1) for item in os.environ.get("PPO_FAULTS", "").split(",") if "=" in item)
+    if task_name not in spec:
+        return
+    if spec[task_name] == "permanent":
+        raise InjectedFault(f"injected permanent fault in task {task_name!r}")
+    from ppo.config import ppo_home
+
+    counter = ppo_home() / "faults" / task_name
+    counter.parent.mkdir(parents=True, exist_ok=True)
+    seen = int(counter.read_text()) if counter.is_file() else 0
+    if seen < int(spec[task_name]):
+        counter.write_text(str(seen + 1))
+        raise InjectedFault(f"injected transient fault in task {task_name!r} (attempt {seen + 1})")
+
+
 _CODE = CacheKeyFnPolicy(cache_key_fn=lambda ctx, params: CODE_VERSION)
 CACHED = INPUTS + TASK_SOURCE + _CODE
 RESULTS = {"persist_result": True, "result_serializer": "json"}
@@ -60,6 +83,7 @@ def _config(d: dict[str, Any]) -> Any:
 @task(name="train", cache_policy=CACHED, retries=2, retry_delay_seconds=exponential_backoff(2), **RESULTS)
 def train(config: dict[str, Any], config_hash: str) -> dict[str, Any]:
     """Train with MLflow tracking; resumes from the latest checkpoint when retried or re-run after a crash."""
+    _fault("train")
     from ppo.config import ppo_home
     from ppo.trainer import PPOTrainer
 
@@ -194,6 +218,7 @@ def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
 def register(model_name: str, run_id: str, decision: dict[str, Any]) -> str:
     """Register the run's model (idempotent per run id) and write the gate's figures as version tags."""
+    _fault("register")
     from ppo import tracking
 
     version = tracking.register_model(run_id, model_name)
@@ -210,6 +235,7 @@ def register(model_name: str, run_id: str, decision: dict[str, Any]) -> str:
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
 def promote(model_name: str, version: str, decision: dict[str, Any]) -> dict[str, Any]:
     """Move the ``champion`` alias to ``version`` only if the gate passed (idempotent)."""
+    _fault("promote")
     from ppo import tracking
 
     log = get_run_logger()

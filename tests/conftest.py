@@ -12,6 +12,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("PPO_JAX_CACHE", str(ROOT / ".ppo" / "jax-cache-tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+# fresh Prefect state (results, cache records) per test session: a "first run" is really a first run
+os.environ["PREFECT_HOME"] = __import__("tempfile").mkdtemp(prefix="ppo-prefect-tests-")
 
 
 @pytest.fixture

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Start the team set-up on 127.0.0.1: prefect server, work pool ppo-local, deployments, a process worker
+# and an mlflow server. Logs and pid files go to $PPO_HOME/run; scripts/stop.sh stops exactly those.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${PPO_BIN:-$ROOT/.venv/bin}"
+export PATH="$BIN:$PATH"
+export PPO_HOME="${PPO_HOME:-$ROOT/.ppo}"
+PREFECT_PORT="${PREFECT_PORT:-4200}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+HOST=127.0.0.1
+RUN="$PPO_HOME/run"
+mkdir -p "$RUN" "$PPO_HOME/prefect-server"
+export PREFECT_HOME="$PPO_HOME/prefect-server"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_API_URL="http://$HOST:$PREFECT_PORT/api"
+export MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT"
+export PPO_PROJECT_DIR="$ROOT"
+
+start() {  # name, command...
+  local name=$1; shift
+  if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+    echo "$name already running (pid $(cat "$RUN/$name.pid"))"; return
+  fi
+  setsid nohup "$@" >"$RUN/$name.log" 2>&1 < /dev/null &
+  echo $! >"$RUN/$name.pid"
+  echo "started $name (pid $!, log $RUN/$name.log)"
+}
+
+wait_http() {  # name, url
+  for _ in $(seq 1 180); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$2" 2>/dev/null; then
+      return 0
+    fi
+    if ! kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; then
+      echo "error: $1 exited; last lines of $RUN/$1.log:" >&2; tail -20 "$RUN/$1.log" >&2; exit 1
+    fi
+    sleep 0.5
+  done
+  echo "error: $1 did not answer at $2 within 90 s" >&2; exit 1
+}
+
+start prefect-server prefect server start --host "$HOST" --port "$PREFECT_PORT"
+start mlflow-server mlflow server --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
+  --backend-store-uri "sqlite:///$PPO_HOME/mlflow.db" --artifacts-destination "$PPO_HOME/mlartifacts"
+wait_http prefect-server "$PREFECT_API_URL/health"
+wait_http mlflow-server "$MLFLOW_TRACKING_URI/health"
+
+prefect work-pool inspect ppo-local >/dev/null 2>&1 || prefect work-pool create ppo-local --type process >/dev/null
+(cd "$ROOT" && prefect --no-prompt deploy --all) >"$RUN/deploy.log" 2>&1 || {
+  echo "error: prefect deploy failed:" >&2; tail -30 "$RUN/deploy.log" >&2; exit 1; }
+echo "deployed: $(grep -c "Deployment '" "$RUN/deploy.log" || true) deployments (log $RUN/deploy.log)"
+start worker prefect worker start --pool ppo-local --type process
+
+cat >"$RUN/serve.env" <<ENV
+export PREFECT_API_URL=$PREFECT_API_URL
+export MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI
+export PPO_HOME=$PPO_HOME
+ENV
+cat <<MSG
+ready:
+  Prefect UI/API  http://$HOST:$PREFECT_PORT
+  MLflow UI       $MLFLOW_TRACKING_URI
+  source $RUN/serve.env
+  .venv/bin/prefect deployment run train-ppo/train-ppo --watch
+  .venv/bin/prefect deployment run promote-model/promote -p version=1 --watch
+  make stop
+MSG
