@@ -3,8 +3,8 @@ stratified bootstrap confidence intervals, as recommended by Agarwal et al. 2021
 of the statistical precipice").
 
 Returns are arrays ``[seeds, episodes]``. The stratified bootstrap resamples training seeds with
-replacement and then episodes within each resampled seed. The paired version resamples the same
-episode indices for both policies, so their difference keeps the pairing by eval seed.
+replacement and then episodes within each resampled seed. The paired version resamples eval episodes
+(one draw shared by all seeds and by both policies), so the difference keeps the pairing by eval seed.
 """
 
 from __future__ import annotations
@@ -86,7 +86,11 @@ def paired_difference_ci(candidate: Any, baseline: Any, statistic: Statistic = i
         raise ValueError(f"baseline shape {b.shape} does not pair with candidate {c.shape}")
     s, e = c.shape
     rng = np.random.default_rng(seed)
-    seed_idx, ep_idx = _resample_indices(rng, n_boot, s, e, True)
+    seed_idx, _ = _resample_indices(rng, n_boot, s, e, True)
+    # The eval episode is the paired unit: one draw of episode indices serves every seed, because the
+    # baseline's episode j (and its difficulty) is shared by all seeds. Independent draws per seed would
+    # average the baseline's noise away and make the CI too narrow (anti-conservative gate).
+    ep_idx = np.broadcast_to(rng.integers(0, e, size=(n_boot, 1, e)), (n_boot, s, e))
     cs = c[seed_idx[..., None], ep_idx].reshape(n_boot, -1)
     bs = b[seed_idx[..., None], ep_idx].reshape(n_boot, -1)
     boot = statistic(cs) - statistic(bs)
