@@ -31,8 +31,17 @@ def _seed_columns(history: list[dict[str, Any]], prefix: str) -> dict[str, np.nd
             for k in keys}
 
 
+# two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1); 1.96 beyond the table
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(df: int) -> float:
+    return next((v for k, v in sorted(_T975.items()) if df <= k), 1.96)
+
+
 def learning_curve(history: list[dict[str, Any]], target: float | None, path: Path, env_id: str = "") -> Path:
-    """Episode return vs env steps: mean over seeds with a 95% CI band (normal approx.), thin per-seed lines."""
+    """Episode return vs env steps: mean over seeds with a 95% CI band (Student t), thin per-seed lines."""
     plt = _plt()
     steps = np.array([row["env_steps"] for row in history], float)
     per_seed = _seed_columns(history, "episode_return")
@@ -47,9 +56,13 @@ def learning_curve(history: list[dict[str, Any]], target: float | None, path: Pa
             sem = np.nanstd(data, axis=0, ddof=1) / np.sqrt(np.maximum(n, 1)) if data.shape[0] > 1 else np.zeros_like(m)
         ax.plot(steps, m, lw=2.2, color="C0", label=f"mean over {data.shape[0]} seed(s)")
         if data.shape[0] > 1:
-            ax.fill_between(steps, m - 1.96 * sem, m + 1.96 * sem, color="C0", alpha=0.2, label="95% CI")
-    if target is not None:
-        ax.axhline(target, color="C3", ls="--", lw=1.2, label=f"target {target:g}")
+            q = t975(data.shape[0] - 1)
+            ax.fill_between(steps, m - q * sem, m + q * sem, color="C0", alpha=0.2, label="95% CI over seeds")
+    if target is not None and per_seed:
+        lo, hi = np.nanmin(data), np.nanmax(data)
+        span = max(hi - lo, 1.0)
+        if lo - span <= target <= hi + span:  # an unreachable target would squash the curve to a line
+            ax.axhline(target, color="C3", ls="--", lw=1.2, label=f"target {target:g}")
     ax.set_xlabel("environment steps (per seed)")
     ax.set_ylabel("training episode return")
     ax.set_title(f"Learning curve {env_id}".strip())
@@ -154,8 +167,9 @@ def write_report(directory: Path, *, config: Any, result: dict[str, Any], gate: 
                                                  directory / "learning_curve.png", config.env.id)
         files["losses"] = losses_plot(history, directory / "losses.png")
     if candidate_returns is not None:
+        min_return = gate["min_return"] if gate and "min_return" in gate else config.gate.min_return
         files["eval_returns"] = eval_returns_plot(candidate_returns, champion_returns, directory / "eval_returns.png",
-                                                  config.gate.min_return)
+                                                  min_return)
     if agent is not None:
         files["policy"] = policy_gif(agent, config.env.id, directory / "policy.gif")
 
