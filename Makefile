@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/train_speed.py --seeds 8
+	$(BIN)/python bench/tracking_overhead.py
 
 serve: $(STAMP)
 	scripts/serve.sh

@@ -57,8 +57,23 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking server cannot be reached (after bounded retries)."""
 
 
+#: URIs this process handed to ``mlflow.set_tracking_uri``, which also exports MLFLOW_TRACKING_URI: such a
+#: value in the environment is our own echo, not the user's choice.
+_SET_BY_US: set[str] = set()
+
+
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ppo_home() / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI`` when the user set it, else the sqlite store in ``$PPO_HOME``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env not in _SET_BY_US:
+        return env
+    return f"sqlite:///{ppo_home() / 'mlflow.db'}"
+
+
+def _use(uri: str) -> None:
+    _SET_BY_US.add(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
 
 
 def default_artifact_root() -> str:
@@ -92,8 +107,7 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    _use(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -105,8 +119,7 @@ def client() -> MlflowClient:
     uri = default_tracking_uri()
     if uri not in _CLIENTS:
         _CLIENTS[uri] = connect(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    _use(uri)
     return _CLIENTS[uri]
 
 
@@ -161,7 +174,8 @@ class MLflowLogger:
         self.flush_every_metrics = flush_every_metrics
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
-        self.logging_s = 0.0
+        self.logging_s = 0.0  # all time spent in this logger
+        self.final_logging_s = 0.0  # of which: end-of-run artifacts, model logging and registration
 
     @classmethod
     def from_config(cls, config: Config) -> MLflowLogger:
@@ -261,7 +275,8 @@ class MLflowLogger:
             version = register_model(self.run_id, trainer.config.model_name,
                                      tags={"final_eval": f"{fe['avg_reward']:.2f}"})
             result["model_version"] = version
-        self.logging_s += time.perf_counter() - t
+        self.final_logging_s = time.perf_counter() - t
+        self.logging_s += self.final_logging_s
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:

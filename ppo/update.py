@@ -128,6 +128,12 @@ def make_program(config: Config):
         new_state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
         return new_state, metrics
 
+    def chunk_single(state: TrainState, active: jnp.ndarray, num_updates: int):
+        # One seed: vmap over a size-1 axis would turn every matmul into a batched dot; run it unbatched.
+        out = chunk_one(jax.tree.map(lambda x: x[0], state), active[0], num_updates)
+        return jax.tree.map(lambda x: x[None], out)
+
     init = jax.jit(jax.vmap(init_one))
-    run_chunk = jax.jit(jax.vmap(chunk_one, in_axes=(0, 0, None)), static_argnums=2)
+    batched = chunk_single if len(config.train.seeds) == 1 else jax.vmap(chunk_one, in_axes=(0, 0, None))
+    run_chunk = jax.jit(batched, static_argnums=2)
     return init, run_chunk, network

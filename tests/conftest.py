@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` in sub-folders
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("PPO_JAX_CACHE", str(ROOT / ".ppo" / "jax-cache-tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
