@@ -95,6 +95,7 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool,
                                    highlight=False)
 
     from ppo.checkpoint import CheckpointError
+    from ppo.net import ServiceUnavailableError
 
     try:
         with progress:
@@ -103,10 +104,8 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool,
         _fail(str(e), code=3)
     except CheckpointError as e:
         _fail(f"{e}; delete it or train without --resume", code=1)
-    except Exception as e:
-        if type(e).__name__ == "TrackingUnavailableError":
-            _fail(str(e), code=1)
-        raise
+    except ServiceUnavailableError as e:
+        _fail(str(e), code=1)
     console.print(summary_table(result))
     if json_out:
         json_out.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
@@ -168,6 +167,15 @@ def _prefect_env() -> None:
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # Prefect won't make parents
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        from ppo.net import ServiceUnavailableError, probe
+
+        try:
+            probe(api.rstrip("/") + "/health", f"Prefect API {api}",
+                  "Start it (make serve) or unset PREFECT_API_URL to run on an embedded API.")
+        except ServiceUnavailableError as e:
+            _fail(str(e), code=1)
 
 
 def _run_flow(fn: Any, **kwargs: Any) -> dict[str, Any]:

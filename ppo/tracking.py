@@ -19,12 +19,11 @@ import platform
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from ppo.config import Config, ppo_home
+from ppo.net import ServiceUnavailableError, probe
 
 CHAMPION = "champion"
 # Bounded HTTP retries for MLflow's own client: seconds, not the default minutes.
@@ -53,8 +52,7 @@ METRIC_KEYS = {
 }
 
 
-class TrackingUnavailableError(RuntimeError):
-    """The MLflow tracking server cannot be reached (after bounded retries)."""
+TrackingUnavailableError = ServiceUnavailableError  # the MLflow server cannot be reached (bounded retries)
 
 
 #: URIs this process handed to ``mlflow.set_tracking_uri``, which also exports MLFLOW_TRACKING_URI: such a
@@ -80,25 +78,11 @@ def default_artifact_root() -> str:
     return (ppo_home() / "mlartifacts").as_uri()
 
 
-def check_reachable(uri: str, attempts: int = 3, delay_s: float = 1.0, timeout_s: float = 3.0) -> None:
+def check_reachable(uri: str, attempts: int = 3) -> None:
     """For an HTTP tracking URI, probe ``/health`` a few times; raise one readable error if it stays down."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    last: Exception | None = None
-    start = time.monotonic()
-    for attempt in range(attempts):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-                if r.status < 500:
-                    return
-        except (urllib.error.URLError, OSError) as e:
-            last = e
-        if attempt + 1 < attempts:
-            time.sleep(delay_s * (attempt + 1))
-    raise TrackingUnavailableError(
-        f"MLflow tracking server {uri} is unreachable after {attempts} attempts "
-        f"({time.monotonic() - start:.1f} s): {getattr(last, 'reason', last)}. Start it (make serve) or unset "
-        "MLFLOW_TRACKING_URI to use the local store in $PPO_HOME.")
+    if uri.startswith(("http://", "https://")):
+        probe(uri.rstrip("/") + "/health", f"MLflow tracking server {uri}",
+              "Start it (make serve) or unset MLFLOW_TRACKING_URI to use the local store in $PPO_HOME.", attempts)
 
 
 def connect(tracking_uri: str | None = None) -> MlflowClient:
