@@ -207,7 +207,7 @@ def write_report(directory: Path, *, config: Any, result: dict[str, Any], gate: 
         data = base64.b64encode(p.read_bytes()).decode()
         return f'<figure><img alt="{name}" src="data:{mime};base64,{data}"><figcaption>{name}</figcaption></figure>'
 
-    link = f'<p><a href="{html.escape(mlflow_url)}">MLflow run</a></p>' if mlflow_url else ""
+    link = f'<p><a href="{html.escape(mlflow_url)}">MLflow run {html.escape(run_id or "")}</a></p>' if mlflow_url else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PPO report {html.escape(config.env.id)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
 th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f4f4f4}}img{{max-width:100%}}

@@ -364,10 +364,12 @@ def log_report(run_id: str, directory: Path) -> None:
     client().log_artifacts(run_id, str(directory), artifact_path="report")
 
 
-def run_url(run_id: str) -> str | None:
-    """A browser URL of the run when the store is an HTTP server, else None."""
+def run_url(run_id: str) -> str:
+    """Where a person can look at the run: the MLflow UI page for an HTTP store, else the run's local
+    artifact folder (``file://``; ``mlflow ui --backend-store-uri <store>`` shows the run itself)."""
+    c = client()
+    run = c.get_run(run_id)
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("http"):
-        return None
-    exp = client().get_run(run_id).info.experiment_id
-    return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return run.info.artifact_uri

@@ -133,7 +133,15 @@ def make_program(config: Config):
         out = chunk_one(jax.tree.map(lambda x: x[0], state), active[0], num_updates)
         return jax.tree.map(lambda x: x[None], out)
 
-    init = jax.jit(jax.vmap(init_one))
+    # Not vmapped: under vmap, flax's orthogonal init becomes a batched QR whose CPU kernel
+    # (ParallelBatchMap on XLA's thread pool) intermittently deadlocked on a 2-core machine. One compiled
+    # program per seed count is not needed either: the seed is an argument, the program is compiled once.
+    init_single = jax.jit(init_one)
+
+    def init(seeds: jnp.ndarray) -> TrainState:
+        states = [init_single(seed) for seed in seeds]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
     batched = chunk_single if len(config.train.seeds) == 1 else jax.vmap(chunk_one, in_axes=(0, 0, None))
     run_chunk = jax.jit(batched, static_argnums=2)
     return init, run_chunk, network

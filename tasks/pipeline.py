@@ -210,8 +210,8 @@ def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str
     rows = [{"seed": s, "mean": round(float(np.mean(r)), 2), "min": float(np.min(r)), "max": float(np.max(r)),
              "episodes": len(r)} for s, r in zip(evaluation["seeds"], evaluation["returns"], strict=True)]
     create_table_artifact(rows, key="ppo-eval-per-seed", description="greedy evaluation per trained seed")
-    if url:
-        create_link_artifact(url, link_text=f"MLflow run {run_id}", key="ppo-mlflow-run")
+    create_link_artifact(url, link_text=f"MLflow run {run_id}", key="ppo-mlflow-run",
+                         description=f"MLflow store: {tracking.default_tracking_uri()}")
     return files
 
 
