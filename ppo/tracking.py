@@ -55,27 +55,25 @@ METRIC_KEYS = {
 TrackingUnavailableError = ServiceUnavailableError  # the MLflow server cannot be reached (bounded retries)
 
 
-#: URIs this process handed to ``mlflow.set_tracking_uri``, which also exports MLFLOW_TRACKING_URI: such a
-#: value in the environment is our own echo, not the user's choice.
-_SET_BY_US: set[str] = set()
-
-
 def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` when the user set it, else the sqlite store in ``$PPO_HOME``."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env and env not in _SET_BY_US:
-        return env
-    return f"sqlite:///{ppo_home() / 'mlflow.db'}"
-
-
-def _use(uri: str) -> None:
-    _SET_BY_US.add(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    """``$MLFLOW_TRACKING_URI`` when set, else the sqlite store in ``$PPO_HOME``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ppo_home() / 'mlflow.db'}"
 
 
 def default_artifact_root() -> str:
     return (ppo_home() / "mlartifacts").as_uri()
+
+
+def _use(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` without leaving ``MLFLOW_TRACKING_URI`` behind: MLflow exports
+    it, and the echo would later outrank ``$PPO_HOME`` as if the user had set it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def check_reachable(uri: str, attempts: int = 3) -> None:
