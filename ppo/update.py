@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -139,8 +140,9 @@ def make_program(config: Config):
     init_single = jax.jit(init_one)
 
     def init(seeds: jnp.ndarray) -> TrainState:
-        states = [init_single(seed) for seed in seeds]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        states = jax.device_get([init_single(seed) for seed in seeds])
+        # stack on the host: jnp.stack would compile a small program per leaf shape (~2 s cold)
+        return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *states))
 
     batched = chunk_single if len(config.train.seeds) == 1 else jax.vmap(chunk_one, in_axes=(0, 0, None))
     run_chunk = jax.jit(batched, static_argnums=2)
