@@ -24,3 +24,40 @@ def test_acrobot_config_solves_acrobot(ppo_home):
     trainer.train()
     out = trainer.evaluate(num_episodes=100, seed=7)
     assert out["avg_reward"] >= -100, out["avg_reward"]
+
+
+def test_reference_usage_examples_run_as_written(ppo_home, capsys):
+    from ppo import CartPoleWrapper, PPOAgent, PPOTrainer  # the only changed line: was three src.* imports
+
+    # Create agent and environment
+    agent = PPOAgent(observation_dim=4, action_dim=2)
+    env = CartPoleWrapper()
+
+    # Create trainer
+    trainer = PPOTrainer(
+        agent=agent,
+        env=env,
+        max_episodes=1000,
+        target_reward=195.0,
+        enable_mlflow=True
+    )
+
+    # Run training
+    results = trainer.train()
+
+    def custom_callback(metrics):
+        episode = metrics['episode']
+        step_metrics = metrics['step_metrics']
+
+        if episode % 100 == 0:
+            print(f"Episode {episode}: Reward = {step_metrics['avg_reward']:.2f}")
+
+    results = trainer.train(callback=custom_callback)
+
+    # Load trained agent and evaluate
+    eval_metrics = trainer.evaluate(num_episodes=100)
+    print(f"Evaluation reward: {eval_metrics['avg_reward']:.2f} ± {eval_metrics['std_reward']:.2f}")
+
+    assert results["converged"] and results["best_avg_reward"] >= 195.0
+    assert results.get("model_version")  # "automatic registration of converged models"
+    assert "Evaluation reward: " in capsys.readouterr().out
