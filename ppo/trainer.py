@@ -175,13 +175,17 @@ class PPOTrainer:
         logger = self._open_logger(resumed=resumed_from is not None)
         try:
             result = self._loop(state, host, callback, logger, started, save_checkpoint)
+            result["resumed_from_chunk"] = resumed_from
+            if logger is not None:
+                logger.log_result(self, result)  # inside the try: a failure here must not leave RUNNING
         except BaseException as e:
             if logger is not None:
-                logger.end(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=repr(e))
+                try:
+                    logger.end(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=repr(e))
+                except Exception as end_error:  # the tracking server may be what failed: keep the first error
+                    e.add_note(f"(the MLflow run could not be marked FAILED: {end_error})")
             raise
-        result["resumed_from_chunk"] = resumed_from
         if logger is not None:
-            logger.log_result(self, result)
             logger.end(status="FINISHED")
             result["run_id"] = logger.run_id
         (self.checkpoint_dir / "result.json").write_text(json.dumps(result, default=str))
