@@ -234,9 +234,5 @@ def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help=
         raise typer.Exit(4)
 
 
-def main() -> None:  # pragma: no cover - entry point
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     app()

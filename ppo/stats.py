@@ -38,9 +38,6 @@ def optimality_gap(x: np.ndarray, target: float) -> np.ndarray:
     return (target - np.minimum(np.asarray(x, dtype=float), target)).mean(axis=-1)
 
 
-STATISTICS: dict[str, Statistic] = {"iqm": iqm, "mean": mean, "median": median}
-
-
 def _as_2d(returns: Any) -> np.ndarray:
     r = np.asarray(returns, dtype=float)
     if r.ndim == 1:
