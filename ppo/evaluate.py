@@ -88,6 +88,12 @@ def summarize(returns: np.ndarray) -> dict[str, Any]:
             "max_reward": float(r.max()), "returns": r.tolist()}
 
 
+def summarize_seeds(returns: np.ndarray) -> dict[str, Any]:
+    """:func:`summarize` over all episodes of ``[seeds, episodes]`` returns, plus each seed's mean."""
+    r = np.asarray(returns, dtype=float)
+    return {**summarize(r.ravel()), "per_seed_avg": [float(x) for x in r.mean(axis=1)]}
+
+
 def evaluate_params_list(params_list: list[Any], env_id: str, episodes: int, seed: int,
                          max_steps_per_episode: int | None = None) -> np.ndarray:
     """``[len(params_list), episodes]`` greedy returns; every policy faces the same episodes."""

@@ -320,10 +320,8 @@ def set_champion(model_name: str, version: str | int, alias: str = CHAMPION) -> 
 
 
 def get_champion(model_name: str, alias: str = CHAMPION) -> str | None:
-    try:
-        return str(client().get_model_version_by_alias(model_name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+    info = champion_info(model_name, alias)
+    return info["version"] if info else None
 
 
 def load_model(uri: str) -> Any:

@@ -390,14 +390,10 @@ class PPOTrainer:
         return self.seed_params
 
     def _evaluate_seeds(self, state: Any, num_episodes: int, seed: int) -> dict[str, Any]:
-        from ppo.evaluate import evaluate_gymnasium, summarize
+        from ppo.evaluate import evaluate_params_list, summarize_seeds
 
-        per_seed = [evaluate_gymnasium(p, self.config.env.id, num_episodes, seed=seed,
-                                       max_steps_per_episode=self.config.env.max_steps_per_episode)
-                    for p in self._split_seeds(state)]
-        out = summarize(np.concatenate(per_seed))
-        out["per_seed_avg"] = [float(r.mean()) for r in per_seed]
-        return out
+        return summarize_seeds(evaluate_params_list(self._split_seeds(state), self.config.env.id, num_episodes,
+                                                    seed, self.config.env.max_steps_per_episode))
 
     def evaluate(self, num_episodes: int = 10, backend: str = "gymnasium", seed: int = 0,
                  all_seeds: bool = False) -> dict[str, Any]:
@@ -405,7 +401,7 @@ class PPOTrainer:
 
         ``backend="gymnasium"`` runs the real env; ``"jax"`` runs the gymnax twin, jitted.
         """
-        from ppo.evaluate import evaluate_gymnasium, make_jax_evaluator, summarize
+        from ppo.evaluate import evaluate_params_list, make_jax_evaluator, summarize_seeds
 
         if backend not in ("gymnasium", "jax"):
             raise ValueError(f"backend must be 'gymnasium' or 'jax', got {backend!r}")
@@ -415,9 +411,8 @@ class PPOTrainer:
             raise RuntimeError("no trained agent: call train() first or pass agent=")
         params_list = self.seed_params if all_seeds and self.seed_params else [self.agent.params]
         if backend == "gymnasium":
-            returns = [evaluate_gymnasium(p, self.config.env.id, num_episodes, seed=seed,
-                                          max_steps_per_episode=self.config.env.max_steps_per_episode)
-                       for p in params_list]
+            returns = evaluate_params_list(params_list, self.config.env.id, num_episodes, seed,
+                                           self.config.env.max_steps_per_episode)
         else:
             import jax
 
@@ -426,7 +421,5 @@ class PPOTrainer:
 
             env, env_params = make_jax_env(self.config.env.id, self.config.env.max_steps_per_episode)
             run = make_jax_evaluator(make_network(self.config), env, env_params, num_episodes)
-            returns = [np.asarray(run(p, jax.random.PRNGKey(seed))) for p in params_list]
-        out = summarize(np.concatenate(returns))
-        out["per_seed_avg"] = [float(r.mean()) for r in returns]
-        return out
+            returns = np.stack([np.asarray(run(p, jax.random.PRNGKey(seed))) for p in params_list])
+        return summarize_seeds(returns)

@@ -80,6 +80,16 @@ def _config(d: dict[str, Any]) -> Any:
     return build_config(d)
 
 
+def _restored(config: dict[str, Any], checkpoint_dir: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(config, trainer holding the checkpoint's trained seeds, checkpoint metadata)."""
+    from ppo.trainer import PPOTrainer
+
+    cfg = _config(config)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": checkpoint_dir})})
+    trainer = PPOTrainer(config=cfg)
+    return cfg, trainer, trainer.restore()
+
+
 @task(name="train", cache_policy=CACHED, retries=2, retry_delay_seconds=exponential_backoff(2), **RESULTS)
 def train(config: dict[str, Any], config_hash: str) -> dict[str, Any]:
     """Train with MLflow tracking; resumes from the latest checkpoint when retried or re-run after a crash."""
@@ -126,12 +136,8 @@ def _checkpoint_key(ctx: Any, params: dict[str, Any]) -> str:
 def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str) -> dict[str, Any]:
     """Every trained seed × ``gate.episodes`` greedy episodes on real gymnasium (fixed eval seed)."""
     from ppo.evaluate import evaluate_params_list
-    from ppo.trainer import PPOTrainer
 
-    cfg = _config(config)
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": checkpoint_dir})})
-    trainer = PPOTrainer(config=cfg)
-    trainer.restore()
+    cfg, trainer, _ = _restored(config, checkpoint_dir)
     returns = evaluate_params_list(trainer.seed_params, cfg.env.id, cfg.gate.episodes, cfg.gate.eval_seed,
                                    cfg.env.max_steps_per_episode)
     get_run_logger().info("evaluated %d seeds x %d episodes: mean %.1f", *returns.shape, returns.mean())
@@ -188,12 +194,8 @@ def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str
     from ppo import tracking
     from ppo.config import ppo_home
     from ppo.report import write_report
-    from ppo.trainer import PPOTrainer
 
-    cfg = _config(config)
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": trained["checkpoint_dir"]})})
-    trainer = PPOTrainer(config=cfg)
-    full = trainer.restore()
+    cfg, trainer, full = _restored(config, trained["checkpoint_dir"])
     result = {**trained, "history": full.get("history", [])}
     run_id = trained["run_id"]
     directory = ppo_home() / "reports" / run_id
