@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 #: Environments with a gymnax implementation (training) and a gymnasium twin (evaluation).
 SUPPORTED_ENVS: tuple[str, ...] = ("CartPole-v1", "Acrobot-v1")
@@ -82,7 +82,15 @@ class TrainConfig(_Section):
     max_env_steps: int | None = Field(None, ge=1, le=10**12, description="hard cap per seed")
     updates_per_chunk: int = Field(20, ge=1, le=100_000, description="updates in one jitted call")
     checkpoint_every: int = Field(10, ge=0, le=10**6, description="chunks between checkpoints; 0 = end only")
-    checkpoint_dir: str | None = Field(None, description="default $PPO_HOME/checkpoints/<config hash>")
+    checkpoint_dir: str | None = Field(None, description="inside $PPO_HOME (relative paths are taken from it); "
+                                       "default $PPO_HOME/checkpoints/<config hash>")
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _inside_home(cls, value: str | None) -> str | None:
+        if value is not None:
+            confined_path(value)
+        return value
 
     @model_validator(mode="after")
     def _checks(self) -> TrainConfig:
@@ -96,7 +104,18 @@ class TrainConfig(_Section):
 class TrackingConfig(_Section):
     enabled: bool = True
     experiment: str | None = Field(None, description="default ppo-<env slug>")
-    tracking_uri: str | None = Field(None, description="default $MLFLOW_TRACKING_URI or sqlite in $PPO_HOME")
+    tracking_uri: str | None = Field(None, description="default $MLFLOW_TRACKING_URI or sqlite in $PPO_HOME; "
+                                     "a local store (sqlite:/// or file:) must be inside $PPO_HOME")
+    outage_tolerance_s: float = Field(60.0, ge=0.0, le=86_400.0, description="how long training goes on "
+                                      "(buffering metrics) while the tracking server is unreachable")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _local_store_inside_home(cls, value: str | None) -> str | None:
+        local = None if value is None else local_store_path(value)
+        if local is not None:
+            confined_path(local)
+        return value
 
 
 class RegistryConfig(_Section):
@@ -312,6 +331,29 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
 def ppo_home() -> Path:
     """State folder: ``$PPO_HOME`` or ``./.ppo``."""
     return Path(os.environ.get("PPO_HOME", ".ppo")).resolve()
+
+
+def local_store_path(uri: str) -> str | None:
+    """The filesystem path of a local MLflow store URI (``sqlite:///p``, ``file:p``, a bare path), else ``None``."""
+    for scheme in ("sqlite:///", "file://", "file:"):
+        if uri.startswith(scheme):
+            return uri[len(scheme):].split("?")[0]
+    return None if "://" in uri else uri
+
+
+def confined_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` resolved against ``$PPO_HOME``; a config may only name places to write inside it.
+
+    Why: configs travel (deployment parameters, CI, shared YAML files); a field like
+    ``train.checkpoint_dir: /etc`` or ``../../x`` must not turn a training run into a write anywhere on
+    the worker. Symlinks and ``..`` are resolved before the check.
+    """
+    home = ppo_home()
+    target = (home / Path(path).expanduser()).resolve()
+    if not target.is_relative_to(home):
+        raise ValueError(f"{str(path)!r} is outside $PPO_HOME ({home}); allowed: a path inside $PPO_HOME "
+                         "(relative paths are taken from it)")
+    return target
 
 
 def flat_kwargs_to_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:

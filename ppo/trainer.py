@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ppo.config import Config, build_config, flat_kwargs_to_overrides, load_config, ppo_home
+from ppo.config import Config, build_config, confined_path, flat_kwargs_to_overrides, load_config, ppo_home
 
 Callback = Callable[[dict[str, Any]], Any]
 
@@ -105,7 +105,7 @@ class PPOTrainer:
     @property
     def checkpoint_dir(self) -> Path:
         if self.config.train.checkpoint_dir:
-            return Path(self.config.train.checkpoint_dir)
+            return confined_path(self.config.train.checkpoint_dir)
         return ppo_home() / "checkpoints" / self.config.config_hash()
 
     def _get_program(self) -> tuple[Any, Any, Any]:

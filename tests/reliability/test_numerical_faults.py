@@ -21,14 +21,14 @@ pytestmark = pytest.mark.reliability
 def _diverged_checkpoint(cfg):
     first = PPOTrainer(config=cfg)
     first.train(callback=lambda info: False)  # one chunk (5 updates), checkpoint saved
-    state, meta = load_checkpoint(cfg.train.checkpoint_dir, first.init_state())
+    state, meta = load_checkpoint(first.checkpoint_dir, first.init_state())
     poisoned = state.replace(params=jax.tree.map(lambda x: np.full_like(x, np.nan), state.params))
-    save_checkpoint(cfg.train.checkpoint_dir, poisoned, meta)
+    save_checkpoint(first.checkpoint_dir, poisoned, meta)
 
 
 def test_nan_loss_aborts_fails_run_and_registers_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
-    cfg = small_config(**{"train.checkpoint_dir": str(tmp_path / "ck"), "tracking.enabled": True,
+    cfg = small_config(**{"train.checkpoint_dir": "ck", "tracking.enabled": True,
                           "registry.register_only_converged": False})
     _diverged_checkpoint(cfg)
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
@@ -39,8 +39,9 @@ def test_nan_loss_aborts_fails_run_and_registers_nothing(tmp_path, monkeypatch):
     assert tracking.client().search_model_versions("name='ppo-cartpole'") == []
 
 
-def test_cli_exits_3_with_the_update_number(tmp_path):
-    cfg = small_config(**{"train.checkpoint_dir": str(tmp_path / "ck")})
+def test_cli_exits_3_with_the_update_number(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
+    cfg = small_config(**{"train.checkpoint_dir": "ck"})
     _diverged_checkpoint(cfg)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))

@@ -1,0 +1,125 @@
+"""Bad configs and CLI arguments: exit != 0, a message naming the problem, and nothing started or written
+(no run, no checkpoint, no registry change). Run in-process through Typer's runner (one import for ~40
+cases); `tests/test_config.py` covers the same path through a real subprocess."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from conftest import ROOT
+from typer.testing import CliRunner
+
+from ppo.cli import app
+
+pytestmark = pytest.mark.reliability
+
+# (id, config file content: dict = YAML of it, str/bytes = raw, None = no file; extra CLI args; expected pieces)
+CONFIG_CASES = [
+    ("type-float", {"ppo": {"learning_rate": "fast"}}, [], ["ppo.learning_rate", "fast"]),
+    ("type-int", {"env": {"num_envs": 2.5}}, [], ["env.num_envs", "2.5"]),
+    ("type-seeds", {"train": {"seeds": "zero"}}, [], ["train.seeds", "zero"]),
+    ("type-bool", {"ppo": {"anneal_lr": "maybe"}}, [], ["ppo.anneal_lr", "maybe"]),
+    ("type-list", {"ppo": {"hidden_sizes": 64}}, [], ["ppo.hidden_sizes", "64"]),
+    ("range-gamma", {"ppo": {"gamma": 1.5}}, [], ["ppo.gamma", "1.5", "0.0 .. 1.0"]),
+    ("range-clip", {"ppo": {"clip_epsilon": 0}}, [], ["ppo.clip_epsilon", "0", "allowed"]),
+    ("range-lr", {"ppo": {"learning_rate": -0.001}}, [], ["ppo.learning_rate", "-0.001", "allowed"]),
+    ("range-envs", {"env": {"num_envs": 0}}, [], ["env.num_envs", "0", "allowed: 1 .. 65536"]),
+    ("range-seed", {"train": {"seeds": [-1]}}, [], ["seeds must be in [0, 2**31)", "-1"]),
+    ("range-confidence", {"gate": {"confidence": 1.5}}, [], ["gate.confidence", "1.5"]),
+    ("range-steps", {"env": {"max_steps_per_episode": 0}}, [], ["env.max_steps_per_episode", "0"]),
+    ("unknown-section", {"optimiser": {"lr": 1}}, [], ["optimiser", "unknown key", "allowed keys here"]),
+    ("unknown-field", {"ppo": {"lr": 0.1}}, [], ["ppo.lr", "unknown key", "learning_rate"]),
+    ("sizes-minibatch", {"ppo": {"batch_size": 64, "minibatch_size": 48}}, [],
+     ["minibatch_size (48) must divide batch_size (64)"]),
+    ("sizes-envs", {"env": {"num_envs": 6}, "ppo": {"batch_size": 64, "minibatch_size": 64}}, [],
+     ["env.num_envs (6) must divide ppo.batch_size (64)"]),
+    ("sizes-minibatch-big", {"ppo": {"batch_size": 64, "minibatch_size": 128}}, [],
+     ["minibatch_size (128) must be <= batch_size (64)"]),
+    ("anneal-horizon", {"ppo": {"anneal_lr": True}}, [], ["anneal_lr needs train.max_env_steps"]),
+    ("env-unknown", {"env": {"id": "Pong-v5"}}, [], ["env.id", "Pong-v5", "CartPole-v1"]),
+    ("env-case", {"env": {"id": "cartpole-v1"}}, [], ["env.id", "cartpole-v1", "CartPole-v1"]),
+    ("yaml-malformed", "ppo: [unclosed\n", [], ["is not valid YAML"]),
+    ("yaml-list", "- 1\n- 2\n", [], ["must hold a mapping of sections", "list"]),
+    ("yaml-section-scalar", "ppo: 3\n", [], ["ppo", "3"]),
+    ("yaml-binary", b"\xff\xfe\x00ppo", [], ["cannot be read"]),
+    ("file-missing", None, [], ["does not exist"]),
+    ("escape-absolute", {"train": {"checkpoint_dir": "/etc/ppo"}}, [], ["train.checkpoint_dir", "/etc/ppo",
+                                                                        "outside $PPO_HOME"]),
+    ("escape-dotdot", {"train": {"checkpoint_dir": "../../outside"}}, [], ["train.checkpoint_dir", "outside $PPO_HOME"]),
+    ("escape-store", {"tracking": {"tracking_uri": "sqlite:////tmp/elsewhere.db"}}, [],
+     ["tracking.tracking_uri", "outside $PPO_HOME"]),
+    ("set-unknown-field", {}, ["--set", "ppo.nope=1"], ["unknown field 'nope' in ppo", "learning_rate"]),
+    ("set-unknown-section", {}, ["--set", "nope.lr=1"], ["unknown section 'nope'"]),
+    ("set-no-equals", {}, ["--set", "learning_rate"], ["expected key=value"]),
+    ("set-no-section", {}, ["--set", "gamma=0.9"], ["expected <section>.<field>"]),
+    ("set-bad-yaml", {}, ["--set", "train.seeds=[1"], ["value is not valid YAML"]),
+    ("set-out-of-range", {}, ["--set", "ppo.gamma=2"], ["ppo.gamma", "2", "0.0 .. 1.0"]),
+]
+
+# (id, argv, expected pieces): arguments rejected by the CLI itself
+ARG_CASES = [
+    ("unknown-option", ["train", "--frobnicate"], ["No such option", "--frobnicate"]),
+    ("config-missing-value", ["train", "--config"], ["requires an argument"]),
+    ("unknown-command", ["fly"], ["No such command", "fly"]),
+    ("evaluate-zero-episodes", ["evaluate", "--episodes", "0"], ["--episodes", "greater than or equal to 1"]),
+    ("evaluate-bad-backend", ["evaluate", "--backend", "torch"], ["backend", "torch"]),
+    ("serve-port-range", ["serve", "--port", "70000"], ["--port", "less than or equal to 65535"]),
+    ("promote-version-zero", ["promote", "--version", "0"], ["--version", "greater than or equal to 1"]),
+    ("promote-version-text", ["promote", "--version", "abc"], ["--version", "valid integer"]),
+    ("promote-no-version", ["promote"], ["Missing option", "--version"]),
+    ("evaluate-untrained", ["evaluate", "-c", str(ROOT / "configs" / "cartpole.yaml")],
+     ["no checkpoint", "train this config first"]),
+]
+
+
+def _plain(text: str) -> str:
+    """Rich/Typer output without colour codes, box drawing and line wrapping."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def _invoke(argv: list[str], home) -> tuple[int, str]:
+    result = CliRunner().invoke(app, argv, env={"PPO_HOME": str(home), "COLUMNS": "200"})
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
+        f"unhandled {type(result.exception).__name__}: {result.exception}")
+    return result.exit_code, _plain(result.output)
+
+
+def _nothing_written(home) -> None:
+    left = sorted(str(p.relative_to(home)) for p in home.rglob("*")) if home.exists() else []
+    assert left == [], f"a rejected command wrote {left} (a run, a checkpoint or a registry)"
+
+
+@pytest.mark.parametrize("content,args,expected", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
+@pytest.mark.parametrize("command", ["train", "pipeline"])
+def test_bad_config_is_rejected_before_anything_runs(tmp_path, command, content, args, expected):
+    home, path = tmp_path / "home", tmp_path / "config.yaml"
+    if isinstance(content, dict):
+        path.write_text(yaml.safe_dump(content))
+    elif isinstance(content, str):
+        path.write_text(content)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    code, output = _invoke([command, "--config", str(path), *args], home)
+    assert code == 2, output
+    for piece in expected:
+        assert piece in output, (piece, output)
+    assert "Traceback" not in output
+    _nothing_written(home)
+
+
+@pytest.mark.parametrize("argv,expected", [c[1:] for c in ARG_CASES], ids=[c[0] for c in ARG_CASES])
+def test_bad_arguments_are_rejected(tmp_path, argv, expected):
+    home = tmp_path / "home"
+    code, output = _invoke(argv, home)
+    assert code != 0, output
+    for piece in expected:
+        assert piece in output, (piece, output)
+    assert "Traceback" not in output
+    _nothing_written(home)
+
+
+def test_the_table_is_big_enough():
+    assert len(CONFIG_CASES) + len(ARG_CASES) >= 25
