@@ -19,10 +19,11 @@ import platform
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ppo.config import Config, ppo_home
+from ppo.config import Config, confined_path, local_store_path, ppo_home
 from ppo.net import ServiceUnavailableError, probe
 
 CHAMPION = "champion"
@@ -96,9 +97,10 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
 _CLIENTS: dict[str, MlflowClient] = {}
 
 
-def client() -> MlflowClient:
-    """A client for the configured store (connecting, with the reachability check, once per URI)."""
-    uri = default_tracking_uri()
+def client(uri: str | None = None) -> MlflowClient:
+    """A client for ``uri`` or the configured store (connecting, with the reachability check, once per URI);
+    MLflow's fluent API is pointed at the same store."""
+    uri = uri or default_tracking_uri()
     if uri not in _CLIENTS:
         _CLIENTS[uri] = connect(uri)
     _use(uri)
@@ -145,7 +147,8 @@ class MLflowLogger:
     """
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "ppo-cartpole",
-                 run_name: str | None = None, flush_every_s: float = 5.0, flush_every_metrics: int = 900) -> None:
+                 run_name: str | None = None, flush_every_s: float = 5.0, flush_every_metrics: int = 900,
+                 outage_tolerance_s: float = 60.0) -> None:
         self.client = connect(tracking_uri)
         self.tracking_uri = self.client._tracking_client.tracking_uri
         self.experiment = experiment
@@ -158,10 +161,18 @@ class MLflowLogger:
         self._last_flush = time.monotonic()
         self.logging_s = 0.0  # all time spent in this logger
         self.final_logging_s = 0.0  # of which: end-of-run artifacts, model logging and registration
+        self.outage_tolerance_s = outage_tolerance_s
+        self._outage_since: float | None = None  # monotonic time the server was first found unreachable
+        self._outage_error: BaseException | None = None
+        self._next_probe = 0.0
 
     @classmethod
     def from_config(cls, config: Config) -> MLflowLogger:
-        return cls(config.tracking.tracking_uri, config.experiment_name)
+        uri = config.tracking.tracking_uri
+        local = None if uri is None else local_store_path(uri)
+        if uri is not None and local is not None:  # relative local stores are taken from $PPO_HOME
+            uri = f"sqlite:///{confined_path(local)}" if uri.startswith("sqlite") else confined_path(local).as_uri()
+        return cls(uri, config.experiment_name, outage_tolerance_s=config.tracking.outage_tolerance_s)
 
     # ---- run lifecycle ----
     def start(self, config: Config, resumed: bool = False, run_dir: Path | None = None) -> str:
@@ -217,10 +228,70 @@ class MLflowLogger:
         self.flush()
 
     def flush(self) -> None:
-        while self._buffer:
-            batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=batch)
+        """Write the buffered metrics. While the server is unreachable, keep them (training goes on) and
+        retry on later flushes; after ``outage_tolerance_s`` raise one :class:`TrackingUnavailableError`."""
+        if self._outage_since is not None and not self._back_up():
+            return
+        try:
+            while self._buffer:
+                self.client.log_batch(self.run_id, metrics=self._buffer[:1000])
+                del self._buffer[:1000]  # only once written: nothing is lost or sent twice by a retry
+        except Exception as e:
+            self._enter_outage(e)
+            return
+        self._outage_since = None
         self._last_flush = time.monotonic()
+
+    # ---- outages of a remote tracking server ----
+    def _reachable(self) -> bool:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return True
+        try:
+            probe(self.tracking_uri.rstrip("/") + "/health", "", "", attempts=1, timeout_s=2.0)
+            return True
+        except ServiceUnavailableError:
+            return False
+
+    def _enter_outage(self, error: BaseException) -> None:
+        """A failed write: an outage if the server no longer answers, else a real error (re-raised)."""
+        if self._reachable():
+            raise error
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            warnings.warn(f"MLflow tracking server {self.tracking_uri} is unreachable; training goes on and "
+                          f"metrics are kept for up to {self.outage_tolerance_s:.0f} s", RuntimeWarning, stacklevel=3)
+        self._outage_error = error
+        self._next_probe = time.monotonic() + 1.0
+        self._raise_if_outage_too_long()
+
+    def _back_up(self) -> bool:
+        """During an outage: probe (at most once a second, so training is not slowed) and report recovery."""
+        if time.monotonic() < self._next_probe:
+            self._raise_if_outage_too_long()
+            return False
+        self._next_probe = time.monotonic() + 1.0
+        if self._reachable():
+            return True
+        self._raise_if_outage_too_long()
+        return False
+
+    def _raise_if_outage_too_long(self) -> None:
+        down = time.monotonic() - (self._outage_since or time.monotonic())
+        if down > self.outage_tolerance_s:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {self.tracking_uri} has been unreachable for {down:.0f} s during training "
+                f"(tracking.outage_tolerance_s = {self.outage_tolerance_s:g}); training stopped, nothing was "
+                "registered, the last checkpoint is kept. Bring the server back and resume "
+                "(ppo train --resume, or re-run the flow).")
+
+    def wait_until_reachable(self) -> None:
+        """Before end-of-run writes: wait out an ongoing outage (within the tolerance) and flush."""
+        self.flush()
+        while self._outage_since is not None:
+            if self._back_up():
+                self.flush()
+            else:
+                time.sleep(0.5)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -228,7 +299,22 @@ class MLflowLogger:
     def log_result(self, trainer: Any, result: dict[str, Any]) -> None:
         """Final metrics, artifacts (config, history CSV, checkpoint) and the model; register if converged."""
         t = time.perf_counter()
-        self.flush()
+        self.wait_until_reachable()
+        try:
+            self._log_final(trainer, result)
+            if self._outage_since is not None:  # the final metrics could not be written
+                raise self._outage_error or RuntimeError("outage")
+        except Exception as e:
+            if isinstance(e, TrackingUnavailableError) or self._reachable():
+                raise
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {self.tracking_uri} went away while the run's final artifacts and model "
+                f"were being logged ({type(e).__name__}); nothing was registered. Bring the server back and "
+                "resume (ppo train --resume, or re-run the flow): the run is reopened and logged again.") from e
+        self.final_logging_s = time.perf_counter() - t
+        self.logging_s += self.final_logging_s
+
+    def _log_final(self, trainer: Any, result: dict[str, Any]) -> None:
         fe = result["final_eval"]
         self.log_metrics({"eval/return_mean": fe["avg_reward"], "eval/return_std": fe["std_reward"],
                           "final/best_avg_reward": result.get("best_avg_reward"),
@@ -251,18 +337,18 @@ class MLflowLogger:
         ckpt = Path(result["checkpoint_dir"]) / "checkpoint.msgpack"
         if ckpt.is_file():
             self.client.log_artifact(self.run_id, str(ckpt), artifact_path="checkpoint")
-        log_policy_model(self.run_id, trainer.agent, trainer.config)
+        log_policy_model(self.run_id, trainer.agent, trainer.config, uri=self.tracking_uri)
         registry = trainer.config.registry
         if registry.auto_register and (result["converged"] or not registry.register_only_converged):
             version = register_model(self.run_id, trainer.config.model_name,
-                                     tags={"final_eval": f"{fe['avg_reward']:.2f}"})
+                                     tags={"final_eval": f"{fe['avg_reward']:.2f}"}, uri=self.tracking_uri)
             result["model_version"] = version
-        self.final_logging_s = time.perf_counter() - t
-        self.logging_s += self.final_logging_s
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:
             return
+        if self._outage_since is not None and not self._reachable():
+            raise TrackingUnavailableError(f"MLflow tracking server {self.tracking_uri} is unreachable")
         try:
             self.flush()
             if error:
@@ -283,25 +369,27 @@ def history_csv(history: list[dict[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------- model and registry
-def log_policy_model(run_id: str, agent: Any, config: Config) -> str:
-    """Log the greedy policy as a pyfunc from code (no pickle). Returns the model URI."""
+def log_policy_model(run_id: str, agent: Any, config: Config, uri: str | None = None) -> str:
+    """Log the greedy policy as a pyfunc from code (no pickle) to the run in store ``uri`` (default: the
+    configured store). Returns the model URI."""
     from ppo.serving import model_artifacts, model_signature, pip_requirements
 
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = model_artifacts(agent, config, Path(tmp))
         signature, example = model_signature(agent.observation_dim)
+        c = client(uri)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("model_code.py")),
                 artifacts=artifacts, signature=signature, input_example=example,
                 pip_requirements=pip_requirements(), code_paths=[str(Path(__file__).parent)])
-    client().set_tag(run_id, "model_uri", info.model_uri)
+    c.set_tag(run_id, "model_uri", info.model_uri)
     return info.model_uri
 
 
-def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = None) -> str:
+def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = None, uri: str | None = None) -> str:
     """Register the run's model under ``model_name``; a second call for the same run returns the same version."""
-    c = client()
+    c = client(uri)
     existing = [v for v in c.search_model_versions(f"name='{model_name}'") if v.run_id == run_id]
     if existing:
         return str(min(int(v.version) for v in existing))

@@ -100,3 +100,21 @@ class Background:
 
     def tail(self, n: int = 3000) -> str:
         return self.log_path.read_text()[-n:]
+
+
+def start_mlflow_server(directory: Path, port: int | None = None) -> tuple[Background, str]:
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend + artifact folder in ``directory``), answering."""
+    import sys
+
+    port = port or free_port()
+    server = Background([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                         "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
+                         "--artifacts-destination", str(directory / "artifacts"), "--workers", "1"],
+                        directory / f"server-{port}.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health", proc=server.proc)
+    except BaseException:
+        server.stop()
+        raise
+    return server, url

@@ -13,21 +13,15 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from conftest import Background, free_port, small_config, venv_env, wait_http
+from conftest import Background, free_port, small_config, start_mlflow_server, venv_env, wait_http
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    server = Background([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                         "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
-                         "--artifacts-destination", str(d / "artifacts"), "--workers", "1"], d / "server.log")
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        wait_http(url + "/health", proc=server.proc)
         yield url
     finally:
         server.stop()
