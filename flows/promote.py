@@ -20,7 +20,8 @@ def promote_model(version: int, config_path: str | None = "configs/cartpole.yaml
     register(model_name, evaluation["run_id"], decision)
     promotion = promote(model_name, str(version), decision)
     return {"model_name": model_name, "version": str(version), "gate_passed": decision["passed"],
-            "gate_reason": decision["reason"], "champion": promotion["champion"], "promoted": promotion["promoted"]}
+            "gate_reason": decision["reason"], "champion": promotion["champion"], "promoted": promotion["promoted"],
+            "lost_race": promotion["lost_race"]}
 
 
 if __name__ == "__main__":

@@ -232,6 +232,11 @@ def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help=
     sys.stdout.write(json.dumps(summary) + "\n")
     if not summary["gate_passed"]:
         raise typer.Exit(4)
+    if summary.get("lost_race"):
+        console.print(f"lost the race: another promotion moved {summary['model_name']}@champion to version "
+                      f"{summary['champion']} while version {version} was gated; run promote again to gate it "
+                      "against the new champion", highlight=False)
+        raise typer.Exit(5)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,15 @@ class InjectedFault(RuntimeError):
 
 def _fault(task_name: str) -> None:
     """Fault injection for drills: ``PPO_FAULTS="train=1,register=permanent"`` makes ``train`` fail its
-    first attempt (a transient error, counted in ``$PPO_HOME/faults``) and ``register`` fail always."""
+    first attempt (a transient error, counted in ``$PPO_HOME/faults``) and ``register`` fail always;
+    ``promote=delay:5`` makes promotion hold its lock 5 s (a slow registry, to drill concurrent promotions)."""
     spec = dict(item.split("=", 1) for item in os.environ.get("PPO_FAULTS", "").split(",") if "=" in item)
     if task_name not in spec:
+        return
+    if spec[task_name].startswith("delay:"):
+        import time
+
+        time.sleep(float(spec[task_name].split(":", 1)[1]))
         return
     if spec[task_name] == "permanent":
         raise InjectedFault(f"injected permanent fault in task {task_name!r}")
@@ -234,18 +242,56 @@ def register(model_name: str, run_id: str, decision: dict[str, Any]) -> str:
     return version
 
 
+@contextmanager
+def promotion_lock(model_name: str, timeout_s: float = 600.0) -> Iterator[None]:
+    """Serialise alias moves for one model across processes and machines.
+
+    A Prefect global concurrency limit (one slot) lives in the Prefect API's database, so every process
+    and worker talking to the same API (or sharing an embedded one's database) takes turns; the limit is
+    created on first use. MLflow has no compare-and-set on aliases, hence this lock.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = f"promote-{model_name}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # created by a concurrent promotion
+                pass
+    with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield
+
+
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
 def promote(model_name: str, version: str, decision: dict[str, Any]) -> dict[str, Any]:
-    """Move the ``champion`` alias to ``version`` only if the gate passed (idempotent)."""
-    _fault("promote")
+    """Move the ``champion`` alias to ``version`` only if the gate passed and the champion is still the one
+    the gate compared against (compare-and-set under :func:`promotion_lock`); otherwise report the lost race."""
     from ppo import tracking
 
     log = get_run_logger()
-    before = tracking.get_champion(model_name)
     if not decision["passed"]:
+        before = tracking.get_champion(model_name)
         log.warning("gate failed (%s): %s@champion stays at %s", decision["reason"], model_name, before)
-        return {"promoted": False, "champion": before}
-    if before != str(version):
+        return {"promoted": False, "champion": before, "lost_race": False}
+    # the champion the gate compared against; None: there was none, or it is this very version
+    expected = decision.get("champion_version")
+    with promotion_lock(model_name):
+        before = tracking.get_champion(model_name)
+        _fault("promote")
+        if before == str(version):
+            return {"promoted": False, "champion": before, "lost_race": False}
+        if before != expected:
+            log.warning("lost the race: %s@champion moved from %s to %s while version %s was gated; "
+                        "run promote-model again to gate it against the new champion",
+                        model_name, expected, before, version)
+            tracking.tag_version(model_name, version, {"promote.lost_race_to": before})
+            return {"promoted": False, "champion": before, "lost_race": True}
         tracking.set_champion(model_name, version)
     log.info("%s@champion = version %s (was %s)", model_name, version, before)
-    return {"promoted": before != str(version), "champion": str(version)}
+    return {"promoted": True, "champion": str(version), "lost_race": False}
