@@ -117,11 +117,34 @@ class PPOTrainer:
             _PROGRAMS[key] = make_program(self.config)
         return _PROGRAMS[key]
 
+    @property
+    def sharding(self) -> Any:
+        """The multi-device layout (:mod:`ppo.sharding`), or ``None`` on one device."""
+        if not hasattr(self, "_sharding"):
+            from ppo.sharding import plan_for
+
+            self._sharding = plan_for(self.config)
+        return self._sharding
+
+    def _place(self, state: Any) -> Any:
+        """Put a (host or device) state where the chunk program expects it."""
+        import jax
+
+        plan = self.sharding
+        return state if plan is None else jax.device_put(state, plan.state(state, self.config.env.num_envs))
+
     def _chunk_fn(self, state: Any, active: Any, num_updates: int) -> Any:
         key = (self.config.config_hash(), num_updates)
         if key not in _COMPILED:
+            import jax
+
             t = time.perf_counter()
-            _COMPILED[key] = self._get_program()[1].lower(state, active, num_updates).compile()
+            fn, plan = self._get_program()[1], self.sharding
+            if plan is not None:  # same program, laid out on the mesh; outputs stay where inputs are
+                state_sh = plan.state(state, self.config.env.num_envs)
+                fn = jax.jit(fn.__wrapped__, static_argnums=2, in_shardings=(state_sh, plan.per_seed()),
+                             out_shardings=(state_sh, plan.per_seed()))
+            _COMPILED[key] = fn.lower(state, active, num_updates).compile()
             self.timings["compile_s"] = self.timings.get("compile_s", 0.0) + time.perf_counter() - t
         return _COMPILED[key]
 
@@ -130,7 +153,7 @@ class PPOTrainer:
 
         init = self._get_program()[0]
         t = time.perf_counter()
-        state = init(jnp.asarray(self.config.train.seeds, dtype=jnp.uint32))
+        state = self._place(init(jnp.asarray(self.config.train.seeds, dtype=jnp.uint32)))
         self.timings.setdefault("init_s", time.perf_counter() - t)
         return state
 
@@ -162,7 +185,7 @@ class PPOTrainer:
             restored = load_checkpoint(self.checkpoint_dir, state)
             if restored is not None:
                 state, host = restored
-                state = jax.tree.map(jnp.asarray, state)
+                state = self._place(jax.tree.map(jnp.asarray, state))
                 resumed_from = host["chunk"]
                 host["stopped_by_callback"] = False
                 done = self.checkpoint_dir / "result.json"
@@ -234,6 +257,8 @@ class PPOTrainer:
             if tr.max_env_steps is not None:
                 num_updates = min(num_updates, math.ceil((tr.max_env_steps - env_steps) / batch))
             active = jnp.asarray(budget_left)
+            if self.sharding is not None:
+                active = jax.device_put(active, self.sharding.per_seed())
             chunk_fn = self._chunk_fn(state, active, num_updates)
             t = time.perf_counter()
             state, metrics = chunk_fn(state, active)

@@ -1,0 +1,68 @@
+"""Several devices: the seed (or env) axis is sharded with jax.sharding and training follows the
+single-device run. Two CPU devices come from XLA_FLAGS in a subprocess (JAX reads it at start-up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, small_config
+
+from ppo import PPOTrainer
+
+CASES = {"seed": {}, "env": {"train.seeds": [3]}}  # 2 seeds → 1 per device; 1 seed → 4 of its 8 envs each
+
+SCRIPT = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, "tests")
+from conftest import small_config
+from ppo import PPOTrainer
+cases, out = json.loads(sys.argv[1]), {}
+for name, extra in cases.items():
+    trainer = PPOTrainer(config=small_config(**{"train.checkpoint_dir": "ck-" + name, **extra}))
+    result = trainer.train()
+    np.savez(sys.argv[2] + "/" + name + ".npz", *[np.asarray(x) for x in jax.tree.leaves(trainer.state.params)])
+    out[name] = {"axis": trainer.sharding and trainer.sharding.axis, "devices": jax.device_count(),
+                 "shards": len(jax.tree.leaves(trainer.state.obs)[0].sharding.device_set),
+                 "history": [[h["episodes"], h["avg_reward"]] for h in result["history"]]}
+print(json.dumps(out))
+"""
+
+
+def test_sharded_training_follows_the_single_device_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPO_HOME", str(tmp_path))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES), str(tmp_path)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert jax.device_count() == 1
+    for name, extra in CASES.items():
+        got = sharded[name]
+        assert (got["axis"], got["devices"], got["shards"]) == (name, 2, 2)
+        single = PPOTrainer(config=small_config(**{"train.checkpoint_dir": "single-" + name, **extra}))
+        result = single.train()
+        assert single.sharding is None
+        # the same episodes with the same returns, chunk by chunk ...
+        assert got["history"] == [[h["episodes"], h["avg_reward"]] for h in result["history"]]
+        # ... and the same parameters up to float32 rounding (XLA reduces a split batch in another order)
+        theirs = np.load(tmp_path / f"{name}.npz")
+        for i, leaf in enumerate(jax.tree.leaves(single.state.params)):
+            np.testing.assert_allclose(theirs[f"arr_{i}"], np.asarray(leaf), rtol=0, atol=1e-5)
+
+
+def test_indivisible_layout_falls_back_to_one_device():
+    from ppo.sharding import plan_for
+
+    cpu = jax.devices()[0]
+    with pytest.warns(RuntimeWarning, match="neither the 3 seeds nor the 5 envs divide"):
+        assert plan_for(small_config(**{"train.seeds": [0, 1, 2], "env.num_envs": 5,
+                                        "ppo.batch_size": 640, "ppo.minibatch_size": 64}), [cpu, cpu]) is None
+    assert plan_for(small_config(), [cpu]) is None
+    assert plan_for(small_config(), [cpu, cpu]).axis == "seed"
