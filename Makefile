@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/train_speed.py --seeds 8
 	$(BIN)/python bench/tracking_overhead.py
+	$(BIN)/python bench/scale.py --out $(PPO_HOME)/scale.png
 
 serve: $(STAMP)
 	scripts/serve.sh

@@ -54,7 +54,7 @@ def main() -> None:
     overrides = parse_overrides(args.set)
     overrides["train.seeds"] = list(range(args.seeds))
     overrides["tracking.enabled"] = False
-    overrides.setdefault("train.checkpoint_dir", f"/tmp/ppo-bench-ck-{os.getpid()}")
+    overrides.setdefault("train.checkpoint_dir", f"bench/ck-{os.getpid()}")  # inside $PPO_HOME
     cfg = load_config(args.config, overrides)
     import_s = time.perf_counter() - T0
 
@@ -81,11 +81,11 @@ def main() -> None:
         overhead = hosted / (bare_per_chunk * (n_chunks - 1)) - 1 if n_chunks > 1 else None
         import shutil
 
-        shutil.rmtree(cfg.train.checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)
 
     print(json.dumps({
         "bench": "train_speed", "env": cfg.env.id, "seeds": len(cfg.train.seeds), "num_envs": cfg.env.num_envs,
-        "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "cache": cache,
+        "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "platform": jax.devices()[0].platform, "cache": cache,
         "interpreter_s": round(START_AGE, 3), "import_s": round(import_s, 3),
         "compile_s": round(result["compile_s"], 3), "init_s": round(trainer.timings.get("init_s", 0.0), 3),
         "train_s": round(result["train_time_s"], 3), "env_steps": result["env_steps"],
