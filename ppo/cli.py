@@ -215,6 +215,36 @@ def pipeline(config: Annotated[Path | None, typer.Option("--config", "-c")] = Pa
 
 
 @app.command()
+def sweep(spec: Annotated[Path, typer.Option("--spec", "-s", help="sweep file (search space)")] = Path(
+        "configs/sweep-cartpole.yaml")) -> None:
+    """Run the ``sweep-ppo`` flow in this process: trials in parallel on Ray (local, or ``$RAY_ADDRESS``),
+    each a nested MLflow run; ends with the comparison table and the best config's path."""
+    from ppo.config import ConfigError
+    from ppo.sweep import load_sweep, trial_configs
+
+    try:
+        trials = trial_configs(load_sweep(spec), root=Path.cwd())
+    except ConfigError as e:
+        _fail(str(e))
+    console.print(f"sweep {spec}: {len(trials)} trials", highlight=False)
+    _prefect_env()
+    from flows.sweep import sweep_ppo
+
+    summary = _run_flow(sweep_ppo, sweep_path=str(spec))
+    import pandas as pd
+
+    table = Table(title=f"sweep-ppo (best: trial {summary['best_trial']})")
+    rows = pd.read_csv(summary["table"]).to_dict("records")
+    for col in rows[0]:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row.values()))
+    console.print(table)
+    console.print(f"best config: {summary['best_config']}\nplot: {summary['plot']}", highlight=False)
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+@app.command()
 def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help="model version to gate")],
             config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
             set_: SetOpt = None) -> None:

@@ -148,12 +148,13 @@ class MLflowLogger:
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "ppo-cartpole",
                  run_name: str | None = None, flush_every_s: float = 5.0, flush_every_metrics: int = 900,
-                 outage_tolerance_s: float = 60.0) -> None:
+                 outage_tolerance_s: float = 60.0, parent_run_id: str | None = None) -> None:
         self.client = connect(tracking_uri)
         self.tracking_uri = self.client._tracking_client.tracking_uri
         self.experiment = experiment
         self.experiment_id = get_or_create_experiment(self.client, experiment)
         self.run_name = run_name
+        self.parent_run_id = parent_run_id  # nests this run under another (a sweep's trials)
         self.run_id: str | None = None
         self.flush_every_s = flush_every_s
         self.flush_every_metrics = flush_every_metrics
@@ -167,12 +168,12 @@ class MLflowLogger:
         self._next_probe = 0.0
 
     @classmethod
-    def from_config(cls, config: Config) -> MLflowLogger:
+    def from_config(cls, config: Config, **kwargs: Any) -> MLflowLogger:
         uri = config.tracking.tracking_uri
         local = None if uri is None else local_store_path(uri)
         if uri is not None and local is not None:  # relative local stores are taken from $PPO_HOME
             uri = f"sqlite:///{confined_path(local)}" if uri.startswith("sqlite") else confined_path(local).as_uri()
-        return cls(uri, config.experiment_name, outage_tolerance_s=config.tracking.outage_tolerance_s)
+        return cls(uri, config.experiment_name, outage_tolerance_s=config.tracking.outage_tolerance_s, **kwargs)
 
     # ---- run lifecycle ----
     def start(self, config: Config, resumed: bool = False, run_dir: Path | None = None) -> str:
@@ -192,7 +193,10 @@ class MLflowLogger:
 
             tags = {"config_hash": config.config_hash(), "git_commit": _git_commit(), "env_id": config.env.id,
                     "seeds": json.dumps(list(config.train.seeds)), "device": jax.devices()[0].device_kind,
-                    "platform": jax.devices()[0].platform, "host": platform.node(), **_versions()}
+                    "platform": jax.devices()[0].platform, "device_count": jax.device_count(),
+                    "host": platform.node(), **_versions()}
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
             params = [Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v))

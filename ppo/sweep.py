@@ -1,0 +1,178 @@
+"""Hyperparameter sweeps: a search space in YAML, expanded into validated trial configs, and the
+comparison of finished trials. No Prefect, no Ray here: ``flows/sweep.py`` runs the trials.
+
+A sweep file::
+
+    base: configs/cartpole.yaml        # the config every trial starts from (default: built-in defaults)
+    method: random                     # grid (every combination of lists) or random (``trials`` draws)
+    trials: 8                          # random only
+    seed: 0                            # random only: the draws are reproducible
+    eval_episodes: 20                  # greedy gymnasium episodes per trained seed that score a trial
+    fixed:                             # overrides shared by every trial
+      train.max_env_steps: 100000
+    space:                             # any dotted config field
+      ppo.learning_rate: {low: 3.0e-4, high: 1.0e-2, log: true}   # random: a range
+      ppo.epochs_per_update: [2, 4, 8]                              # grid or random: a list of choices
+      ppo.clip_epsilon: {low: 0.1, high: 0.3}
+      env.num_envs: {low: 4, high: 16, int: true}
+
+Every trial's config is validated before any trial runs; a bad one is reported with its trial number.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ppo.config import Config, ConfigError, load_config
+
+
+class Range(BaseModel):
+    """A continuous (or, with ``int``, integer) interval for random search."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    low: float
+    high: float
+    log: bool = False
+    int: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+    def draw(self, rng: np.random.Generator) -> float | int:
+        if self.int:
+            return int(rng.integers(int(math.ceil(self.low)), int(math.floor(self.high)) + 1))
+        if self.log:
+            return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        return float(rng.uniform(self.low, self.high))
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base: str | None = None
+    method: Literal["grid", "random"] = "grid"
+    trials: int | None = Field(None, ge=1, le=10_000)
+    seed: int = Field(0, ge=0)
+    eval_episodes: int = Field(20, ge=1, le=10_000)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, list[Any] | Range] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _method(self) -> SweepSpec:
+        if self.method == "grid":
+            ranges = [k for k, v in self.space.items() if isinstance(v, Range)]
+            if ranges:
+                raise ValueError(f"grid search needs lists of values; {', '.join(ranges)} are ranges (use "
+                                 "method: random, or list the values)")
+        elif self.trials is None:
+            raise ValueError("random search needs trials: N")
+        for key, values in self.space.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"space.{key}: needs at least one value")
+        return self
+
+
+def load_sweep(path: str | os.PathLike[str]) -> SweepSpec:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file {str(p)!r} does not exist or is not a file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"sweep file {str(p)!r} is not valid YAML: {e}") from None
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(x) for x in err['loc']) or '<sweep>'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid sweep {str(p)!r}:\n  " + "\n  ".join(lines)) from None
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The trials' swept values, in order: every combination (grid) or ``trials`` seeded draws (random)."""
+    keys = list(spec.space)
+    if spec.method == "grid":
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*spec.space.values())]
+    rng = np.random.default_rng(spec.seed)
+    trials = []
+    for _ in range(spec.trials or 0):
+        point = {}
+        for key, values in spec.space.items():
+            point[key] = values.draw(rng) if isinstance(values, Range) else values[int(rng.integers(len(values)))]
+        trials.append(point)
+    return trials
+
+
+def trial_configs(spec: SweepSpec, root: Path | None = None) -> list[tuple[dict[str, Any], Config]]:
+    """Each trial's swept values and its full, validated config (base + fixed + swept)."""
+    base = spec.base
+    if base is not None and root is not None and not Path(base).is_absolute():
+        base = str(root / base)
+    out = []
+    for i, point in enumerate(expand(spec)):
+        try:
+            out.append((point, load_config(base, {**spec.fixed, **point})))
+        except ConfigError as e:
+            raise ConfigError(f"sweep trial {i} {point}: {e}") from None
+    return out
+
+
+def best_trial(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trial with the highest score; ties go to fewer env steps (the cheaper config)."""
+    return max(results, key=lambda r: (r["score"], -r["env_steps"]))
+
+
+def comparison_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per trial, best first: swept values, score, env steps, wall time."""
+    rows = [{"trial": r["trial"], **r["params"], "score": round(r["score"], 2),
+             "score_std": round(r["score_std"], 2), "env_steps": r["env_steps"], "converged": r["converged"],
+             "wall_s": round(r["wall_s"], 1), "mlflow_run": r.get("run_id")} for r in results]
+    return sorted(rows, key=lambda row: (-row["score"], row["env_steps"]))
+
+
+def plot_sweep(results: list[dict[str, Any]], path: Path, title: str = "PPO sweep") -> Path:
+    """Score per trial, and score against each swept parameter (log x where the values span 10x+)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(results[0]["params"])
+    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4.2 * (1 + len(keys)), 3.8), squeeze=False)
+    axes = axes[0]
+    best = best_trial(results)["trial"]
+    trials = [r["trial"] for r in results]
+    axes[0].bar(trials, [r["score"] for r in results], yerr=[r["score_std"] for r in results],
+                color=["tab:orange" if t == best else "tab:blue" for t in trials], capsize=3)
+    axes[0].set_xticks(trials)
+    axes[0].set_xlabel("trial (error bar: std over episodes)")
+    axes[0].set_ylabel("greedy return (mean over seeds)")
+    axes[0].set_title("score per trial (best in orange)", fontsize=10)
+    for ax, key in zip(axes[1:], keys, strict=True):
+        xs = [r["params"][key] for r in results]
+        if all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs):
+            ax.scatter(xs, [r["score"] for r in results])
+            if min(xs) > 0 and max(xs) / min(xs) >= 10:
+                ax.set_xscale("log")
+        else:
+            labels = [str(x) for x in xs]
+            ax.scatter(labels, [r["score"] for r in results])
+        ax.set_xlabel(key)
+        ax.set_ylabel("score")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

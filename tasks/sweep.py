@@ -1,0 +1,102 @@
+"""Prefect tasks of the ``sweep-ppo`` flow: plan (validate every trial, open the parent MLflow run),
+one trial (train + score, a nested MLflow run), and the report (table, plot, best config)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = {"persist_result": True, "result_serializer": "json", "cache_policy": NO_CACHE}
+
+
+@task(name="plan-sweep", retries=1, **RESULTS)
+def plan_sweep(sweep_path: str) -> dict[str, Any]:
+    """Expand and validate every trial (a bad one fails here, before any training), open the parent run."""
+    from ppo import tracking
+    from ppo.sweep import load_sweep, trial_configs
+
+    spec = load_sweep(sweep_path)
+    trials = trial_configs(spec, root=_ROOT)
+    first = trials[0][1]
+    client = tracking.client()
+    experiment_id = tracking.get_or_create_experiment(client, first.experiment_name)
+    parent = client.create_run(experiment_id, run_name=f"sweep-{Path(sweep_path).stem}",
+                               tags={"sweep": "true", "sweep.method": spec.method})
+    run_id = parent.info.run_id
+    client.log_param(run_id, "sweep.trials", len(trials))
+    client.log_param(run_id, "sweep.space", json.dumps(spec.model_dump(mode="json")["space"])[:6000])
+    client.log_artifact(run_id, sweep_path)
+    get_run_logger().info("sweep %s: %d trials (%s), MLflow parent run %s", sweep_path, len(trials), spec.method,
+                          run_id)
+    return {"parent_run_id": run_id, "eval_episodes": spec.eval_episodes,
+            "trials": [{"trial": i, "params": point, "config": cfg.to_dict()}
+                       for i, (point, cfg) in enumerate(trials)]}
+
+
+@task(name="trial", retries=1, **RESULTS)
+def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> dict[str, Any]:
+    """Train one trial's config as a nested MLflow run and score it on real gymnasium episodes."""
+    import numpy as np
+
+    from ppo.config import build_config
+    from ppo.tracking import MLflowLogger
+    from ppo.trainer import PPOTrainer
+
+    data = trial["config"]
+    data["train"]["checkpoint_dir"] = f"sweeps/{parent_run_id}/trial-{trial['trial']}"
+    data["registry"]["auto_register"] = False  # a trial is compared, not registered
+    cfg = build_config(data)
+    logger = MLflowLogger.from_config(cfg, run_name=f"trial-{trial['trial']}", parent_run_id=parent_run_id)
+    trainer = PPOTrainer(config=cfg, logger=logger)
+    result = trainer.train()
+    ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True, seed=cfg.gate.eval_seed)
+    score, score_std = float(np.mean(ev["per_seed_avg"])), float(np.std(ev["returns"]))
+    logger.client.log_metric(logger.run_id, "sweep/score", score)
+    for key, value in trial["params"].items():
+        logger.client.set_tag(logger.run_id, f"sweep.{key}", value)
+    get_run_logger().info("trial %d %s: score %.1f after %d env steps", trial["trial"], trial["params"], score,
+                          result["env_steps"])
+    return {"trial": trial["trial"], "params": trial["params"], "score": score, "score_std": score_std,
+            "env_steps": result["env_steps"], "converged": result["converged"], "wall_s": result["wall_time_s"],
+            "run_id": logger.run_id, "pid": os.getpid()}
+
+
+@task(name="sweep-report", retries=1, **RESULTS)
+def sweep_report(parent_run_id: str, results: list[dict[str, Any]], trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Comparison table (CSV + Prefect table), plot, and the best trial's full config, on the parent run."""
+    import pandas as pd
+    import yaml
+
+    from ppo import tracking
+    from ppo.config import ppo_home
+    from ppo.sweep import best_trial, comparison_table, plot_sweep
+
+    directory = ppo_home() / "sweeps" / parent_run_id
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = comparison_table(results)
+    pd.DataFrame(rows).to_csv(directory / "sweep.csv", index=False)
+    plot_sweep(results, directory / "sweep.png", title=f"PPO sweep {parent_run_id[:8]}")
+    best = best_trial(results)
+    best_config = next(t["config"] for t in trials if t["trial"] == best["trial"])
+    (directory / "best_config.yaml").write_text(yaml.safe_dump(best_config, sort_keys=False))
+    client = tracking.client()
+    client.log_artifacts(parent_run_id, str(directory))
+    client.log_metric(parent_run_id, "sweep/best_score", best["score"])
+    client.set_tag(parent_run_id, "sweep.best_trial", best["trial"])
+    client.set_tag(parent_run_id, "sweep.best_run_id", best["run_id"])
+    client.set_terminated(parent_run_id, "FINISHED")
+    create_table_artifact(rows, key="ppo-sweep", description="sweep trials, best first")
+    create_markdown_artifact(f"# PPO sweep\n\nBest trial {best['trial']} {best['params']}: score "
+                             f"{best['score']:.1f}.\n\nBest config: `{directory / 'best_config.yaml'}`\n\n"
+                             f"Plot: `{directory / 'sweep.png'}`\n", key="ppo-sweep-summary")
+    return {"parent_run_id": parent_run_id, "best_trial": best["trial"], "best_params": best["params"],
+            "best_score": best["score"], "best_config": str(directory / "best_config.yaml"),
+            "plot": str(directory / "sweep.png"), "table": str(directory / "sweep.csv"),
+            "trial_pids": sorted({r["pid"] for r in results})}

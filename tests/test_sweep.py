@@ -1,0 +1,94 @@
+"""Sweeps: the search space expands reproducibly and is validated up front; the sweep-ppo flow runs two
+trials on a real local Ray under Prefect's test harness, as nested MLflow runs, and reports the best."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import yaml
+from conftest import small_config
+
+from ppo.config import ConfigError, load_config
+from ppo.sweep import SweepSpec, expand, load_sweep, trial_configs
+
+
+def _spec(tmp_path, data):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_grid_and_random_expansion():
+    grid = SweepSpec(space={"ppo.learning_rate": [1e-3, 3e-3], "ppo.epochs_per_update": [2, 4, 8]})
+    assert len(expand(grid)) == 6 and expand(grid)[0] == {"ppo.learning_rate": 1e-3, "ppo.epochs_per_update": 2}
+    rnd = SweepSpec(method="random", trials=50, seed=3, space={
+        "ppo.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "env.num_envs": {"low": 2, "high": 8, "int": True},
+        "ppo.gae_lambda": [0.9, 0.95]})
+    points = expand(rnd)
+    assert points == expand(rnd)  # seeded
+    assert all(1e-4 <= p["ppo.learning_rate"] <= 1e-2 for p in points)
+    assert {p["env.num_envs"] for p in points} <= set(range(2, 9)) and all(isinstance(p["env.num_envs"], int)
+                                                                         for p in points)
+    assert {p["ppo.gae_lambda"] for p in points} == {0.9, 0.95}
+
+
+@pytest.mark.parametrize("data,expected", [
+    ({"method": "grid", "space": {"ppo.learning_rate": {"low": 1e-4, "high": 1e-2}}}, "grid search needs lists"),
+    ({"method": "random", "space": {"ppo.gamma": [0.9]}}, "random search needs trials"),
+    ({"space": {}}, "space"),
+    ({"method": "random", "trials": 2, "space": {"ppo.learning_rate": {"low": 1, "high": 0.1}}}, "must be < high"),
+    ({"space": {"ppo.gamma": [0.9]}, "budget": 3}, "budget"),
+])
+def test_bad_sweep_files_are_named(tmp_path, data, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_sweep(_spec(tmp_path, data))
+
+
+def test_every_trial_is_validated_before_any_runs(tmp_path):
+    spec = load_sweep(_spec(tmp_path, {"space": {"ppo.gamma": [0.9, 1.5]}}))
+    with pytest.raises(ConfigError, match=r"(?s)sweep trial 1 \{.ppo.gamma.: 1.5\}.*ppo.gamma.*0.0 .. 1.0"):
+        trial_configs(spec)
+
+
+def test_without_ray_the_flow_falls_back_with_a_message(monkeypatch):
+    from flows import sweep
+
+    monkeypatch.setitem(sys.modules, "prefect_ray", None)  # as if the extra were not installed
+    runner, note = sweep.task_runner()
+    assert type(runner).__name__ == "ThreadPoolTaskRunner" and "pip install 'ppo-pipeline[ray]'" in note
+
+
+def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatch):
+    pytest.importorskip("prefect_ray", reason="the ray extra is part of `make test`'s install")
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.sweep import RUNNER, sweep_ppo
+    from ppo import tracking
+
+    assert type(RUNNER).__name__ == "RayTaskRunner"
+    monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0]}).to_dict()))
+    path = _spec(tmp_path, {"base": str(base), "eval_episodes": 3, "fixed": {"train.max_env_steps": 1280},
+                            "space": {"ppo.learning_rate": [1e-3, 3e-3]}})
+    with prefect_test_harness(server_startup_timeout=120):
+        state = sweep_ppo(str(path), return_state=True)
+    assert state.is_completed(), state
+    out = state.result()
+    assert out["best_trial"] in (0, 1) and out["best_params"]["ppo.learning_rate"] in (1e-3, 3e-3)
+    assert os.getpid() not in out["trial_pids"]  # the trials ran in Ray worker processes
+
+    client = tracking.client()
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.best_trial"] == str(out["best_trial"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["trial-0", "trial-1"]
+    assert all(c.info.status == "FINISHED" and "sweep/score" in c.data.metrics for c in children)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.csv", "sweep.png", "best_config.yaml", "sweep.yaml"} <= artifacts
+    best = load_config(out["best_config"])
+    assert best.ppo.learning_rate == out["best_params"]["ppo.learning_rate"]
+    assert best.train.max_env_steps == 1280
