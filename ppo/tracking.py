@@ -193,7 +193,7 @@ class MLflowLogger:
 
             tags = {"config_hash": config.config_hash(), "git_commit": _git_commit(), "env_id": config.env.id,
                     "seeds": json.dumps(list(config.train.seeds)), "device": jax.devices()[0].device_kind,
-                    "platform": jax.devices()[0].platform, "device_count": jax.device_count(),
+                    "platform": jax.devices()[0].platform, "device_count": str(jax.device_count()),
                     "host": platform.node(), **_versions()}
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start the team set-up on 127.0.0.1: prefect server, work pool ppo-local, deployments, a process worker
 # and an mlflow server. Logs and pid files go to $PPO_HOME/run; scripts/stop.sh stops exactly those.
+# PPO_DB=postgres puts both servers on a PostgreSQL cluster in $PPO_HOME/postgres (scripts/postgres.sh)
+# instead of sqlite files.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${PPO_BIN:-$ROOT/.venv/bin}"
@@ -40,9 +42,23 @@ wait_http() {  # name, url
   echo "error: $1 did not answer at $2 within 90 s" >&2; exit 1
 }
 
+DB="${PPO_DB:-sqlite}"
+case "$DB" in
+  sqlite) export MLFLOW_BACKEND_STORE_URI="sqlite:///$PPO_HOME/mlflow.db" ;;
+  postgres)
+    bash "$ROOT/scripts/postgres.sh" start
+    # passwords travel in the environment, not on command lines that `ps` shows
+    MLFLOW_BACKEND_STORE_URI="$(bash "$ROOT/scripts/postgres.sh" url mlflow)"
+    PREFECT_SERVER_DATABASE_CONNECTION_URL="$(bash "$ROOT/scripts/postgres.sh" url prefect asyncpg)"
+    export MLFLOW_BACKEND_STORE_URI PREFECT_SERVER_DATABASE_CONNECTION_URL
+    echo "databases: PostgreSQL on 127.0.0.1:$(cat "$RUN/postgres.port") (data $PPO_HOME/postgres)" ;;
+  *) echo "error: PPO_DB=$DB; allowed: sqlite, postgres" >&2; exit 2 ;;
+esac
+echo "$DB" >"$RUN/db"
+
 start prefect-server prefect server start --host "$HOST" --port "$PREFECT_PORT"
 start mlflow-server mlflow server --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
-  --backend-store-uri "sqlite:///$PPO_HOME/mlflow.db" --artifacts-destination "$PPO_HOME/mlartifacts"
+  --artifacts-destination "$PPO_HOME/mlartifacts"
 wait_http prefect-server "$PREFECT_API_URL/health"
 wait_http mlflow-server "$MLFLOW_TRACKING_URI/health"
 
@@ -59,6 +75,7 @@ export PPO_HOME=$PPO_HOME
 ENV
 cat <<MSG
 ready:
+  databases       $DB
   Prefect UI/API  http://$HOST:$PREFECT_PORT
   MLflow UI       $MLFLOW_TRACKING_URI
   source $RUN/serve.env

@@ -2,7 +2,8 @@
 # Stop exactly what scripts/serve.sh started (by the pid files in $PPO_HOME/run), worker first.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-RUN="${PPO_HOME:-$ROOT/.ppo}/run"
+export PPO_HOME="${PPO_HOME:-$ROOT/.ppo}"
+RUN="$PPO_HOME/run"
 for name in worker mlflow-server prefect-server; do
   pidfile="$RUN/$name.pid"
   [ -f "$pidfile" ] || continue
@@ -15,3 +16,7 @@ for name in worker mlflow-server prefect-server; do
   fi
   rm -f "$pidfile"
 done
+# the database last, and only if serve.sh started it
+if [ -f "$RUN/postgres.started" ]; then
+  bash "$ROOT/scripts/postgres.sh" stop
+fi

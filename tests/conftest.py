@@ -118,3 +118,41 @@ def start_mlflow_server(directory: Path, port: int | None = None) -> tuple[Backg
         server.stop()
         raise
     return server, url
+
+
+def serve_team(home: Path, **extra: str) -> dict[str, str]:
+    """``scripts/serve.sh`` (prefect server, worker, deployments, mlflow server) on free loopback ports;
+    returns the environment a client of it uses."""
+    import subprocess
+    import sys
+
+    env = venv_env(PPO_HOME=str(home), PREFECT_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
+                   PPO_BIN=str(Path(sys.executable).parent), **extra)
+    env.pop("PREFECT_HOME", None)
+    env.pop("PPO_FAULTS", None)
+    up = subprocess.run(["bash", str(ROOT / "scripts" / "serve.sh")], env=env, capture_output=True, text=True,
+                        timeout=300)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    for line in (home / "run" / "serve.env").read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    env["PREFECT_HOME"] = str(home / "prefect-server")
+    return env
+
+
+def stop_team(home: Path, env: dict[str, str] | None) -> None:
+    """``scripts/stop.sh``; asserts that everything serve.sh started is gone."""
+    import subprocess
+
+    subprocess.run(["bash", str(ROOT / "scripts" / "stop.sh")], env=env or venv_env(PPO_HOME=str(home)),
+                   timeout=120)
+    for name in ("worker", "mlflow-server", "prefect-server"):
+        assert not (home / "run" / f"{name}.pid").exists()
+
+
+def prefect_cli(env: dict[str, str], *args: str, timeout: float = 420):
+    import subprocess
+    import sys
+
+    return subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, venv_env
+from conftest import ROOT, prefect_cli, serve_team, stop_team
 
 pytestmark = pytest.mark.integration
 
@@ -16,28 +15,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     home = tmp_path_factory.mktemp("served")
-    env = venv_env(PPO_HOME=str(home), PREFECT_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
-                   PPO_BIN=str(Path(sys.executable).parent))
-    env.pop("PREFECT_HOME", None)
-    env.pop("PPO_FAULTS", None)
+    env = None
     try:
-        up = subprocess.run(["bash", str(ROOT / "scripts" / "serve.sh")], env=env, capture_output=True, text=True,
-                            timeout=300)
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        for line in (home / "run" / "serve.env").read_text().splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value
-        env["PREFECT_HOME"] = str(home / "prefect-server")
+        env = serve_team(home)
         yield env, home
     finally:
-        subprocess.run(["bash", str(ROOT / "scripts" / "stop.sh")], env=env, timeout=120)
-        for name in ("worker", "mlflow-server", "prefect-server"):
-            assert not (home / "run" / f"{name}.pid").exists()
-
-
-def _prefect(env, *args, timeout=420):
-    return subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+        stop_team(home, env)
 
 
 def test_servers_bind_loopback_only(served):
@@ -52,11 +35,11 @@ def test_servers_bind_loopback_only(served):
 
 def test_deployment_runs_train_then_promote(served):
     env, home = served
-    listed = _prefect(env, "deployment", "ls")
+    listed = prefect_cli(env, "deployment", "ls")
     assert "train-ppo/train-ppo" in listed.stdout and "promote-model/promote" in listed.stdout, listed.stdout
-    bare = _prefect(env, "deployment", "run", "train-ppo")
+    bare = prefect_cli(env, "deployment", "run", "train-ppo")
     assert bare.returncode != 0  # Prefect insists on <flow>/<deployment>
-    run = _prefect(env, "deployment", "run", "train-ppo/train-ppo", "-p",
+    run = prefect_cli(env, "deployment", "run", "train-ppo/train-ppo", "-p",
                    'overrides={"gate.episodes": 10}', "--watch")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "Completed" in run.stdout
@@ -68,7 +51,7 @@ def test_deployment_runs_train_then_promote(served):
     assert [v.version for v in versions] == ["1"]
     assert client.get_model_version_by_alias("ppo-cartpole", "champion").version == "1"
 
-    promo = _prefect(env, "deployment", "run", "promote-model/promote", "-p", "version=1", "-p",
+    promo = prefect_cli(env, "deployment", "run", "promote-model/promote", "-p", "version=1", "-p",
                      'overrides={"gate.episodes": 10}', "--watch")
     assert promo.returncode == 0, promo.stdout[-4000:] + promo.stderr[-2000:]
     assert client.get_model_version("ppo-cartpole", "1").tags["gate.passed"] == "true"
