@@ -22,12 +22,18 @@ def _config(**extra):
                            "train.max_env_steps": 128 * 5 * 12, **extra})
 
 
-def test_short_outage_is_ridden_out_and_nothing_is_lost(tmp_path, monkeypatch):
+def _server(tmp_path, monkeypatch):
+    """A real mlflow server (restartable on the same port and store) that the run talks to."""
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
     store, port = tmp_path / "store", free_port()
     store.mkdir()
     server, url = start_mlflow_server(store, port)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    return server, url, store, port
+
+
+def test_short_outage_is_ridden_out_and_nothing_is_lost(tmp_path, monkeypatch):
+    server, url, store, port = _server(tmp_path, monkeypatch)
     cfg = _config(**{"tracking.outage_tolerance_s": 120})
     logger = MLflowLogger(url, cfg.experiment_name, flush_every_s=0.0, outage_tolerance_s=120)
     seen = {}
@@ -58,11 +64,7 @@ def test_short_outage_is_ridden_out_and_nothing_is_lost(tmp_path, monkeypatch):
 
 
 def test_long_outage_fails_readably_and_registers_nothing(tmp_path, monkeypatch):
-    monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
-    store, port = tmp_path / "store", free_port()
-    store.mkdir()
-    server, url = start_mlflow_server(store, port)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    server, url, store, port = _server(tmp_path, monkeypatch)
     cfg = _config(**{"tracking.outage_tolerance_s": 3})
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
     stopped = []
