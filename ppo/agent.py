@@ -36,10 +36,9 @@ class PPOAgent:
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.network = PPONetwork(action_dim=self.action_dim, hidden_sizes=self.hidden_sizes)
         if params is None:
-            import jax
-            import jax.numpy as jnp
+            from ppo.networks import init_params
 
-            params = self.network.init(jax.random.PRNGKey(seed), jnp.zeros((1, self.observation_dim)))
+            params = init_params(self.network, self.observation_dim, seed)
         self.params = params
 
     @property

@@ -3,11 +3,17 @@
 Separate torsos (no shared layers) are what CleanRL and PureJaxRL use for classic control: the value
 loss cannot distort the policy features. Orthogonal init with gain sqrt(2) for hidden layers, 0.01 for
 the policy head (near-uniform initial policy) and 1.0 for the value head.
+
+:func:`init_params` draws that initialisation with NumPy on the host. Why: under ``jit``, Flax's
+orthogonal initialiser (threefry draws + a QR per layer) costs ~0.9 s of XLA compilation on a cold
+start, a quarter of the time to solve CartPole; NumPy does it in a millisecond. The modules' own
+initialisers stay, so ``network.init`` gives the same distribution (used for shapes and by hand).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -59,3 +65,28 @@ class PPONetwork(nn.Module):
 
     def value(self, x: jnp.ndarray) -> jnp.ndarray:
         return self.critic(x)
+
+
+def init_params(network: PPONetwork, observation_dim: int, seed: int) -> dict[str, Any]:
+    """Orthogonal weights (gains as in the modules) and zero biases for ``network``, drawn with NumPy from
+    ``seed``: the same tree as ``network.init`` returns, without compiling anything."""
+    import jax
+
+    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), jnp.zeros((1, observation_dim), jnp.float32))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x50504F]))  # "PPO": apart from env draws
+
+    def torso(tree: dict[str, Any], head_gain: float) -> dict[str, Any]:
+        names = sorted(tree, key=lambda n: int(n.rsplit("_", 1)[1]))  # Dense_0, Dense_1, ... in call order
+        out = {}
+        for i, name in enumerate(names):
+            n_in, n_out = tree[name]["kernel"].shape
+            gain = head_gain if i == len(names) - 1 else np.sqrt(2.0)
+            a = rng.standard_normal((max(n_in, n_out), min(n_in, n_out)))
+            q, r = np.linalg.qr(a)
+            q = q * np.sign(np.diag(r))  # a uniformly random orthogonal matrix (Haar), as Flax's
+            kernel = q if n_in >= n_out else q.T
+            out[name] = {"kernel": (gain * kernel).astype(np.float32), "bias": np.zeros(n_out, np.float32)}
+        return out
+
+    p = shapes["params"]
+    return {"params": {"actor": torso(p["actor"], 0.01), "critic": torso(p["critic"], 1.0)}}

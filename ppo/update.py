@@ -19,7 +19,7 @@ from flax import struct
 from ppo.config import Config
 from ppo.envs import env_spec, make_jax_env
 from ppo.losses import gae, ppo_loss
-from ppo.networks import PPONetwork
+from ppo.networks import PPONetwork, init_params
 from ppo.rollout import EpisodeStats, make_rollout
 
 
@@ -72,10 +72,9 @@ def make_program(config: Config):
     batch, num_minibatches, window = ppo.batch_size, config.num_minibatches, config.train.convergence_window
     rollout = make_rollout(network, env, env_params, num_envs, num_steps)
 
-    def init_one(seed: jnp.ndarray) -> TrainState:
+    def init_one(seed: jnp.ndarray, params: Any) -> TrainState:
         key = jax.random.PRNGKey(seed)
-        key, k_net, k_env = jax.random.split(key, 3)
-        params = network.init(k_net, jnp.zeros((1, spec.observation_dim), jnp.float32))
+        key, _, k_env = jax.random.split(key, 3)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, num_envs), env_params)
         stats = EpisodeStats(jnp.zeros(num_envs, jnp.float32), jnp.zeros(window, jnp.float32),
                              jnp.int32(0), jnp.int32(0), jnp.float32(0.0))
@@ -134,13 +133,14 @@ def make_program(config: Config):
         out = chunk_one(jax.tree.map(lambda x: x[0], state), active[0], num_updates)
         return jax.tree.map(lambda x: x[None], out)
 
-    # Not vmapped: under vmap, flax's orthogonal init becomes a batched QR whose CPU kernel
-    # (ParallelBatchMap on XLA's thread pool) intermittently deadlocked on a 2-core machine. One compiled
-    # program per seed count is not needed either: the seed is an argument, the program is compiled once.
+    # One small program (optimizer state, env reset) per seed, not vmapped: the seed is an argument, so it
+    # compiles once whatever the seed count, and stacking happens on the host.
     init_single = jax.jit(init_one)
 
     def init(seeds: jnp.ndarray) -> TrainState:
-        states = jax.device_get([init_single(seed) for seed in seeds])
+        # the weights come from the host (ppo.networks.init_params: no initialiser to compile)
+        states = jax.device_get([init_single(seed, init_params(network, spec.observation_dim, int(seed)))
+                                 for seed in np.asarray(seeds)])
         # stack on the host: jnp.stack would compile a small program per leaf shape (~2 s cold)
         return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *states))
 
