@@ -30,8 +30,8 @@ class NonFiniteLossError(FloatingPointError):
 
 #: Built programs and compiled chunks, per config hash: a second trainer for the same config in the
 #: same process (a re-run flow, a resume) neither retraces nor recompiles.
-_PROGRAMS: dict[str, tuple[Any, Any, Any]] = {}
-_COMPILED: dict[tuple[str, int], Any] = {}
+_PROGRAMS: dict[str, Any] = {}
+_COMPILED: dict[tuple[str, int], Any] = {}  # a compiled chunk, or the Future of one being compiled
 
 
 def enable_compilation_cache() -> Path | None:
@@ -133,25 +133,58 @@ class PPOTrainer:
         plan = self.sharding
         return state if plan is None else jax.device_put(state, plan.state(state, self.config.env.num_envs))
 
+    def _compile(self, state: Any, active: Any, num_updates: int) -> Any:
+        """Lower and compile one chunk for (abstract or concrete) ``state``/``active``."""
+        import jax
+
+        t = time.perf_counter()
+        fn, plan = self._get_program().run_chunk, self.sharding
+        if plan is not None:  # same program, laid out on the mesh; outputs stay where inputs are
+            state_sh = plan.state(state, self.config.env.num_envs)
+            fn = jax.jit(fn.__wrapped__, static_argnums=2, in_shardings=(state_sh, plan.per_seed()),
+                         out_shardings=(state_sh, plan.per_seed()))
+        compiled = fn.lower(state, active, num_updates).compile()
+        self.timings["compile_s"] = self.timings.get("compile_s", 0.0) + time.perf_counter() - t
+        return compiled
+
+    def _compile_ahead(self, num_updates: int) -> None:
+        """Start compiling the chunk in a background thread, from the state's shapes alone.
+
+        Why: XLA compiles with the GIL released on one core, so the init (host weights, env reset, its
+        own small compile) and the checkpoint load run meanwhile on the other; a cold start saves the
+        init's time. :meth:`_chunk_fn` waits for it.
+        """
+        key = (self.config.config_hash(), num_updates)
+        if key in _COMPILED:
+            return
+        import concurrent.futures
+
+        import jax
+
+        shapes = self._get_program().state_shapes(len(self.config.train.seeds))
+        active = jax.ShapeDtypeStruct((len(self.config.train.seeds),), bool)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ppo-compile")
+        _COMPILED[key] = pool.submit(self._compile, shapes, active, num_updates)
+        pool.shutdown(wait=False)
+
     def _chunk_fn(self, state: Any, active: Any, num_updates: int) -> Any:
+        import concurrent.futures
+
         key = (self.config.config_hash(), num_updates)
         if key not in _COMPILED:
-            import jax
-
-            t = time.perf_counter()
-            fn, plan = self._get_program()[1], self.sharding
-            if plan is not None:  # same program, laid out on the mesh; outputs stay where inputs are
-                state_sh = plan.state(state, self.config.env.num_envs)
-                fn = jax.jit(fn.__wrapped__, static_argnums=2, in_shardings=(state_sh, plan.per_seed()),
-                             out_shardings=(state_sh, plan.per_seed()))
-            _COMPILED[key] = fn.lower(state, active, num_updates).compile()
-            self.timings["compile_s"] = self.timings.get("compile_s", 0.0) + time.perf_counter() - t
+            _COMPILED[key] = self._compile(state, active, num_updates)
+        elif isinstance(_COMPILED[key], concurrent.futures.Future):
+            try:
+                _COMPILED[key] = _COMPILED[key].result()
+            except BaseException:
+                del _COMPILED[key]  # a later call compiles in the foreground and raises there
+                raise
         return _COMPILED[key]
 
     def init_state(self) -> Any:
         import jax.numpy as jnp
 
-        init = self._get_program()[0]
+        init = self._get_program().init
         t = time.perf_counter()
         state = self._place(init(jnp.asarray(self.config.train.seeds, dtype=jnp.uint32)))
         self.timings.setdefault("init_s", time.perf_counter() - t)
@@ -174,6 +207,7 @@ class PPOTrainer:
         started = time.perf_counter()
         seeds = list(tr.seeds)
         n_seeds = len(seeds)
+        self._compile_ahead(tr.updates_per_chunk)
         state = self.init_state()
         host: dict[str, Any] = {
             "chunk": 0, "converged_since": [None] * n_seeds, "converged": [False] * n_seeds,

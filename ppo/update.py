@@ -35,6 +35,15 @@ class TrainState(struct.PyTreeNode):
     update: jnp.ndarray  # int32 updates done
 
 
+class Program(NamedTuple):
+    """What :func:`make_program` builds for one config."""
+
+    init: Any  # seeds -> stacked TrainState (on the host's default device)
+    run_chunk: Any  # jitted (state, active, num_updates) -> (state, metrics)
+    network: PPONetwork
+    state_shapes: Any  # n_seeds -> the stacked TrainState as ShapeDtypeStructs (to compile before init)
+
+
 class UpdateMetrics(NamedTuple):
     policy: jnp.ndarray
     value: jnp.ndarray
@@ -61,7 +70,7 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(lr, eps=ppo.adam_eps))
 
 
-def make_program(config: Config):
+def make_program(config: Config) -> Program:
     """Build the jitted ``init`` and ``run_chunk`` for ``config`` (nothing is traced until first call)."""
     env, env_params = make_jax_env(config.env.id, config.env.max_steps_per_episode)
     spec = env_spec(config.env.id)
@@ -144,6 +153,12 @@ def make_program(config: Config):
         # stack on the host: jnp.stack would compile a small program per leaf shape (~2 s cold)
         return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *states))
 
+    def state_shapes(n_seeds: int) -> Any:
+        params = jax.eval_shape(network.init, jax.random.PRNGKey(0), jnp.zeros((1, spec.observation_dim)))
+        one = jax.eval_shape(init_one, jax.ShapeDtypeStruct((), jnp.uint32), params)
+        # concrete states come from NumPy stacking: never weak-typed, so neither are these
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype), one)
+
     batched = chunk_single if len(config.train.seeds) == 1 else jax.vmap(chunk_one, in_axes=(0, 0, None))
     run_chunk = jax.jit(batched, static_argnums=2)
-    return init, run_chunk, network
+    return Program(init, run_chunk, network, state_shapes)
