@@ -101,8 +101,17 @@ def test_bad_config_fails_before_training_with_field_named(harness, tmp_path):
 
 def test_promote_flow_regates_existing_version(harness):
     path, _ = harness
-    summary = promote_model(version=1, config_path=str(path))
-    assert summary["gate_passed"] and summary["champion"] == tracking.get_champion("ppo-cartpole")
-    strict = promote_model(version=1, config_path=str(path), overrides={"gate.min_return": 10_000})
-    assert not strict["gate_passed"] and not strict["promoted"]
-    assert tracking.client().get_model_version("ppo-cartpole", "1").tags["gate.passed"] == "false"
+    champion = tracking.get_champion("ppo-cartpole")
+    other = "2" if champion == "1" else "1"  # versions 1 and 2 come from the tests above
+    # gated against the champion with a margin nothing fails: passes, and the alias moves to it
+    summary = promote_model(version=int(other), config_path=str(path), overrides={"gate.margin": 1e6})
+    assert summary["gate_passed"] and summary["promoted"] and summary["champion"] == other
+    assert tracking.get_champion("ppo-cartpole") == other
+    assert tracking.client().get_model_version("ppo-cartpole", other).tags["gate.champion_version"] == champion
+    # the champion re-gated against itself: nothing to pair, passes, nothing moves
+    again = promote_model(version=int(other), config_path=str(path))
+    assert again["gate_passed"] and not again["promoted"] and again["champion"] == other
+    # a gate nothing passes: the alias stays
+    strict = promote_model(version=int(champion), config_path=str(path), overrides={"gate.min_return": 10_000})
+    assert not strict["gate_passed"] and not strict["promoted"] and strict["champion"] == other
+    assert tracking.client().get_model_version("ppo-cartpole", champion).tags["gate.passed"] == "false"
