@@ -3,10 +3,14 @@
 >>> from ppo import PPOTrainer, PPOAgent, CartPoleWrapper
 """
 
-from ppo.agent import PPOAgent
-from ppo.config import Config, ConfigError, load_config
-from ppo.envs import CartPoleWrapper
-from ppo.trainer import NonFiniteLossError, PPOTrainer
+from ppo.sharding import configure_cpu_devices
+
+configure_cpu_devices()  # before anything starts JAX: one CPU device per core, for seeds trained together
+
+from ppo.agent import PPOAgent  # noqa: E402
+from ppo.config import Config, ConfigError, load_config  # noqa: E402
+from ppo.envs import CartPoleWrapper  # noqa: E402
+from ppo.trainer import NonFiniteLossError, PPOTrainer  # noqa: E402
 
 __all__ = ["PPOTrainer", "PPOAgent", "CartPoleWrapper", "Config", "ConfigError", "load_config",
            "NonFiniteLossError", "MLflowLogger"]

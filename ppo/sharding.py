@@ -8,6 +8,12 @@ reductions a PPO update needs (advantage normalisation, loss means) across devic
 
 ``jit`` follows the shardings of its arguments, so the hot path itself is unchanged: the trainer puts
 the state on the mesh once and compiles the chunk with matching in/out shardings.
+
+On a CPU, XLA runs one device's work mostly on one core, so :func:`configure_cpu_devices` splits the
+CPU into one device per core (up to 8) before JAX starts: seeds trained together then use every core
+(8 seeds on 2 cores: 2.2 s of training instead of 4.3 s). Only the seed axis is split there; splitting
+one seed's envs over CPU devices costs more in reductions than it gains (measured: 136k vs 290k
+env-steps/s on 2 cores).
 """
 
 from __future__ import annotations
@@ -56,16 +62,42 @@ class Plan:
 
 
 def plan_for(config: Config, devices: list[Any] | None = None) -> Plan | None:
-    """The layout for ``config`` on ``devices`` (default: all of JAX's), or ``None`` for one device."""
+    """The layout for ``config`` on ``devices`` (default: all of JAX's), or ``None`` for one device.
+
+    Seeds go to as many devices as divide them evenly (6 seeds on 4 devices: 3 devices, 2 seeds each);
+    on accelerators, a seed count that no device count > 1 divides splits the envs instead.
+    """
     devices = list(devices if devices is not None else jax.devices())
     n, seeds, envs = len(devices), len(config.train.seeds), config.env.num_envs
     if n == 1:
         return None
-    if seeds > 1 and seeds % n == 0:
-        return Plan(Mesh(np.array(devices), ("seed",)), "seed")
+    use = max(d for d in range(1, n + 1) if seeds % d == 0)
+    if use > 1:
+        return Plan(Mesh(np.array(devices[:use]), ("seed",)), "seed")
+    if devices[0].platform == "cpu":
+        return None  # one seed: its envs stay on one CPU device (see the module docstring)
     if envs % n == 0:
         return Plan(Mesh(np.array(devices), ("env",)), "env")
     warnings.warn(f"{n} devices but neither the {seeds} seeds nor the {envs} envs divide among them: "
                   "training runs on one device (choose train.seeds or env.num_envs as a multiple of the "
                   "device count)", RuntimeWarning, stacklevel=2)
     return None
+
+
+def configure_cpu_devices() -> int | None:
+    """Before JAX's backends start: one CPU device per core (``$PPO_CPU_DEVICES`` overrides; 1 = off).
+
+    Leaves an explicit ``--xla_force_host_platform_device_count`` in ``$XLA_FLAGS`` alone, and does
+    nothing once JAX is running (the count cannot change then). Returns the count it set, if any.
+    """
+    import os
+
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    setting = os.environ.get("PPO_CPU_DEVICES", "")
+    count = int(setting) if setting.isdigit() and int(setting) > 0 else min(os.cpu_count() or 1, 8)
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # backends already initialised (JAX was used before ppo was imported)
+        return None
+    return count

@@ -11,6 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` in sub-folders
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# one CPU device in the test session (its own numbers are the single-device baseline); tests/test_sharding.py
+# runs the default split (one device per core) in a subprocess
+os.environ.setdefault("PPO_CPU_DEVICES", "1")
 os.environ.setdefault("PPO_JAX_CACHE", str(ROOT / ".ppo" / "jax-cache-tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)

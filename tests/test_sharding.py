@@ -1,5 +1,6 @@
 """Several devices: the seed (or env) axis is sharded with jax.sharding and training follows the
-single-device run. Two CPU devices come from XLA_FLAGS in a subprocess (JAX reads it at start-up)."""
+single-device run. The test session runs on one CPU device (conftest: PPO_CPU_DEVICES=1); the sharded
+runs happen in a subprocess where ppo splits the CPU into two devices, as it does by default."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from ppo import PPOTrainer
 cases, out = json.loads(sys.argv[1]), {}
 for name, extra in cases.items():
     trainer = PPOTrainer(config=small_config(**{"train.checkpoint_dir": "ck-" + name, **extra}))
+    if name == "env":  # what an accelerator pair gets for one seed (on CPUs ppo keeps one seed whole)
+        from jax.sharding import Mesh
+        from ppo.sharding import Plan
+        assert trainer.sharding is None
+        trainer._sharding = Plan(Mesh(np.array(jax.devices()), ("env",)), "env")
     result = trainer.train()
     np.savez(sys.argv[2] + "/" + name + ".npz", *[np.asarray(x) for x in jax.tree.leaves(trainer.state.params)])
     out[name] = {"axis": trainer.sharding and trainer.sharding.axis, "devices": jax.device_count(),
@@ -37,7 +43,7 @@ print(json.dumps(out))
 
 def test_sharded_training_follows_the_single_device_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PPO_HOME", str(tmp_path))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "PPO_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES), str(tmp_path)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,12 +63,19 @@ def test_sharded_training_follows_the_single_device_run(tmp_path, monkeypatch):
             np.testing.assert_allclose(theirs[f"arr_{i}"], np.asarray(leaf), rtol=0, atol=1e-5)
 
 
-def test_indivisible_layout_falls_back_to_one_device():
+def test_layouts():
+    from types import SimpleNamespace
+
     from ppo.sharding import plan_for
 
     cpu = jax.devices()[0]
-    with pytest.warns(RuntimeWarning, match="neither the 3 seeds nor the 5 envs divide"):
-        assert plan_for(small_config(**{"train.seeds": [0, 1, 2], "env.num_envs": 5,
-                                        "ppo.batch_size": 640, "ppo.minibatch_size": 64}), [cpu, cpu]) is None
     assert plan_for(small_config(), [cpu]) is None
     assert plan_for(small_config(), [cpu, cpu]).axis == "seed"
+    six = plan_for(small_config(**{"train.seeds": [0, 1, 2, 3, 4, 5]}), [cpu] * 4)
+    assert (six.axis, six.devices) == ("seed", 3)  # as many devices as divide the seeds
+    assert plan_for(small_config(**{"train.seeds": [0, 1, 2]}), [cpu, cpu]) is None  # quietly, on a CPU
+    assert plan_for(small_config(**{"train.seeds": [0]}), [cpu, cpu]) is None
+    gpus = [SimpleNamespace(platform="gpu")] * 2
+    with pytest.warns(RuntimeWarning, match="neither the 3 seeds nor the 5 envs divide"):
+        assert plan_for(small_config(**{"train.seeds": [0, 1, 2], "env.num_envs": 5,
+                                        "ppo.batch_size": 640, "ppo.minibatch_size": 64}), gpus) is None
