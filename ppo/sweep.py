@@ -128,17 +128,23 @@ def trial_configs(spec: SweepSpec, root: Path | None = None) -> list[tuple[dict[
     return out
 
 
+def _finished(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in results if not r.get("error")]
+
+
 def best_trial(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The trial with the highest score; ties go to fewer env steps (the cheaper config)."""
-    return max(results, key=lambda r: (r["score"], -r["env_steps"]))
+    """The finished trial with the highest score; ties go to fewer env steps (the cheaper config)."""
+    return max(_finished(results), key=lambda r: (r["score"], -r["env_steps"]))
 
 
 def comparison_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per trial, best first: swept values, score, env steps, wall time."""
-    rows = [{"trial": r["trial"], **r["params"], "score": round(r["score"], 2),
-             "score_std": round(r["score_std"], 2), "env_steps": r["env_steps"], "converged": r["converged"],
-             "wall_s": round(r["wall_s"], 1), "mlflow_run": r.get("run_id")} for r in results]
-    return sorted(rows, key=lambda row: (-row["score"], row["env_steps"]))
+    """One row per trial, best first, diverged trials last: swept values, score, env steps, wall time."""
+    rows = [{"trial": r["trial"], **r["params"], "status": "diverged" if r.get("error") else "ok",
+             "score": round(r["score"], 2), "score_std": round(r["score_std"], 2), "env_steps": r["env_steps"],
+             "converged": r["converged"], "wall_s": round(r["wall_s"], 1), "mlflow_run": r.get("run_id")}
+            for r in results]
+    return sorted(rows, key=lambda row: (row["status"] != "ok", -row["score"] if row["status"] == "ok" else 0,
+                                         row["env_steps"]))
 
 
 def plot_sweep(results: list[dict[str, Any]], path: Path, title: str = "PPO sweep") -> Path:
@@ -148,6 +154,7 @@ def plot_sweep(results: list[dict[str, Any]], path: Path, title: str = "PPO swee
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = _finished(results)
     keys = list(results[0]["params"])
     fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4.2 * (1 + len(keys)), 3.8), squeeze=False)
     axes = axes[0]

@@ -42,12 +42,16 @@ def plan_sweep(sweep_path: str) -> dict[str, Any]:
 
 @task(name="trial", retries=1, **RESULTS)
 def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> dict[str, Any]:
-    """Train one trial's config as a nested MLflow run and score it on real gymnasium episodes."""
+    """Train one trial's config as a nested MLflow run and score it on real gymnasium episodes.
+
+    A trial whose loss diverges (NaN/inf: a legitimate outcome of, say, a too-high learning rate) is
+    reported as diverged, not retried, and does not stop the other trials.
+    """
     import numpy as np
 
     from ppo.config import build_config
     from ppo.tracking import MLflowLogger
-    from ppo.trainer import PPOTrainer
+    from ppo.trainer import NonFiniteLossError, PPOTrainer
 
     data = trial["config"]
     data["train"]["checkpoint_dir"] = f"sweeps/{parent_run_id}/trial-{trial['trial']}"
@@ -55,7 +59,13 @@ def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> 
     cfg = build_config(data)
     logger = MLflowLogger.from_config(cfg, run_name=f"trial-{trial['trial']}", parent_run_id=parent_run_id)
     trainer = PPOTrainer(config=cfg, logger=logger)
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except NonFiniteLossError as e:  # the run is already marked FAILED in MLflow
+        get_run_logger().warning("trial %d %s diverged: %s", trial["trial"], trial["params"], e)
+        return {"trial": trial["trial"], "params": trial["params"], "score": float("nan"),
+                "score_std": float("nan"), "env_steps": 0, "converged": False, "wall_s": 0.0,
+                "run_id": logger.run_id, "pid": os.getpid(), "error": str(e)}
     ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True, seed=cfg.gate.eval_seed)
     score, score_std = float(np.mean(ev["per_seed_avg"])), float(np.std(ev["returns"]))
     logger.client.log_metric(logger.run_id, "sweep/score", score)
@@ -78,6 +88,9 @@ def sweep_report(parent_run_id: str, results: list[dict[str, Any]], trials: list
     from ppo.config import ppo_home
     from ppo.sweep import best_trial, comparison_table, plot_sweep
 
+    if not any(r.get("error") is None for r in results):
+        tracking.client().set_terminated(parent_run_id, "FAILED")
+        raise RuntimeError(f"every trial of the sweep failed; first: {results[0].get('error')}")
     directory = ppo_home() / "sweeps" / parent_run_id
     directory.mkdir(parents=True, exist_ok=True)
     rows = comparison_table(results)

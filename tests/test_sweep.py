@@ -92,3 +92,16 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     best = load_config(out["best_config"])
     assert best.ppo.learning_rate == out["best_params"]["ppo.learning_rate"]
     assert best.train.max_env_steps == 1280
+
+
+def test_diverged_trials_are_reported_and_never_best():
+    from ppo.sweep import best_trial, comparison_table
+
+    ok = {"trial": 0, "params": {"ppo.learning_rate": 1e-3}, "score": 120.0, "score_std": 3.0, "env_steps": 100,
+          "converged": False, "wall_s": 1.0}
+    nan = float("nan")
+    bad = {"trial": 1, "params": {"ppo.learning_rate": 1.0}, "score": nan, "score_std": nan, "env_steps": 0,
+           "converged": False, "wall_s": 0.0, "error": "non-finite loss at update 3 (seed 0)"}
+    assert best_trial([bad, ok])["trial"] == 0
+    rows = comparison_table([bad, ok])
+    assert [(r["trial"], r["status"]) for r in rows] == [(0, "ok"), (1, "diverged")]

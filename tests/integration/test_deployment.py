@@ -36,7 +36,8 @@ def test_servers_bind_loopback_only(served):
 def test_deployment_runs_train_then_promote(served):
     env, home = served
     listed = prefect_cli(env, "deployment", "ls")
-    assert "train-ppo/train-ppo" in listed.stdout and "promote-model/promote" in listed.stdout, listed.stdout
+    for name in ("train-ppo/train-ppo", "promote-model/promote", "sweep-ppo/sweep"):
+        assert name in listed.stdout, listed.stdout
     bare = prefect_cli(env, "deployment", "run", "train-ppo")
     assert bare.returncode != 0  # Prefect insists on <flow>/<deployment>
     run = prefect_cli(env, "deployment", "run", "train-ppo/train-ppo", "-p",
