@@ -83,7 +83,8 @@ class TrainConfig(_Section):
     updates_per_chunk: int = Field(20, ge=1, le=100_000, description="updates in one jitted call")
     checkpoint_every: int = Field(10, ge=0, le=10**6, description="chunks between checkpoints; 0 = end only")
     checkpoint_dir: str | None = Field(None, description="inside $PPO_HOME (relative paths are taken from it); "
-                                       "default $PPO_HOME/checkpoints/<config hash>")
+                                       "default $PPO_HOME/checkpoints/<config hash>; the pipeline's train "
+                                       "task uses a <config hash>-<code version> folder inside it")
 
     @field_validator("checkpoint_dir")
     @classmethod

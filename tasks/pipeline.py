@@ -102,12 +102,15 @@ def _restored(config: dict[str, Any], checkpoint_dir: str) -> tuple[Any, Any, di
 def train(config: dict[str, Any], config_hash: str) -> dict[str, Any]:
     """Train with MLflow tracking; resumes from the latest checkpoint when retried or re-run after a crash."""
     _fault("train")
-    from ppo.config import ppo_home
+    from ppo.config import confined_path, ppo_home
     from ppo.trainer import PPOTrainer
 
     log = get_run_logger()
     cfg = _config(config)
-    ck = cfg.train.checkpoint_dir or str(ppo_home() / "checkpoints" / f"{config_hash}-{CODE_VERSION[:8]}")
+    # one folder per config and code version (under the config's checkpoint_dir when it names one): a
+    # re-run after a code change trains afresh instead of resuming a checkpoint of other code
+    base = confined_path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else ppo_home() / "checkpoints"
+    ck = str(base / f"{config_hash}-{CODE_VERSION[:8]}")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": ck}),
                                  "registry": cfg.registry.model_copy(update={"auto_register": False})})
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
