@@ -10,7 +10,7 @@ export PATH="$BIN:$PATH"
 export PPO_HOME="${PPO_HOME:-$ROOT/.ppo}"
 PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
-HOST=127.0.0.1
+HOST="${PPO_HOST:-127.0.0.1}"  # loopback unless told otherwise (PPO_HOST=0.0.0.0 exposes the servers)
 RUN="$PPO_HOME/run"
 mkdir -p "$RUN" "$PPO_HOME/prefect-server"
 export PREFECT_HOME="$PPO_HOME/prefect-server"
