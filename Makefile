@@ -21,6 +21,7 @@ run: $(STAMP)
 	$(BIN)/ppo pipeline --config configs/cartpole.yaml
 
 test: $(STAMP)
+	@bash scripts/system-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
