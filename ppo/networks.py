@@ -67,12 +67,17 @@ class PPONetwork(nn.Module):
         return self.critic(x)
 
 
+def param_shapes(network: PPONetwork, observation_dim: int) -> Any:
+    """The tree ``network.init`` returns, as ShapeDtypeStructs (traced, never compiled or run)."""
+    import jax
+
+    return jax.eval_shape(network.init, jax.random.PRNGKey(0), jnp.zeros((1, observation_dim), jnp.float32))
+
+
 def init_params(network: PPONetwork, observation_dim: int, seed: int) -> dict[str, Any]:
     """Orthogonal weights (gains as in the modules) and zero biases for ``network``, drawn with NumPy from
     ``seed``: the same tree as ``network.init`` returns, without compiling anything."""
-    import jax
-
-    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), jnp.zeros((1, observation_dim), jnp.float32))
+    shapes = param_shapes(network, observation_dim)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x50504F]))  # "PPO": apart from env draws
 
     def torso(tree: dict[str, Any], head_gain: float) -> dict[str, Any]:

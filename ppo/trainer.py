@@ -108,7 +108,7 @@ class PPOTrainer:
             return confined_path(self.config.train.checkpoint_dir)
         return ppo_home() / "checkpoints" / self.config.config_hash()
 
-    def _get_program(self) -> tuple[Any, Any, Any]:
+    def _get_program(self) -> Any:  # ppo.update.Program
         key = self.config.config_hash()
         if key not in _PROGRAMS:
             from ppo.update import make_program

@@ -19,7 +19,7 @@ from flax import struct
 from ppo.config import Config
 from ppo.envs import env_spec, make_jax_env
 from ppo.losses import gae, ppo_loss
-from ppo.networks import PPONetwork, init_params
+from ppo.networks import PPONetwork, init_params, param_shapes
 from ppo.rollout import EpisodeStats, make_rollout
 
 
@@ -154,8 +154,7 @@ def make_program(config: Config) -> Program:
         return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *states))
 
     def state_shapes(n_seeds: int) -> Any:
-        params = jax.eval_shape(network.init, jax.random.PRNGKey(0), jnp.zeros((1, spec.observation_dim)))
-        one = jax.eval_shape(init_one, jax.ShapeDtypeStruct((), jnp.uint32), params)
+        one = jax.eval_shape(init_one, jax.ShapeDtypeStruct((), jnp.uint32), param_shapes(network, spec.observation_dim))
         # concrete states come from NumPy stacking: never weak-typed, so neither are these
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype), one)
 
