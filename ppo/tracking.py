@@ -175,7 +175,8 @@ class MLflowLogger:
         uri = config.tracking.tracking_uri
         local = None if uri is None else local_store_path(uri)
         if uri is not None and local is not None:  # relative local stores are taken from $PPO_HOME
-            uri = f"sqlite:///{confined_path(local)}" if uri.startswith("sqlite") else confined_path(local).as_uri()
+            path = confined_path(local)
+            uri = f"sqlite:///{path}" if uri.startswith("sqlite") else path.as_uri()
         return cls(uri, config.experiment_name, outage_tolerance_s=config.tracking.outage_tolerance_s, **kwargs)
 
     # ---- run lifecycle ----
@@ -252,10 +253,9 @@ class MLflowLogger:
 
     # ---- outages of a remote tracking server ----
     def _reachable(self) -> bool:
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return True
+        """One quick probe (a local store is always reachable)."""
         try:
-            probe(self.tracking_uri.rstrip("/") + "/health", "", "", attempts=1, timeout_s=2.0)
+            check_reachable(self.tracking_uri, attempts=1)
             return True
         except ServiceUnavailableError:
             return False
