@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ppo.config import Config, ConfigError, load_config
+from ppo.config import Config, ConfigError, load_config, read_yaml
 
 
 class Range(BaseModel):
@@ -85,18 +84,12 @@ class SweepSpec(BaseModel):
 
 
 def load_sweep(path: str | os.PathLike[str]) -> SweepSpec:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file {str(p)!r} does not exist or is not a file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep file {str(p)!r} is not valid YAML: {e}") from None
+    data = read_yaml(path, "sweep file")
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as e:
         lines = [f"{'.'.join(str(x) for x in err['loc']) or '<sweep>'}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"invalid sweep {str(p)!r}:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"invalid sweep {str(path)!r}:\n  " + "\n  ".join(lines)) from None
 
 
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
