@@ -7,7 +7,8 @@ A sweep file::
     method: random                     # grid (every combination of lists) or random (``trials`` draws)
     trials: 8                          # random only
     seed: 0                            # random only: the draws are reproducible
-    eval_episodes: 20                  # greedy gymnasium episodes per trained seed that score a trial
+    eval_episodes: 20                  # greedy gymnasium episodes per trained seed: each trial's selection
+                                       # score, and the chosen trial's held-out score (other episodes)
     fixed:                             # overrides shared by every trial
       train.max_env_steps: 100000
     space:                             # any dotted config field
@@ -17,6 +18,20 @@ A sweep file::
       env.num_envs: {low: 4, high: 16, int: true}
 
 Every trial's config is validated before any trial runs; a bad one is reported with its trial number.
+
+Scores, and the episodes behind them (:func:`eval_seeds`). The best of several noisy scores is biased
+upward (a winner's curse), so the episodes that choose the best trial never report its score:
+
+* ``score_selection``: every trial, on the ``sweep_select`` stream of :mod:`ppo.evaluate`, gymnasium seeds
+  ``[3 * 2**28, 3 * 2**28 + eval_episodes)``, each played by every trained seed of the trial (so every
+  trial faces the same episodes). The best trial is the one with the highest selection score.
+* ``score_heldout``: the chosen trial only, restored from its checkpoint and re-evaluated on the
+  ``sweep_heldout`` stream, seeds ``[4 * 2**28, 4 * 2**28 + eval_episodes)``, again every trained seed.
+  This is the score the sweep reports for its best trial.
+
+Both are the greedy return averaged over the episodes of each trained seed, then over the seeds. The two
+ranges are disjoint from each other and from training's, the final evaluation's and the gate's episodes.
+The same ranges serve every sweep, so held-out scores of different sweeps are comparable.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ppo.config import Config, ConfigError, load_config, read_yaml
+from ppo.evaluate import stream_seed
 
 
 class Range(BaseModel):
@@ -121,27 +137,64 @@ def trial_configs(spec: SweepSpec, root: Path | None = None) -> list[tuple[dict[
     return out
 
 
+def eval_seeds(episodes: int) -> dict[str, tuple[int, int]]:
+    """The gymnasium seed ranges ``[start, stop)`` a sweep evaluates on (see the module docstring).
+
+    ``selection`` scores every trial and chooses the best; ``heldout`` scores only the chosen trial, for
+    the score the sweep reports. Separate streams of :mod:`ppo.evaluate`, so they never share an episode.
+    """
+    select, heldout = stream_seed("sweep_select", 0, episodes), stream_seed("sweep_heldout", 0, episodes)
+    return {"selection": (select, select + episodes), "heldout": (heldout, heldout + episodes)}
+
+
+def seeds_note(episodes: int) -> str:
+    """One sentence saying which episodes each score column of the comparison table comes from."""
+    seeds = eval_seeds(episodes)
+    return (f"score_selection: every trial, gymnasium seeds [{seeds['selection'][0]}, {seeds['selection'][1]}) "
+            f"per trained seed (stream sweep_select; chose the best trial); score_heldout: the chosen trial "
+            f"only, seeds [{seeds['heldout'][0]}, {seeds['heldout'][1]}) (stream sweep_heldout; the reported "
+            "score, on episodes that did not choose it)")
+
+
+def trial_score(evaluation: dict[str, Any]) -> tuple[float, float]:
+    """A trial's score (greedy return, mean over each trained seed's episodes, then over seeds) and the
+    std over all its episodes, from :meth:`ppo.trainer.PPOTrainer.evaluate` with ``all_seeds=True``."""
+    return float(np.mean(evaluation["per_seed_avg"])), float(np.std(evaluation["returns"]))
+
+
 def _finished(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if not r.get("error")]
 
 
 def best_trial(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The finished trial with the highest score; ties go to fewer env steps (the cheaper config)."""
-    return max(_finished(results), key=lambda r: (r["score"], -r["env_steps"]))
+    """The finished trial with the highest selection score; ties go to fewer env steps (the cheaper config)."""
+    return max(_finished(results), key=lambda r: (r["score_selection"], -r["env_steps"]))
 
 
-def comparison_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per trial, best first, diverged trials last: swept values, score, env steps, wall time."""
+def comparison_table(results: list[dict[str, Any]],
+                     heldout: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per trial, best first, diverged trials last: swept values, scores, env steps, wall time.
+
+    ``score_selection`` ranks the trials; ``score_heldout`` (from ``heldout``, the chosen trial's held-out
+    evaluation) is filled for the chosen trial only: :func:`seeds_note` says which episodes each is on.
+    """
+    def held(r: dict[str, Any], key: str) -> float | None:
+        return round(heldout[key], 2) if heldout and heldout["trial"] == r["trial"] else None
+
     rows = [{"trial": r["trial"], **r["params"], "status": "diverged" if r.get("error") else "ok",
-             "score": round(r["score"], 2), "score_std": round(r["score_std"], 2), "env_steps": r["env_steps"],
-             "converged": r["converged"], "wall_s": round(r["wall_s"], 1), "mlflow_run": r.get("run_id")}
+             "score_selection": round(r["score_selection"], 2), "std_selection": round(r["std_selection"], 2),
+             "score_heldout": held(r, "score_heldout"), "std_heldout": held(r, "std_heldout"),
+             "env_steps": r["env_steps"], "converged": r["converged"], "wall_s": round(r["wall_s"], 1),
+             "mlflow_run": r.get("run_id")}
             for r in results]
-    return sorted(rows, key=lambda row: (row["status"] != "ok", -row["score"] if row["status"] == "ok" else 0,
-                                         row["env_steps"]))
+    return sorted(rows, key=lambda row: (row["status"] != "ok", -row["score_selection"] if row["status"] == "ok"
+                                         else 0, row["env_steps"]))
 
 
-def plot_sweep(results: list[dict[str, Any]], path: Path, title: str = "PPO sweep") -> Path:
-    """Score per trial, and score against each swept parameter (log x where the values span 10x+)."""
+def plot_sweep(results: list[dict[str, Any]], path: Path, title: str = "PPO sweep",
+               heldout: dict[str, Any] | None = None) -> Path:
+    """Selection score per trial (with the chosen trial's held-out score beside it), and selection score
+    against each swept parameter (log x where the values span 10x+)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,23 +206,27 @@ def plot_sweep(results: list[dict[str, Any]], path: Path, title: str = "PPO swee
     axes = axes[0]
     best = best_trial(results)["trial"]
     trials = [r["trial"] for r in results]
-    axes[0].bar(trials, [r["score"] for r in results], yerr=[r["score_std"] for r in results],
-                color=["tab:orange" if t == best else "tab:blue" for t in trials], capsize=3)
+    axes[0].bar(trials, [r["score_selection"] for r in results], yerr=[r["std_selection"] for r in results],
+                color=["tab:orange" if t == best else "tab:blue" for t in trials], capsize=3, label="selection")
+    if heldout is not None:
+        axes[0].errorbar([heldout["trial"]], [heldout["score_heldout"]], yerr=[heldout["std_heldout"]], fmt="D",
+                         color="black", capsize=3, label="held-out (reported)")
+        axes[0].legend(fontsize=8, loc="best")
     axes[0].set_xticks(trials)
     axes[0].set_xlabel("trial (error bar: std over episodes)")
     axes[0].set_ylabel("greedy return (mean over seeds)")
-    axes[0].set_title("score per trial (best in orange)", fontsize=10)
+    axes[0].set_title("selection score per trial (best in orange)", fontsize=10)
     for ax, key in zip(axes[1:], keys, strict=True):
         xs = [r["params"][key] for r in results]
         if all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs):
-            ax.scatter(xs, [r["score"] for r in results])
+            ax.scatter(xs, [r["score_selection"] for r in results])
             if min(xs) > 0 and max(xs) / min(xs) >= 10:
                 ax.set_xscale("log")
         else:
             labels = [str(x) for x in xs]
-            ax.scatter(labels, [r["score"] for r in results])
+            ax.scatter(labels, [r["score_selection"] for r in results])
         ax.set_xlabel(key)
-        ax.set_ylabel("score")
+        ax.set_ylabel("selection score")
         ax.grid(True, alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -1,16 +1,20 @@
 """Prefect tasks of the ``sweep-ppo`` flow: plan (validate every trial, open the parent MLflow run),
-one trial (train + score, a nested MLflow run), and the report (table, plot, best config)."""
+one trial (train + selection score, a nested MLflow run), the chosen trial's held-out score, and the
+report (table, plot, best config). Which episodes each score uses: ``ppo/sweep.py``."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+
+if TYPE_CHECKING:
+    from ppo.config import Config
 
 _ROOT = Path(__file__).resolve().parents[1]
 RESULTS = {"persist_result": True, "result_serializer": "json", "cache_policy": NO_CACHE}
@@ -20,7 +24,7 @@ RESULTS = {"persist_result": True, "result_serializer": "json", "cache_policy": 
 def plan_sweep(sweep_path: str) -> dict[str, Any]:
     """Expand and validate every trial (a bad one fails here, before any training), open the parent run."""
     from ppo import tracking
-    from ppo.sweep import load_sweep, trial_configs
+    from ppo.sweep import eval_seeds, load_sweep, trial_configs
 
     spec = load_sweep(sweep_path)
     trials = trial_configs(spec, root=_ROOT)
@@ -33,6 +37,7 @@ def plan_sweep(sweep_path: str) -> dict[str, Any]:
     client.log_param(run_id, "sweep.trials", len(trials))
     client.log_param(run_id, "sweep.space", json.dumps(spec.model_dump(mode="json")["space"])[:6000])
     client.log_artifact(run_id, sweep_path)
+    client.log_param(run_id, "sweep.eval_seeds", json.dumps(eval_seeds(spec.eval_episodes)))
     get_run_logger().info("sweep %s: %d trials (%s), MLflow parent run %s", sweep_path, len(trials), spec.method,
                           run_id)
     return {"parent_run_id": run_id, "eval_episodes": spec.eval_episodes,
@@ -40,76 +45,113 @@ def plan_sweep(sweep_path: str) -> dict[str, Any]:
                        for i, (point, cfg) in enumerate(trials)]}
 
 
+def _trial_config(trial: dict[str, Any], parent_run_id: str) -> Config:
+    """The trial's config with its own checkpoint directory (``sweeps/<parent run>/trial-<i>`` in $PPO_HOME),
+    where the held-out evaluation finds the trained seeds again."""
+    from ppo.config import build_config
+
+    checkpoint_dir = f"sweeps/{parent_run_id}/trial-{trial['trial']}"
+    return build_config(trial["config"], {"train.checkpoint_dir": checkpoint_dir})
+
+
 @task(name="trial", retries=1, **RESULTS)
 def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> dict[str, Any]:
-    """Train one trial's config as a nested MLflow run and score it on real gymnasium episodes.
+    """Train one trial's config as a nested MLflow run and give it its selection score (real gymnasium
+    episodes of the ``sweep_select`` stream, the same for every trial, so the trials compare fairly).
 
     A trial whose loss diverges (NaN/inf: a legitimate outcome of, say, a too-high learning rate) is
     reported as diverged, not retried, and does not stop the other trials.
     """
-    import numpy as np
-
-    from ppo.config import build_config
+    from ppo.sweep import eval_seeds, trial_score
     from ppo.tracking import MLflowLogger
     from ppo.trainer import NonFiniteLossError, PPOTrainer
 
-    data = trial["config"]
-    data["train"]["checkpoint_dir"] = f"sweeps/{parent_run_id}/trial-{trial['trial']}"
-    data["registry"]["auto_register"] = False  # a trial is compared, not registered
-    cfg = build_config(data)
+    cfg = _trial_config(trial, parent_run_id)
     logger = MLflowLogger.from_config(cfg, run_name=f"trial-{trial['trial']}", parent_run_id=parent_run_id)
     trainer = PPOTrainer(config=cfg, logger=logger)
     try:
         result = trainer.train()
     except NonFiniteLossError as e:  # the run is already marked FAILED in MLflow
         get_run_logger().warning("trial %d %s diverged: %s", trial["trial"], trial["params"], e)
-        return {"trial": trial["trial"], "params": trial["params"], "score": float("nan"),
-                "score_std": float("nan"), "env_steps": 0, "converged": False, "wall_s": 0.0,
+        return {"trial": trial["trial"], "params": trial["params"], "score_selection": float("nan"),
+                "std_selection": float("nan"), "env_steps": 0, "converged": False, "wall_s": 0.0,
                 "run_id": logger.run_id, "pid": os.getpid(), "error": str(e)}
-    ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True, seed=cfg.gate.eval_seed)
-    score, score_std = float(np.mean(ev["per_seed_avg"])), float(np.std(ev["returns"]))
-    logger.client.log_metric(logger.run_id, "sweep/score", score)
+    ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True,
+                          seed=eval_seeds(eval_episodes)["selection"][0])
+    score, std = trial_score(ev)
+    logger.client.log_metric(logger.run_id, "sweep/score_selection", score)
     for key, value in trial["params"].items():
         logger.client.set_tag(logger.run_id, f"sweep.{key}", value)
-    get_run_logger().info("trial %d %s: score %.1f after %d env steps", trial["trial"], trial["params"], score,
-                          result["env_steps"])
-    return {"trial": trial["trial"], "params": trial["params"], "score": score, "score_std": score_std,
+    get_run_logger().info("trial %d %s: selection score %.1f after %d env steps", trial["trial"],
+                          trial["params"], score, result["env_steps"])
+    return {"trial": trial["trial"], "params": trial["params"], "score_selection": score, "std_selection": std,
             "env_steps": result["env_steps"], "converged": result["converged"], "wall_s": result["wall_time_s"],
             "run_id": logger.run_id, "pid": os.getpid()}
 
 
+@task(name="heldout-score", retries=1, **RESULTS)
+def score_heldout(parent_run_id: str, results: list[dict[str, Any]], trials: list[dict[str, Any]],
+                  eval_episodes: int) -> dict[str, Any]:
+    """Choose the best trial by selection score, then score it again on held-out episodes (the
+    ``sweep_heldout`` stream) from its checkpoint: the best of several noisy selection scores overstates
+    the chosen trial (a winner's curse), so the held-out score is the one the sweep reports."""
+    from ppo import tracking
+    from ppo.sweep import best_trial, eval_seeds, trial_score
+    from ppo.trainer import PPOTrainer
+
+    if not any(r.get("error") is None for r in results):
+        tracking.client().set_terminated(parent_run_id, "FAILED")
+        raise RuntimeError(f"every trial of the sweep failed; first: {results[0].get('error')}")
+    best = best_trial(results)
+    trial = next(t for t in trials if t["trial"] == best["trial"])
+    trainer = PPOTrainer(config=_trial_config(trial, parent_run_id))
+    trainer.restore()  # the trained seeds of the chosen trial, from its checkpoint
+    ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True,
+                          seed=eval_seeds(eval_episodes)["heldout"][0])
+    score, std = trial_score(ev)
+    tracking.client().log_metric(best["run_id"], "sweep/score_heldout", score)
+    get_run_logger().info("best trial %d %s: held-out score %.1f (selection score %.1f)", best["trial"],
+                          best["params"], score, best["score_selection"])
+    return {"trial": best["trial"], "score_heldout": score, "std_heldout": std}
+
+
 @task(name="sweep-report", retries=1, **RESULTS)
-def sweep_report(parent_run_id: str, results: list[dict[str, Any]], trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """Comparison table (CSV + Prefect table), plot, and the best trial's full config, on the parent run."""
+def sweep_report(parent_run_id: str, results: list[dict[str, Any]], trials: list[dict[str, Any]],
+                 heldout: dict[str, Any], eval_episodes: int) -> dict[str, Any]:
+    """Comparison table (CSV + Prefect table), plot, and the best trial's full config, on the parent run.
+
+    The best trial's reported score is its held-out one; its selection score is logged beside it, labelled.
+    """
     import pandas as pd
     import yaml
 
     from ppo import tracking
     from ppo.config import ppo_home
-    from ppo.sweep import best_trial, comparison_table, plot_sweep
+    from ppo.sweep import comparison_table, eval_seeds, plot_sweep, seeds_note
 
-    if not any(r.get("error") is None for r in results):
-        tracking.client().set_terminated(parent_run_id, "FAILED")
-        raise RuntimeError(f"every trial of the sweep failed; first: {results[0].get('error')}")
+    best = next(r for r in results if r["trial"] == heldout["trial"])
     directory = ppo_home() / "sweeps" / parent_run_id
     directory.mkdir(parents=True, exist_ok=True)
-    rows = comparison_table(results)
+    rows = comparison_table(results, heldout)
     pd.DataFrame(rows).to_csv(directory / "sweep.csv", index=False)
-    plot_sweep(results, directory / "sweep.png", title=f"PPO sweep {parent_run_id[:8]}")
-    best = best_trial(results)
+    plot_sweep(results, directory / "sweep.png", title=f"PPO sweep {parent_run_id[:8]}", heldout=heldout)
     best_config = next(t["config"] for t in trials if t["trial"] == best["trial"])
     (directory / "best_config.yaml").write_text(yaml.safe_dump(best_config, sort_keys=False))
     client = tracking.client()
     client.log_artifacts(parent_run_id, str(directory))
-    client.log_metric(parent_run_id, "sweep/best_score", best["score"])
+    client.log_metric(parent_run_id, "sweep/best_score_heldout", heldout["score_heldout"])
+    client.log_metric(parent_run_id, "sweep/best_score_selection", best["score_selection"])
     client.set_tag(parent_run_id, "sweep.best_trial", best["trial"])
     client.set_tag(parent_run_id, "sweep.best_run_id", best["run_id"])
     client.set_terminated(parent_run_id, "FINISHED")
-    create_table_artifact(rows, key="ppo-sweep", description="sweep trials, best first")
-    create_markdown_artifact(f"# PPO sweep\n\nBest trial {best['trial']} {best['params']}: score "
-                             f"{best['score']:.1f}.\n\nBest config: `{directory / 'best_config.yaml'}`\n\n"
-                             f"Plot: `{directory / 'sweep.png'}`\n", key="ppo-sweep-summary")
+    note = seeds_note(eval_episodes)
+    create_table_artifact(rows, key="ppo-sweep", description=f"sweep trials, best first. {note}")
+    create_markdown_artifact(f"# PPO sweep\n\nBest trial {best['trial']} {best['params']}: held-out score "
+                             f"{heldout['score_heldout']:.1f} (selection score {best['score_selection']:.1f}, "
+                             f"which chose it).\n\n{note}.\n\nBest config: `{directory / 'best_config.yaml'}`"
+                             f"\n\nPlot: `{directory / 'sweep.png'}`\n", key="ppo-sweep-summary")
     return {"parent_run_id": parent_run_id, "best_trial": best["trial"], "best_params": best["params"],
-            "best_score": best["score"], "best_config": str(directory / "best_config.yaml"),
-            "plot": str(directory / "sweep.png"), "table": str(directory / "sweep.csv"),
-            "trial_pids": sorted({r["pid"] for r in results})}
+            "best_score_heldout": heldout["score_heldout"], "best_score_selection": best["score_selection"],
+            "eval_seeds": {k: list(v) for k, v in eval_seeds(eval_episodes).items()},
+            "best_config": str(directory / "best_config.yaml"), "plot": str(directory / "sweep.png"),
+            "table": str(directory / "sweep.csv"), "trial_pids": sorted({r["pid"] for r in results})}

@@ -1,11 +1,13 @@
 """Sweeps: the search space expands reproducibly and is validated up front; the sweep-ppo flow runs two
-trials on a real local Ray under Prefect's test harness, as nested MLflow runs, and reports the best."""
+trials on a real local Ray under Prefect's test harness, as nested MLflow runs, and reports the best trial's
+score from held-out episodes (not from the episodes that chose it)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import small_config
@@ -60,17 +62,66 @@ def test_without_ray_the_flow_falls_back_with_a_message(monkeypatch):
     assert type(runner).__name__ == "ThreadPoolTaskRunner" and "pip install 'ppo-pipeline[ray]'" in note
 
 
+def test_selection_and_heldout_episodes_are_disjoint_documented_ranges():
+    from ppo.evaluate import STREAM_SPAN, STREAMS, stream_seed
+    from ppo.sweep import eval_seeds, seeds_note
+
+    for episodes in (1, 3, 20, 10_000):
+        seeds = eval_seeds(episodes)
+        assert seeds["selection"] == (stream_seed("sweep_select", 0, episodes),
+                                      stream_seed("sweep_select", 0, episodes) + episodes)
+        assert seeds["heldout"] == (stream_seed("sweep_heldout", 0, episodes),
+                                    stream_seed("sweep_heldout", 0, episodes) + episodes)
+        assert not set(range(*seeds["selection"])) & set(range(*seeds["heldout"]))
+        for start, stop in seeds.values():  # inside its own stream's range: no other evaluation's episodes
+            assert start // STREAM_SPAN == (stop - 1) // STREAM_SPAN
+    import ppo.sweep
+
+    assert STREAM_SPAN == 2**28  # the module docstring states the ranges in these terms
+    assert f"[{STREAMS['sweep_select']} * 2**28, " in ppo.sweep.__doc__
+    assert f"[{STREAMS['sweep_heldout']} * 2**28, " in ppo.sweep.__doc__
+    note = seeds_note(3)
+    a, b = eval_seeds(3)["selection"]
+    c, d = eval_seeds(3)["heldout"]
+    assert f"[{a}, {b})" in note and f"[{c}, {d})" in note
+    assert "score_selection" in note and "score_heldout" in note
+
+
+def _requires_ray() -> None:
+    """Skip without the ray extra, except in CI (``$CI`` set), where its absence is a broken install."""
+    try:
+        import prefect_ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("prefect-ray is missing in CI: the ray extra is part of `make test`'s install")
+        pytest.skip("the ray extra is not installed (pip install -e '.[ray]', part of `make test`'s install)")
+
+
+def test_ray_is_required_in_ci(monkeypatch):
+    monkeypatch.setitem(sys.modules, "prefect_ray", None)  # as if the extra were not installed
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="missing in CI"):
+        _requires_ray()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _requires_ray()
+
+
 def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatch):
-    pytest.importorskip("prefect_ray", reason="the ray extra is part of `make test`'s install")
+    _requires_ray()
+    import numpy as np
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.sweep import RUNNER, sweep_ppo
     from ppo import tracking
+    from ppo.config import build_config
+    from ppo.evaluate import evaluate_params_list, stream_seed
+    from ppo.trainer import PPOTrainer
 
     assert type(RUNNER).__name__ == "RayTaskRunner"
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0]}).to_dict()))
+    base.write_text(yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0, 1]}).to_dict()))
     path = _spec(tmp_path, {"base": str(base), "eval_episodes": 3, "fixed": {"train.max_env_steps": 1280},
                             "space": {"ppo.learning_rate": [1e-3, 3e-3]}})
     with prefect_test_harness(server_startup_timeout=120):
@@ -86,22 +137,52 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.info.run_name for c in children) == ["trial-0", "trial-1"]
-    assert all(c.info.status == "FINISHED" and "sweep/score" in c.data.metrics for c in children)
+    assert all(c.info.status == "FINISHED" and "sweep/score_selection" in c.data.metrics for c in children)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep.csv", "sweep.png", "best_config.yaml", "sweep.yaml"} <= artifacts
     best = load_config(out["best_config"])
     assert best.ppo.learning_rate == out["best_params"]["ppo.learning_rate"]
     assert best.train.max_env_steps == 1280
 
+    # the reported score is the chosen trial's, re-scored on held-out episodes that did not choose it
+    selection, heldout = stream_seed("sweep_select", 0, 3), stream_seed("sweep_heldout", 0, 3)
+    assert not set(range(selection, selection + 3)) & set(range(heldout, heldout + 3))
+    assert out["eval_seeds"] == {"selection": [selection, selection + 3], "heldout": [heldout, heldout + 3]}
+    trainer = PPOTrainer(config=build_config(best.to_dict(), {
+        "train.checkpoint_dir": f"sweeps/{parent.info.run_id}/trial-{out['best_trial']}"}))
+    trainer.restore()  # the best trial's trained seeds, from its checkpoint
+    assert len(trainer.seed_params) == 2
+
+    def score(seed: int) -> float:
+        return float(np.mean(evaluate_params_list(trainer.seed_params, "CartPole-v1", 3, seed).mean(axis=1)))
+
+    assert out["best_score_heldout"] == pytest.approx(score(heldout))
+    assert out["best_score_selection"] == pytest.approx(score(selection))
+    assert parent.data.metrics["sweep/best_score_heldout"] == pytest.approx(score(heldout))
+    assert parent.data.metrics["sweep/best_score_selection"] == pytest.approx(score(selection))
+    assert "sweep/best_score" not in parent.data.metrics  # no unlabelled score to mistake for the held-out one
+    by_name = {c.info.run_name: c for c in children}
+    chosen = by_name[f"trial-{out['best_trial']}"].data.metrics
+    assert chosen["sweep/score_heldout"] == pytest.approx(score(heldout))
+    assert chosen["sweep/score_selection"] == pytest.approx(score(selection))
+    other = by_name[f"trial-{1 - out['best_trial']}"].data.metrics
+    assert "sweep/score_heldout" not in other  # only the chosen trial is scored on held-out episodes
+    rows = pd.read_csv(out["table"]).to_dict("records")
+    assert rows[0]["trial"] == out["best_trial"]
+    assert rows[0]["score_heldout"] == pytest.approx(score(heldout), abs=0.01)
+    assert np.isnan(rows[1]["score_heldout"])
+
 
 def test_diverged_trials_are_reported_and_never_best():
     from ppo.sweep import best_trial, comparison_table
 
-    ok = {"trial": 0, "params": {"ppo.learning_rate": 1e-3}, "score": 120.0, "score_std": 3.0, "env_steps": 100,
-          "converged": False, "wall_s": 1.0}
+    ok = {"trial": 0, "params": {"ppo.learning_rate": 1e-3}, "score_selection": 120.0, "std_selection": 3.0,
+          "env_steps": 100, "converged": False, "wall_s": 1.0}
     nan = float("nan")
-    bad = {"trial": 1, "params": {"ppo.learning_rate": 1.0}, "score": nan, "score_std": nan, "env_steps": 0,
-           "converged": False, "wall_s": 0.0, "error": "non-finite loss at update 3 (seed 0)"}
+    bad = {"trial": 1, "params": {"ppo.learning_rate": 1.0}, "score_selection": nan, "std_selection": nan,
+           "env_steps": 0, "converged": False, "wall_s": 0.0, "error": "non-finite loss at update 3 (seed 0)"}
     assert best_trial([bad, ok])["trial"] == 0
-    rows = comparison_table([bad, ok])
+    rows = comparison_table([bad, ok], {"trial": 0, "score_heldout": 110.0, "std_heldout": 4.0})
     assert [(r["trial"], r["status"]) for r in rows] == [(0, "ok"), (1, "diverged")]
+    assert (rows[0]["score_selection"], rows[0]["score_heldout"]) == (120.0, 110.0)
+    assert rows[1]["score_heldout"] is None
