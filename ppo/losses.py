@@ -37,6 +37,20 @@ def gae(rewards: jnp.ndarray, values: jnp.ndarray, next_values: jnp.ndarray,
     return advantages, advantages + values
 
 
+def normalize(x: jnp.ndarray) -> jnp.ndarray:
+    """``(x − mean) / std``, and exactly 0 where the spread is only rounding noise.
+
+    Why not ``/ (std + 1e-8)``: in float32 the mean of equal values differs from them by rounding, so the
+    centred values and the std are both ~1e-7·|x| and their ratio is ~±1, not 0: a minibatch whose
+    advantages are all equal would push the policy as hard as a real signal. A std below float32's
+    resolution of the values (relative 1e-5 of their magnitude) counts as zero spread.
+    """
+    centred = x - x.mean()
+    std = jnp.sqrt(jnp.mean(centred**2))
+    noise = 1e-5 * jnp.maximum(jnp.max(jnp.abs(x)), 1e-8)
+    return jnp.where(std > noise, centred / jnp.where(std > noise, std, 1.0), 0.0)
+
+
 class LossInfo(NamedTuple):
     total: jnp.ndarray
     policy: jnp.ndarray
@@ -53,7 +67,7 @@ def ppo_loss(logits: jnp.ndarray, values: jnp.ndarray, actions: jnp.ndarray, old
     log_probs_all = jax.nn.log_softmax(logits)
     log_probs = jnp.take_along_axis(log_probs_all, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
     if normalize_advantages:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        advantages = normalize(advantages)
     log_ratio = log_probs - old_log_probs
     ratio = jnp.exp(log_ratio)
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages)

@@ -32,13 +32,26 @@ class EpisodeStats(NamedTuple):
     completed_return: jnp.ndarray  # float, sum of their returns
 
 
+def ring_slots(episodes: jnp.ndarray, dones: jnp.ndarray, window_size: int) -> jnp.ndarray:
+    """Ring-buffer index for each env's finished episode this step; ``window_size`` (dropped) otherwise.
+
+    Episodes ending on one step are numbered in env order after the ``episodes`` already recorded. Only
+    the last ``window_size`` of them are written: when more episodes end in one step than the window
+    holds, the earlier ones would wrap onto the same slots, and XLA leaves the result of a scatter with
+    colliding indices undefined. The written indices are therefore always distinct.
+    """
+    number = episodes + jnp.cumsum(dones.astype(jnp.int32)) - 1
+    newest = episodes + dones.sum(dtype=jnp.int32) - 1
+    keep = dones & (number > newest - window_size)
+    return jnp.where(keep, number % window_size, window_size)
+
+
 def record_episodes(stats: EpisodeStats, rewards: jnp.ndarray, dones: jnp.ndarray) -> EpisodeStats:
     """Add one step's rewards; push the returns of envs whose episode ended into the ring buffer."""
     ep_return = stats.ep_return + rewards
     window_size = stats.window.shape[0]
-    slot = stats.episodes + jnp.cumsum(dones.astype(jnp.int32)) - 1
-    index = jnp.where(dones, slot % window_size, window_size)  # window_size = out of bounds = dropped
-    window = stats.window.at[index].set(ep_return, mode="drop")
+    index = ring_slots(stats.episodes, dones, window_size)
+    window = stats.window.at[index].set(ep_return, mode="drop", unique_indices=True)
     n_done = dones.sum(dtype=jnp.int32)
     return EpisodeStats(
         ep_return=jnp.where(dones, 0.0, ep_return),
