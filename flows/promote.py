@@ -6,22 +6,28 @@ from typing import Any
 
 from prefect import flow
 
-from tasks import evaluate_version, gate, promote, register, validate_config
+from tasks import evaluate_candidate, fetch_version, gate, outcome, promote, register, validate_config
 
 
 @flow(name="promote-model", log_prints=True)
 def promote_model(version: int, config_path: str | None = "configs/cartpole.yaml",
                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Gate model ``version`` (of the config's registered model) against the current champion."""
+    """Gate model ``version`` (of the config's registered model) against the current champion.
+
+    The version's own run supplies what was trained (its config and every seed's checkpoint); the config
+    given here supplies the gate's settings.
+    """
     validated = validate_config(config_path, overrides or {})
-    config, model_name = validated["config"], validated["model_name"]
-    evaluation = evaluate_version(config, model_name, str(version))
-    decision = gate(config, evaluation, evaluation["run_id"])
-    register(model_name, evaluation["run_id"], decision)
-    promotion = promote(model_name, str(version), decision)
-    return {"model_name": model_name, "version": str(version), "gate_passed": decision["passed"],
-            "gate_reason": decision["reason"], "champion": promotion["champion"], "promoted": promotion["promoted"],
-            "lost_race": promotion["lost_race"]}
+    model_name = validated["model_name"]
+    fetched = fetch_version(model_name, str(version))
+    config = {**fetched["config"], "gate": validated["config"]["gate"], "registry": validated["config"]["registry"]}
+    evaluation = evaluate_candidate(config, fetched["checkpoint_dir"], fetched["run_id"])
+    decision = gate(config, evaluation, fetched["run_id"])
+    registered = register(model_name, fetched["run_id"], decision)
+    promotion = promote(model_name, registered, decision)
+    return {"outcome": outcome(decision, promotion), "model_name": model_name, "version": str(version),
+            "gate_passed": decision["passed"], "gate_reason": decision["reason"], "champion": promotion["champion"],
+            "promoted": promotion["promoted"], "lost_race": promotion["lost_race"]}
 
 
 if __name__ == "__main__":

@@ -189,29 +189,42 @@ def _run_flow(fn: Any, **kwargs: Any) -> dict[str, Any]:
         try:
             state.result()
         except Exception as e:  # the task's own error, e.g. a ConfigError naming the field
-            _fail(f"flow {state.name}: {type(e).__name__}: {e}", code=2 if type(e).__name__ == "ConfigError" else 1)
+            codes = {"ConfigError": 2, "NonFiniteLossError": 3}
+            _fail(f"flow {state.name}: {type(e).__name__}: {e}", code=codes.get(type(e).__name__, 1))
         _fail(f"flow ended in state {state.name}", code=1)
     return state.result()
 
 
+#: what ``ppo pipeline`` / ``ppo promote`` exit with for each outcome of the gate and promotion
+OUTCOME_EXIT = {"promoted": 0, "already_champion": 0, "gated_out": 4, "older_than_champion": 4, "lost_race": 5}
+
+
 @app.command()
 def pipeline(config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
-             set_: SetOpt = None) -> None:
+             set_: SetOpt = None,
+             retrain: Annotated[bool, typer.Option("--retrain", help="train a challenger on fresh seeds and gate "
+                                                   "it against the champion (what the weekly schedule does)")] = False,
+             ) -> None:
     """Run the whole ``train-ppo`` Prefect flow in this process (embedded Prefect API unless
-    PREFECT_API_URL is set): validate, train, evaluate, gate, report, register, promote."""
+    PREFECT_API_URL is set): validate, train, evaluate, gate, report, register, promote.
+
+    Exit status: 0 promoted (or already the champion), 4 gated out or older than the champion, 5 lost a
+    promotion race, 1 a failed task or service, 2 a bad config, 3 a non-finite loss."""
     from ppo.config import parse_overrides
 
     _load(config, set_)  # fail fast, before Prefect starts, on a bad config
     _prefect_env()
     from flows.train_ppo import train_ppo
 
-    summary = _run_flow(train_ppo, config_path=str(config) if config else None, overrides=parse_overrides(set_))
+    summary = _run_flow(train_ppo, config_path=str(config) if config else None, overrides=parse_overrides(set_),
+                        retrain=retrain)
     table = Table(title="train-ppo", show_header=False)
     for k, v in summary.items():
         table.add_row(k, _fmt(v) if not isinstance(v, list) else ", ".join(_fmt(x) for x in v))
     console.print(table)
     console.print(f"report: {summary['report']}", highlight=False)
     sys.stdout.write(json.dumps(summary) + "\n")
+    raise typer.Exit(OUTCOME_EXIT[summary["outcome"]])
 
 
 @app.command()
@@ -248,7 +261,10 @@ def sweep(spec: Annotated[Path, typer.Option("--spec", "-s", help="sweep file (s
 def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help="model version to gate")],
             config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
             set_: SetOpt = None) -> None:
-    """Run the ``promote-model`` flow for a registered version (for CI without a Prefect worker)."""
+    """Run the ``promote-model`` flow for a registered version (for CI without a Prefect worker).
+
+    Exit status as ``ppo pipeline``: 0 promoted (or already the champion), 4 gated out or older than the
+    champion, 5 lost a promotion race."""
     from ppo.config import parse_overrides
 
     _load(config, set_)
@@ -257,16 +273,14 @@ def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help=
 
     summary = _run_flow(promote_model, version=version, config_path=str(config) if config else None,
                         overrides=parse_overrides(set_))
-    console.print(f"gate {'PASSED' if summary['gate_passed'] else 'FAILED'} ({summary['gate_reason']}); "
+    console.print(f"{summary['outcome']}: {summary['gate_reason']}; "
                   f"{summary['model_name']}@champion = {summary['champion']}", highlight=False)
     sys.stdout.write(json.dumps(summary) + "\n")
-    if not summary["gate_passed"]:
-        raise typer.Exit(4)
-    if summary.get("lost_race"):
+    if summary["outcome"] == "lost_race":
         console.print(f"lost the race: another promotion moved {summary['model_name']}@champion to version "
                       f"{summary['champion']} while version {version} was gated; run promote again to gate it "
                       "against the new champion", highlight=False)
-        raise typer.Exit(5)
+    raise typer.Exit(OUTCOME_EXIT[summary["outcome"]])
 
 
 if __name__ == "__main__":  # pragma: no cover

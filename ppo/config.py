@@ -49,7 +49,8 @@ class PPOConfig(_Section):
     epochs_per_update: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=1 << 24, description="env steps per update, all envs of a seed")
     minibatch_size: int = Field(64, ge=1, le=1 << 24)
-    anneal_lr: bool = Field(False, description="linear decay to 0 over train.max_env_steps")
+    anneal_lr: bool = Field(False, description="linear decay to 0 over the updates train.max_env_steps allows")
+    normalize_advantages: bool = Field(True, description="advantages normalised per minibatch (mean 0, std 1)")
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, max_length=8)
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0)
 
@@ -65,6 +66,13 @@ class PPOConfig(_Section):
             raise ValueError(
                 f"minibatch_size ({self.minibatch_size}) must divide batch_size ({self.batch_size})"
             )
+        if self.normalize_advantages and self.minibatch_size < 2:
+            # one sample minus its own mean is 0: every advantage would be 0 and the policy never update
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) with normalize_advantages: a minibatch of one "
+                "normalises every advantage to 0, so the policy would never update; use minibatch_size >= 2 "
+                "or ppo.normalize_advantages: false"
+            )
         return self
 
 
@@ -72,7 +80,8 @@ class TrainConfig(_Section):
     """Episode budget, convergence, evaluation cadence and how the hot path is chunked."""
 
     max_episodes: int = Field(1000, ge=1, le=10**9)
-    target_reward: float = Field(195.0, ge=-1e9, le=1e9)
+    target_reward: float | None = Field(None, ge=-1e9, le=1e9, description="convergence threshold; default the "
+                                        "env's gymnasium reward_threshold (CartPole-v1 475, Acrobot-v1 -100)")
     convergence_window: int = Field(100, ge=1, le=100_000)
     early_stopping_patience: int = Field(10, ge=0, le=10**9)
     eval_frequency: int = Field(50, ge=1, le=10**9, description="episodes between evaluations")
@@ -120,20 +129,24 @@ class TrackingConfig(_Section):
 
 
 class RegistryConfig(_Section):
+    """Where the pipeline registers: training itself never writes model versions (the register task does)."""
+
     model_name: str | None = Field(None, description="default ppo-<env slug>")
-    register_only_converged: bool = True
-    auto_register: bool = Field(True, description="the trainer registers a converged run itself (the "
-                                "pipeline registers in its own task instead)")
 
 
 class GateConfig(_Section):
-    episodes: int = Field(20, ge=1, le=10_000, description="gymnasium episodes per trained seed")
-    min_return: float = Field(475.0, ge=-1e9, le=1e9)
-    margin: float = Field(10.0, ge=0.0, le=1e9)
+    """The promotion gate (README "Promotion rules"): the deployed policy against the champion's, paired on
+    fresh held-out start states drawn per candidate, plus a recipe check over the training seeds."""
+
+    episodes: int = Field(100, ge=1, le=10_000, description="fresh gymnasium episodes each policy plays")
+    min_return: float | None = Field(None, ge=-1e9, le=1e9, description="default the env's gymnasium "
+                                     "reward_threshold (CartPole-v1 475, Acrobot-v1 -100)")
+    min_seeds: int = Field(5, ge=1, le=1024, description="training seeds that must reach min_return")
+    margin: float = Field(0.02, ge=0.0, le=1.0, description="non-inferiority margin, a fraction of the env's "
+                          "return range (CartPole-v1 0..500: 0.02 = 10)")
     mode: Literal["non_inferior", "superior"] = "non_inferior"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     bootstrap_samples: int = Field(2000, ge=100, le=1_000_000)
-    eval_seed: int = Field(10_000, ge=0, lt=2**31)
 
 
 class Config(_Section):
@@ -143,6 +156,24 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _env_thresholds(cls, data: Any) -> Any:
+        """Unset ``train.target_reward`` / ``gate.min_return`` default to the env's reward threshold."""
+        if not isinstance(data, dict):
+            return data
+        env = data.get("env") if isinstance(data.get("env"), dict) else {}
+        env_id = env.get("id", EnvConfig.model_fields["id"].default)
+        threshold = reward_threshold(env_id) if env_id in SUPPORTED_ENVS else None
+        if threshold is None:
+            return data
+        data = dict(data)
+        for section, key in (("train", "target_reward"), ("gate", "min_return")):
+            sub = data.get(section, {})
+            if isinstance(sub, dict) and sub.get(key) is None:
+                data[section] = {**sub, key: threshold}
+        return data
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
@@ -182,9 +213,10 @@ class Config(_Section):
         return self.registry.model_name or f"ppo-{self.env_slug}"
 
     def total_updates(self) -> int | None:
+        """Updates per seed that ``train.max_env_steps`` allows: whole updates only, never past the budget."""
         if self.train.max_env_steps is None:
             return None
-        return max(1, self.train.max_env_steps // self.ppo.batch_size)
+        return self.train.max_env_steps // self.ppo.batch_size
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -330,6 +362,13 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> dict[s
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML file (or nothing: all defaults) and apply dotted overrides."""
     return build_config({} if path is None else read_yaml(path), overrides)
+
+
+def reward_threshold(env_id: str) -> float | None:
+    """gymnasium's ``reward_threshold`` for ``env_id`` (the return at which it counts as solved)."""
+    import gymnasium
+
+    return gymnasium.spec(env_id).reward_threshold
 
 
 def ppo_home() -> Path:

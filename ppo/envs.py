@@ -56,11 +56,17 @@ class EnvSpec:
     env_id: str
     observation_dim: int
     action_dim: int
+    reward_per_step: tuple[float, float]  # (lowest, highest) reward of one step
+
+    def return_range(self, max_steps_per_episode: int) -> float:
+        """Width of the span of episode returns under a time limit: what the gate's relative margin scales."""
+        low, high = self.reward_per_step
+        return (high - low) * max_steps_per_episode
 
 
 ENV_SPECS = {
-    "CartPole-v1": EnvSpec("CartPole-v1", 4, 2),
-    "Acrobot-v1": EnvSpec("Acrobot-v1", 6, 3),
+    "CartPole-v1": EnvSpec("CartPole-v1", 4, 2, (0.0, 1.0)),
+    "Acrobot-v1": EnvSpec("Acrobot-v1", 6, 3, (-1.0, 0.0)),
 }
 
 

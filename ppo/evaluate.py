@@ -1,10 +1,17 @@
 """Greedy evaluation: on real gymnasium envs (NumPy policy) or on the gymnax twin (jitted).
 
 Gymnasium evaluation runs ``num_episodes`` envs side by side, one batched NumPy forward pass per step.
-CartPole-v1 uses gymnasium's own vectorised ``CartPoleVectorEnv`` (its registered vector entry point,
-same dynamics); other envs step a list of ``gymnasium.make`` envs. Each env contributes exactly its
-first episode, so the starting states depend only on ``(seed, num_episodes)``: two policies evaluated
-with the same arguments face the same episodes (what the paired gate statistics need).
+Episode ``j`` of an evaluation with ``seed`` starts from ``gymnasium.make(env_id).reset(seed=seed + j)``,
+whatever the path: CartPole-v1 steps gymnasium's own vectorised ``CartPoleVectorEnv`` (its registered
+vector entry point, same dynamics) from those start states; other envs step a list of
+``gymnasium.make`` envs. Each env contributes exactly its first episode, so two policies evaluated with
+the same arguments face the same episodes (what the paired gate statistics need), and two evaluations
+share an episode only if their seed ranges overlap.
+
+Every use of evaluation owns a disjoint range of gymnasium seeds (:data:`STREAMS`, :func:`stream_seed`):
+periodic evaluation during training, the final evaluation that picks the deployed seed, the promotion
+gate, a sweep's trial selection, and the held-out score of a sweep's chosen trial. So no gate or
+reported score is computed on the episodes that chose what it scores.
 """
 
 from __future__ import annotations
@@ -14,6 +21,40 @@ from typing import Any
 import numpy as np
 
 from ppo.policy import actor_layers, numpy_logits
+
+#: Each evaluation stream's range of gymnasium seeds is ``[index * STREAM_SPAN, (index + 1) * STREAM_SPAN)``.
+STREAM_SPAN = 2**28
+STREAMS = {
+    "periodic": 0,  # evaluation k during training: episodes [k * n, (k + 1) * n) of the range
+    "final": 1,  # the final evaluation of every trained seed (picks the deployed seed)
+    "gate": 2,  # the promotion gate: a fresh block per candidate run (ppo.evaluate.gate_seed)
+    "sweep_select": 3,  # a sweep's trial scores, which choose the best trial
+    "sweep_heldout": 4,  # the chosen trial's reported score, on episodes that did not choose it
+}
+
+
+def stream_seed(stream: str, offset: int = 0, episodes: int = 1) -> int:
+    """The first gymnasium seed of ``episodes`` consecutive episodes at ``offset`` in ``stream``'s range.
+
+    Offsets wrap inside the range (they never spill into another stream's episodes)."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown evaluation stream {stream!r}; known: {', '.join(STREAMS)}")
+    if not 1 <= episodes <= STREAM_SPAN:
+        raise ValueError(f"episodes must be in [1, {STREAM_SPAN}], got {episodes}")
+    return STREAMS[stream] * STREAM_SPAN + int(offset) % (STREAM_SPAN - episodes + 1)
+
+
+def gate_seed(candidate_run_id: str, episodes: int) -> int:
+    """The gate's first gymnasium seed for a candidate: a block of the gate stream drawn from its run id.
+
+    Why per candidate: each new candidate meets start states no earlier gate, training evaluation or
+    sweep used; why from the run id: re-running the gate of the same candidate meets the same states, so
+    a gate cannot be re-run until a lucky draw promotes.
+    """
+    import hashlib
+
+    draw = int.from_bytes(hashlib.sha256(candidate_run_id.encode()).digest()[:8], "big")
+    return stream_seed("gate", draw, episodes)
 
 
 def evaluate_gymnasium(params: Any, env_id: str, num_episodes: int, seed: int = 0,
@@ -30,7 +71,17 @@ def evaluate_gymnasium(params: Any, env_id: str, num_episodes: int, seed: int = 
     if spec.vector_entry_point is not None:
         venv = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point",
                             max_episode_steps=limit)
-        obs, _ = venv.reset(seed=seed)
+        venv.reset(seed=seed)
+        # start env j where gymnasium.make(env_id).reset(seed=seed + j) starts (the vector env draws all
+        # its start states from one generator, which would tie every episode to (seed, n))
+        single = gym.make(env_id).unwrapped
+        starts = []
+        for j in range(n):
+            single.reset(seed=seed + j)
+            starts.append(np.array(single.state, dtype=np.float64))
+        single.close()
+        venv.unwrapped.state = np.stack(starts, axis=1)
+        obs = venv.unwrapped.state.T.astype(np.float32)
         try:
             while alive.any():
                 actions = numpy_logits(layers, obs).argmax(-1)

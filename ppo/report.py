@@ -181,13 +181,22 @@ def write_report(directory: Path, *, config: Any, result: dict[str, Any], gate: 
                ("final eval avg", _fmt(fe.get("avg_reward"))), ("wall time s", _fmt(result.get("wall_time_s")))]
     gate_rows: list[tuple[str, Any]] = []
     if gate:
-        gate_rows = [("decision", "PASSED" if gate["passed"] else "FAILED"), ("reason", gate.get("reason")),
-                     ("mode", gate.get("mode")), ("IQM", _fmt(gate.get("iqm"))),
-                     ("95% CI", f"[{_fmt(gate.get('ci_low'))}, {_fmt(gate.get('ci_high'))}]"),
-                     ("min_return", gate.get("min_return")), ("champion version", gate.get("champion_version") or "none"),
-                     ("diff to champion (IQM)", _fmt(gate.get("diff", "-"))),
-                     ("diff 95% CI", f"[{_fmt(gate.get('diff_ci_low', '-'))}, {_fmt(gate.get('diff_ci_high', '-'))}]"),
-                     ("episodes", gate.get("episodes"))]
+        def ci(low: str, high: str) -> str:
+            return f"[{_fmt(gate.get(low))}, {_fmt(gate.get(high))}]" if gate.get(low) is not None else "-"
+
+        gate_rows = [("decision", "PASSED" if gate["passed"] else "FAILED"), ("outcome", gate.get("status")),
+                     ("reason", gate.get("reason")), ("mode", gate.get("mode")),
+                     ("deployed policy: IQM", _fmt(gate.get("iqm"))), ("IQM 95% CI", ci("ci_low", "ci_high")),
+                     ("deployed policy: mean", _fmt(gate.get("mean"))),
+                     ("mean 95% CI", ci("mean_ci_low", "mean_ci_high")), ("min_return", gate.get("min_return")),
+                     ("recipe: seeds reaching min_return",
+                      f"{gate.get('seeds_reaching', '-')} of {gate.get('seeds')} (needs {gate.get('min_seeds', '-')})"),
+                     ("champion version", gate.get("champion_version") or "none"),
+                     ("diff to champion (mean)", _fmt(gate.get("diff", "-"))),
+                     ("diff 95% CI", ci("diff_ci_low", "diff_ci_high")), ("margin", _fmt(gate.get("margin"))),
+                     ("episodes (fresh, per policy)", gate.get("episodes")),
+                     ("gymnasium seeds", f"{gate.get('eval_seed')} .. {gate.get('eval_seed', 0) + (gate.get('episodes') or 1) - 1}"
+                      if gate.get("eval_seed") is not None else "-")]
     import yaml
 
     cfg_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -305,7 +305,7 @@ class MLflowLogger:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_result(self, trainer: Any, result: dict[str, Any]) -> None:
-        """Final metrics, artifacts (config, history CSV, checkpoint) and the model; register if converged."""
+        """Final metrics, artifacts (config, history CSV, checkpoint) and the model (logged, not registered)."""
         t = time.perf_counter()
         self.wait_until_reachable()
         try:
@@ -345,12 +345,9 @@ class MLflowLogger:
         ckpt = Path(result["checkpoint_dir"]) / "checkpoint.msgpack"
         if ckpt.is_file():
             self.client.log_artifact(self.run_id, str(ckpt), artifact_path="checkpoint")
+        # the model is logged to the run, never registered here: only the pipeline's register task writes
+        # model versions, each with the gate's figures (README, "Promotion rules")
         log_policy_model(self.run_id, trainer.agent, trainer.config, uri=self.tracking_uri)
-        registry = trainer.config.registry
-        if registry.auto_register and (result["converged"] or not registry.register_only_converged):
-            version = register_model(self.run_id, trainer.config.model_name,
-                                     tags={"final_eval": f"{fe['avg_reward']:.2f}"}, uri=self.tracking_uri)
-            result["model_version"] = version
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:
@@ -395,12 +392,20 @@ def log_policy_model(run_id: str, agent: Any, config: Config, uri: str | None = 
     return info.model_uri
 
 
+def find_version(model_name: str, run_id: str, uri: str | None = None) -> str | None:
+    """The version registered from ``run_id`` under ``model_name`` (the first, if several), or None."""
+    existing = [v for v in client(uri).search_model_versions(f"name='{model_name}'") if v.run_id == run_id]
+    return str(min(int(v.version) for v in existing)) if existing else None
+
+
 def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = None, uri: str | None = None) -> str:
-    """Register the run's model under ``model_name``; a second call for the same run returns the same version."""
+    """Register the run's model under ``model_name``; a second call for the same run returns the same version.
+
+    Called by the pipeline's register task only (training never registers)."""
     c = client(uri)
-    existing = [v for v in c.search_model_versions(f"name='{model_name}'") if v.run_id == run_id]
-    if existing:
-        return str(min(int(v.version) for v in existing))
+    existing = find_version(model_name, run_id, uri)
+    if existing is not None:
+        return existing
     run = c.get_run(run_id)
     model_uri = run.data.tags.get("model_uri")
     if not model_uri:
@@ -411,8 +416,20 @@ def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = N
     return str(version.version)
 
 
+class UngatedVersionError(ValueError):
+    """A model version without a passed gate cannot become champion."""
+
+
 def set_champion(model_name: str, version: str | int, alias: str = CHAMPION) -> None:
-    client().set_registered_model_alias(model_name, alias, str(version))
+    """Point ``alias`` at ``version``, which must carry the tag ``gate.passed=true`` that the pipeline's
+    register task writes after a passed gate: a version registered by hand, or gated out, never serves."""
+    c = client()
+    tags = c.get_model_version(model_name, str(version)).tags
+    if tags.get("gate.passed") != "true":
+        raise UngatedVersionError(
+            f"{model_name} version {version} has no passed gate (tag gate.passed={tags.get('gate.passed')!r}): "
+            "only a version gated by the pipeline (train-ppo or promote-model) can become champion")
+    c.set_registered_model_alias(model_name, alias, str(version))
 
 
 def get_champion(model_name: str, alias: str = CHAMPION) -> str | None:
@@ -444,6 +461,41 @@ def champion_info(model_name: str, alias: str = CHAMPION) -> dict[str, str] | No
     except mlflow.exceptions.MlflowException:
         return None
     return {"version": str(mv.version), "run_id": mv.run_id}
+
+
+def run_start_ms(run_id: str) -> int:
+    """When a run started (ms since the epoch): what "older" means for the champion's recency rule."""
+    return int(client().get_run(run_id).info.start_time)
+
+
+def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def fetch_version_run(model_name: str, version: str | int) -> dict[str, Any]:
+    """Download a version's run config (``config.yaml``) and final checkpoint into ``$PPO_HOME/registry/<run>``.
+
+    Returns ``{"run_id", "config", "checkpoint_dir"}``; the config's checkpoint_dir points at the download.
+    """
+    import yaml
+
+    from ppo.config import build_config
+
+    mv = client().get_model_version(model_name, str(version))
+    target = ppo_home() / "registry" / mv.run_id
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="config.yaml",
+                                                       dst_path=str(target))
+        (target / "checkpoint").mkdir(exist_ok=True)
+        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="checkpoint/checkpoint.msgpack",
+                                            dst_path=str(target / "checkpoint"))
+    except mlflow.exceptions.MlflowException as e:
+        raise FileNotFoundError(f"{model_name} version {version}: its run {mv.run_id} has no config.yaml or "
+                                f"checkpoint artifact to re-gate from ({e})") from None
+    data = yaml.safe_load(Path(cfg_file).read_text())
+    data.setdefault("train", {})["checkpoint_dir"] = str(target / "checkpoint")
+    return {"run_id": mv.run_id, "config": build_config(data).to_dict(), "checkpoint_dir": str(target / "checkpoint")}
 
 
 def tag_version(model_name: str, version: str | int, tags: dict[str, Any]) -> None:

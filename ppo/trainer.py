@@ -10,7 +10,6 @@ train on, so every seed ends at the parameters with which it met the criterion.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -50,9 +49,10 @@ def enable_compilation_cache() -> Path | None:
     return path
 
 
-def _mean_or_none(values: np.ndarray) -> float | None:
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()) if values.size else None
+def _masked_mean(values: np.ndarray, mask: np.ndarray) -> float | None:
+    """Mean of ``values`` where ``mask`` (the updates that were applied); None when there are none."""
+    picked = np.asarray(values, dtype=float)[mask]
+    return float(picked.mean()) if picked.size else None
 
 
 class PPOTrainer:
@@ -211,7 +211,7 @@ class PPOTrainer:
         state = self.init_state()
         host: dict[str, Any] = {
             "chunk": 0, "converged_since": [None] * n_seeds, "converged": [False] * n_seeds,
-            "best_avg": [None] * n_seeds, "next_eval_at": tr.eval_frequency, "history": [], "evals": [],
+            "best_avg": [None] * n_seeds, "next_eval_at": [tr.eval_frequency] * n_seeds, "history": [], "evals": [],
             "config_hash": cfg.config_hash(), "stopped_by_callback": False,
         }
         resumed_from = None
@@ -260,63 +260,63 @@ class PPOTrainer:
 
     def _loop(self, state: Any, host: dict[str, Any], callback: Callback | None, logger: Any,
               started: float, save_checkpoint: Callable[..., Any]) -> dict[str, Any]:
+        """Chunks until every seed is frozen (converged, or a budget spent) or the callback says stop.
+
+        Every seed keeps its own books: a frozen seed's state, episodes and metrics stop changing, its
+        discarded updates report nothing, and the other seeds go on counting and evaluating.
+        """
         import jax
         import jax.numpy as jnp
 
+        from ppo.evaluate import stream_seed
+
         cfg, tr = self.config, self.config.train
         seeds = list(tr.seeds)
+        n_seeds = len(seeds)
         batch = cfg.ppo.batch_size
         window = tr.convergence_window
-        stop_reason = "max_episodes"
+        total_updates = cfg.total_updates()
+        if not isinstance(host["next_eval_at"], list):  # a checkpoint of the one-counter-for-all layout
+            host["next_eval_at"] = [host["next_eval_at"]] * n_seeds
         train_time = 0.0
         train_steps = 0
         while True:
             episodes = np.asarray(jax.device_get(state.stats.episodes))
-            updates_done = int(np.asarray(jax.device_get(state.update)).max())
-            env_steps = updates_done * batch
-            budget_left = np.array([not c and e < tr.max_episodes
-                                    for c, e in zip(host["converged"], episodes, strict=True)])
-            if all(host["converged"]):
-                stop_reason = "converged"
+            updates = np.asarray(jax.device_get(state.update))
+            out_of_episodes = episodes >= tr.max_episodes
+            out_of_steps = (updates >= total_updates) if total_updates is not None else np.zeros(n_seeds, bool)
+            active = ~(np.asarray(host["converged"]) | out_of_episodes | out_of_steps)
+            if not active.any() or host["stopped_by_callback"]:
                 break
-            if not budget_left.any():
-                break
-            if tr.max_env_steps is not None and env_steps >= tr.max_env_steps:
-                stop_reason = "max_env_steps"
-                break
-            if host["stopped_by_callback"]:
-                stop_reason = "callback"
-                break
-            num_updates = tr.updates_per_chunk
-            if tr.max_env_steps is not None:
-                num_updates = min(num_updates, math.ceil((tr.max_env_steps - env_steps) / batch))
-            active = jnp.asarray(budget_left)
+            active_dev = jnp.asarray(active)
             if self.sharding is not None:
-                active = jax.device_put(active, self.sharding.per_seed())
-            chunk_fn = self._chunk_fn(state, active, num_updates)
+                active_dev = jax.device_put(active_dev, self.sharding.per_seed())
+            chunk_fn = self._chunk_fn(state, active_dev, tr.updates_per_chunk)
             t = time.perf_counter()
-            state, metrics = chunk_fn(state, active)
+            state, metrics = chunk_fn(state, active_dev)
             metrics = jax.device_get(metrics)
             stats = jax.device_get(state.stats)
             dt = time.perf_counter() - t
             train_time += dt
-            steps_this_chunk = int(budget_left.sum()) * num_updates * batch
+            ran = np.asarray(metrics.ran, bool)  # [seeds, updates]: updates actually applied
+            steps_this_chunk = int(ran.sum()) * batch
             train_steps += steps_this_chunk
             host["chunk"] += 1
 
-            first_update = updates_done + 1
-            if not np.isfinite(metrics.total_loss).all():
-                bad = np.argwhere(~np.isfinite(metrics.total_loss))[0]
+            finite = np.isfinite(metrics.total_loss) | ~ran  # a discarded update cannot stop the run
+            if not finite.all():
+                bad = np.argwhere(~finite)[0]
                 raise NonFiniteLossError(
-                    f"non-finite loss at update {first_update + int(bad[1])} (seed {seeds[int(bad[0])]}): "
+                    f"non-finite loss at update {int(updates[bad[0]]) + int(bad[1]) + 1} (seed {seeds[int(bad[0])]}): "
                     f"policy={metrics.policy[tuple(bad)]}, value={metrics.value[tuple(bad)]}; "
                     "training aborted, nothing will be registered")
 
             episodes = np.asarray(stats.episodes)
+            trained = ran.any(axis=1)  # seeds that took at least one update in this chunk
             window_means = [float(stats.window[i, :min(int(e), window)].mean()) if e > 0 else None
                             for i, e in enumerate(episodes)]
             for i, m in enumerate(window_means):
-                if m is None or host["converged"][i]:
+                if m is None or host["converged"][i] or not trained[i]:
                     continue
                 if host["best_avg"][i] is None or m > host["best_avg"][i]:
                     host["best_avg"][i] = m
@@ -328,42 +328,53 @@ class PPOTrainer:
                 else:
                     host["converged_since"][i] = None
 
-            completed = metrics.episodes_completed.sum(axis=1)
-            seed_returns = [float(metrics.completed_return[i].sum() / completed[i]) if completed[i] else None
-                            for i in range(len(seeds))]
+            completed = np.where(ran, metrics.episodes_completed, 0).sum(axis=1)
+            seed_returns = [float(metrics.completed_return[i].sum() / completed[i]) if trained[i] and completed[i]
+                            else None for i in range(n_seeds)]
             valid_returns = [r for r in seed_returns if r is not None]
-            valid_windows = [m for m in window_means if m is not None]
+            valid_windows = [m for i, m in enumerate(window_means) if m is not None and trained[i]]
             env_steps = int(np.asarray(jax.device_get(state.update)).max()) * batch
+            # the episode count of the seeds still being trained (a frozen seed's count stops moving)
+            counted = episodes[trained] if trained.any() else episodes
+
             row: dict[str, Any] = {
                 "chunk": host["chunk"],
                 "update": env_steps // batch,
                 "env_steps": env_steps,
-                "episodes": int(episodes.min()),
+                "episodes": int(counted.min()),
                 "avg_reward": float(np.mean(valid_windows)) if valid_windows else None,
                 "episode_return": float(np.mean(valid_returns)) if valid_returns else None,
-                "loss/policy": float(metrics.policy.mean()),
-                "loss/value": float(metrics.value.mean()),
-                "loss/entropy": float(metrics.entropy.mean()),
-                "loss/approx_kl": float(metrics.approx_kl.mean()),
-                "loss/clip_fraction": float(metrics.clip_fraction.mean()),
-                "grad_norm": float(metrics.grad_norm.mean()),
+                "loss/policy": _masked_mean(metrics.policy, ran),
+                "loss/value": _masked_mean(metrics.value, ran),
+                "loss/entropy": _masked_mean(metrics.entropy, ran),
+                "loss/approx_kl": _masked_mean(metrics.approx_kl, ran),
+                "loss/clip_fraction": _masked_mean(metrics.clip_fraction, ran),
+                "grad_norm": _masked_mean(metrics.grad_norm, ran),
                 "env_steps_per_s": steps_this_chunk / dt if dt > 0 else None,
                 "converged_seeds": int(sum(host["converged"])),
                 "wall_s": time.perf_counter() - started,
             }
-            for seed, r, m in zip(seeds, seed_returns, window_means, strict=True):
-                row[f"episode_return/seed_{seed}"] = r
-                row[f"avg_reward/seed_{seed}"] = m
+            for i, seed in enumerate(seeds):
+                if trained[i]:
+                    row[f"episode_return/seed_{seed}"] = seed_returns[i]
+                    row[f"avg_reward/seed_{seed}"] = window_means[i]
 
+            # periodic evaluation, per seed: each seed that trained in this chunk and passed its next
+            # evaluation point is evaluated on a fresh block of the periodic stream
+            due = [i for i in range(n_seeds) if trained[i] and episodes[i] >= host["next_eval_at"][i]]
             eval_metrics = None
-            if int(episodes.min()) >= host["next_eval_at"]:
-                eval_metrics = self._evaluate_seeds(state, tr.eval_episodes, seed=10_000 + len(host["evals"]))
-                eval_metrics.update(episode=int(episodes.min()), env_steps=env_steps)
+            if due:
+                k, n = len(host["evals"]), tr.eval_episodes
+                eval_metrics = self._evaluate_seeds(state, n, stream_seed("periodic", k * n, n), only=due)
+                eval_metrics.update(episode=int(counted.min()), env_steps=env_steps, seeds=[seeds[i] for i in due])
                 host["evals"].append(eval_metrics)
-                while host["next_eval_at"] <= int(episodes.min()):
-                    host["next_eval_at"] += tr.eval_frequency
+                for i in due:
+                    while host["next_eval_at"][i] <= int(episodes[i]):
+                        host["next_eval_at"][i] += tr.eval_frequency
                 row["eval/return_mean"] = eval_metrics["avg_reward"]
                 row["eval/return_std"] = eval_metrics["std_reward"]
+                for i, avg in zip(due, eval_metrics["per_seed_avg"], strict=True):
+                    row[f"eval/return_mean/seed_{seeds[i]}"] = avg
             host["history"].append(row)
 
             if logger is not None:
@@ -378,23 +389,34 @@ class PPOTrainer:
             if tr.checkpoint_every and host["chunk"] % tr.checkpoint_every == 0:
                 save_checkpoint(self.checkpoint_dir, state, host)
 
+        episodes = np.asarray(jax.device_get(state.stats.episodes))
+        updates = np.asarray(jax.device_get(state.update))
+        per_seed = [self._seed_stop_reason(host["converged"][i], episodes[i], updates[i]) for i in range(n_seeds)]
+        if host["stopped_by_callback"] and "running" in per_seed:
+            stop_reason = "callback"
+        elif all(r == "converged" for r in per_seed):
+            stop_reason = "converged"
+        else:  # the budget that stopped the seeds that did not converge
+            stop_reason = "max_env_steps" if "max_env_steps" in per_seed else "max_episodes"
         self.state = state
-        final_eval = self._evaluate_seeds(state, tr.eval_episodes, seed=20_000)
+        n = tr.eval_episodes
+        final_eval = self._evaluate_seeds(state, n, stream_seed("final", 0, n))
         best = int(np.argmax(final_eval["per_seed_avg"]))
         host.update(best_seed_index=best, final_eval=final_eval, finished=True, stop_reason=stop_reason)
         save_checkpoint(self.checkpoint_dir, state, host)
         self._set_agent(best)
         wall = time.perf_counter() - started
         history = host["history"]
-        episodes = [int(e) for e in np.asarray(jax.device_get(state.stats.episodes))]
         best_avg = [b for b in host["best_avg"] if b is not None]
         return {
             "converged": bool(all(host["converged"])),
             "converged_seeds": [s for s, c in zip(seeds, host["converged"], strict=True) if c],
             "stop_reason": stop_reason,
-            "episodes": min(episodes),
-            "episodes_per_seed": episodes,
-            "env_steps": history[-1]["env_steps"] if history else 0,
+            "stop_reason_per_seed": per_seed,
+            "episodes": int(episodes.min()),
+            "episodes_per_seed": [int(e) for e in episodes],
+            "env_steps": int(updates.max()) * cfg.ppo.batch_size,
+            "env_steps_per_seed": [int(u) * cfg.ppo.batch_size for u in updates],
             "best_avg_reward": max(best_avg) if best_avg else None,
             "best_avg_reward_per_seed": host["best_avg"],
             "final_eval": final_eval,
@@ -408,6 +430,17 @@ class PPOTrainer:
             "checkpoint_dir": str(self.checkpoint_dir),
             "config_hash": host["config_hash"],
         }
+
+    def _seed_stop_reason(self, converged: bool, episodes: int, updates: int) -> str:
+        """Why a seed stopped: converged, max_episodes, max_env_steps, or running (stopped by the callback)."""
+        tr, total = self.config.train, self.config.total_updates()
+        if converged:
+            return "converged"
+        if episodes >= tr.max_episodes:
+            return "max_episodes"
+        if total is not None and updates >= total:
+            return "max_env_steps"
+        return "running"
 
     def _set_agent(self, best: int) -> None:
         if self.agent is None:
@@ -448,11 +481,16 @@ class PPOTrainer:
                             for i in range(len(self.config.train.seeds))]
         return self.seed_params
 
-    def _evaluate_seeds(self, state: Any, num_episodes: int, seed: int) -> dict[str, Any]:
+    def _evaluate_seeds(self, state: Any, num_episodes: int, seed: int, only: list[int] | None = None
+                        ) -> dict[str, Any]:
+        """Greedy gymnasium returns of every trained seed (or the seed indices in ``only``)."""
         from ppo.evaluate import evaluate_params_list, summarize_seeds
 
-        return summarize_seeds(evaluate_params_list(self._split_seeds(state), self.config.env.id, num_episodes,
-                                                    seed, self.config.env.max_steps_per_episode))
+        params = self._split_seeds(state)
+        if only is not None:
+            params = [params[i] for i in only]
+        return summarize_seeds(evaluate_params_list(params, self.config.env.id, num_episodes, seed,
+                                                    self.config.env.max_steps_per_episode))
 
     def evaluate(self, num_episodes: int = 10, backend: str = "gymnasium", seed: int = 0,
                  all_seeds: bool = False) -> dict[str, Any]:

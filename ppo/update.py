@@ -54,6 +54,7 @@ class UpdateMetrics(NamedTuple):
     total_loss: jnp.ndarray
     episodes_completed: jnp.ndarray
     completed_return: jnp.ndarray
+    ran: jnp.ndarray  # bool: this update was applied (the seed was active and within its budgets)
 
 
 def make_network(config: Config) -> PPONetwork:
@@ -61,7 +62,8 @@ def make_network(config: Config) -> PPONetwork:
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """clip_by_global_norm → Adam(eps); linear decay to 0 over ``train.max_env_steps`` if ``anneal_lr``."""
+    """clip_by_global_norm → Adam(eps); with ``anneal_lr``, a linear decay that reaches 0 just after the
+    last optimiser step of the last update ``train.max_env_steps`` allows (every step uses a rate > 0)."""
     ppo = config.ppo
     lr: Any = ppo.learning_rate
     if ppo.anneal_lr:
@@ -79,6 +81,7 @@ def make_program(config: Config) -> Program:
     ppo = config.ppo
     num_envs, num_steps = config.env.num_envs, config.num_steps
     batch, num_minibatches, window = ppo.batch_size, config.num_minibatches, config.train.convergence_window
+    max_episodes, total_updates = config.train.max_episodes, config.total_updates()
     rollout = make_rollout(network, env, env_params, num_envs, num_steps)
 
     def init_one(seed: jnp.ndarray, params: Any) -> TrainState:
@@ -96,7 +99,7 @@ def make_program(config: Config) -> Program:
         def loss_fn(p):
             logits, values = network.apply(p, obs)
             info = ppo_loss(logits, values, actions, old_log_probs, advantages, returns,
-                            ppo.clip_epsilon, ppo.value_coef, ppo.entropy_coef)
+                            ppo.clip_epsilon, ppo.value_coef, ppo.entropy_coef, ppo.normalize_advantages)
             return info.total, info
 
         (_, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -105,7 +108,24 @@ def make_program(config: Config) -> Program:
         params = optax.apply_updates(params, updates)
         return (params, opt_state), (info, grad_norm)
 
-    def update_one(state: TrainState, _) -> tuple[TrainState, UpdateMetrics]:
+    def within_budget(state: TrainState, active: jnp.ndarray) -> jnp.ndarray:
+        """Whether this seed may take one more update: active on the host, and neither budget spent.
+
+        Checked before every update inside the chunk, so budgets hold to one update (the update that
+        completes episode ``max_episodes`` is the last) instead of to one chunk.
+        """
+        go = active & (state.stats.episodes < max_episodes)
+        return go if total_updates is None else go & (state.update < total_updates)
+
+    def update_one(state: TrainState, active: jnp.ndarray) -> tuple[TrainState, UpdateMetrics]:
+        go = within_budget(state, active)
+        new_state, metrics = train_update(state)
+        # a seed out of budget keeps its state exactly; its discarded update reports nothing (zeros, ran=False)
+        new_state = jax.tree.map(lambda new, old: jnp.where(go, new, old), new_state, state)
+        metrics = jax.tree.map(lambda m: jnp.where(go, m, jnp.zeros_like(m)), metrics)
+        return new_state, metrics._replace(ran=go)
+
+    def train_update(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
         stats = state.stats._replace(completed=jnp.int32(0), completed_return=jnp.float32(0.0))
         env_state, obs, stats, key, traj = rollout(state.params, state.env_state, state.obs, stats, state.key)
         next_values = network.apply(state.params, traj.next_obs, method=PPONetwork.value)
@@ -127,15 +147,13 @@ def make_program(config: Config) -> Program:
             epoch, (state.params, state.opt_state, key), None, length=ppo.epochs_per_update)
         metrics = UpdateMetrics(info.policy.mean(), info.value.mean(), info.entropy.mean(),
                                 info.approx_kl.mean(), info.clip_fraction.mean(), grad_norm.mean(),
-                                info.total.mean(), stats.completed, stats.completed_return)
+                                info.total.mean(), stats.completed, stats.completed_return, jnp.bool_(True))
         new_state = TrainState(params, opt_state, env_state, obs, key, stats, state.update + 1)
         return new_state, metrics
 
     def chunk_one(state: TrainState, active: jnp.ndarray, num_updates: int):
-        new_state, metrics = jax.lax.scan(update_one, state, None, length=num_updates)
-        # a frozen seed (converged or out of budget) keeps its state exactly
-        new_state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
-        return new_state, metrics
+        # a frozen seed (converged, or out of budget) keeps its state exactly: see update_one
+        return jax.lax.scan(lambda s, _: update_one(s, active), state, None, length=num_updates)
 
     def chunk_single(state: TrainState, active: jnp.ndarray, num_updates: int):
         # One seed: vmap over a size-1 axis would turn every matmul into a batched dot; run it unbatched.

@@ -2,9 +2,11 @@
 
 from tasks.pipeline import (
     CODE_VERSION,
+    challenger,
     evaluate_candidate,
-    evaluate_version,
+    fetch_version,
     gate,
+    outcome,
     promote,
     register,
     report,
@@ -12,5 +14,5 @@ from tasks.pipeline import (
     validate_config,
 )
 
-__all__ = ["CODE_VERSION", "validate_config", "train", "evaluate_candidate", "evaluate_version", "gate", "report", "register",
-           "promote"]
+__all__ = ["CODE_VERSION", "validate_config", "challenger", "train", "evaluate_candidate", "fetch_version", "gate",
+           "report", "register", "promote", "outcome"]

@@ -62,6 +62,8 @@ def _fault(task_name: str) -> None:
 _CODE = CacheKeyFnPolicy(cache_key_fn=lambda ctx, params: CODE_VERSION)
 CACHED = INPUTS + TASK_SOURCE + _CODE
 RESULTS = {"persist_result": True, "result_serializer": "json"}
+#: gate outcomes that are not a gate at all: the candidate is the champion, or older than it
+NO_OP = ("is_champion", "older_than_champion")
 
 
 def _file_key(ctx: Any, params: dict[str, Any]) -> str:
@@ -98,10 +100,35 @@ def _restored(config: dict[str, Any], checkpoint_dir: str) -> tuple[Any, Any, di
     return cfg, trainer, trainer.restore()
 
 
+@task(name="challenger", cache_policy=NO_CACHE, **RESULTS)
+def challenger(config: dict[str, Any], flow_run_id: str) -> dict[str, Any]:
+    """A retraining's config: the same recipe on fresh training seeds derived from the flow run.
+
+    Why: a scheduled run has the same parameters every week, so without fresh seeds its train task would
+    come back cached and the schedule would do nothing. The seeds are a function of the flow run id (so a
+    retried flow run trains the same challenger) and are recorded as the run's ``train.seeds`` param and
+    ``challenger.*`` tags.
+    """
+    from ppo.config import build_config
+
+    cfg = _config(config)
+    n = len(cfg.train.seeds)
+    draw = int.from_bytes(hashlib.sha256(f"challenger:{flow_run_id}".encode()).digest()[:8], "big")
+    first = draw % (2**31 - n)
+    data = cfg.to_dict()
+    data["train"]["seeds"] = list(range(first, first + n))
+    new = build_config(data)
+    get_run_logger().info("retraining: challenger seeds %s (from flow run %s)", list(new.train.seeds), flow_run_id)
+    return {"config": new.to_dict(), "config_hash": new.config_hash(),
+            "run_tags": {"challenger": "true", "challenger.flow_run_id": flow_run_id,
+                         "challenger.seeds": json.dumps(list(new.train.seeds))}}
+
+
 @task(name="train", cache_policy=CACHED, retries=2, retry_delay_seconds=exponential_backoff(2), **RESULTS)
-def train(config: dict[str, Any], config_hash: str) -> dict[str, Any]:
+def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train with MLflow tracking; resumes from the latest checkpoint when retried or re-run after a crash."""
     _fault("train")
+    from ppo import tracking
     from ppo.config import confined_path, ppo_home
     from ppo.trainer import PPOTrainer
 
@@ -111,8 +138,7 @@ def train(config: dict[str, Any], config_hash: str) -> dict[str, Any]:
     # re-run after a code change trains afresh instead of resuming a checkpoint of other code
     base = confined_path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else ppo_home() / "checkpoints"
     ck = str(base / f"{config_hash}-{CODE_VERSION[:8]}")
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": ck}),
-                                 "registry": cfg.registry.model_copy(update={"auto_register": False})})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": ck})})
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
     every = max(1, cfg.train.log_frequency)
 
@@ -124,6 +150,8 @@ def train(config: dict[str, Any], config_hash: str) -> dict[str, Any]:
                      None if m["env_steps_per_s"] is None else round(m["env_steps_per_s"]))
 
     result = trainer.train(callback=progress, resume=True)
+    if run_tags:
+        tracking.set_run_tags(result["run_id"], run_tags)
     log.info("trained: converged=%s episodes=%d env_steps=%d wall %.1f s (resumed from chunk %s)",
              result["converged"], result["episodes"], result["env_steps"], result["wall_time_s"],
              result.get("resumed_from_chunk"))
@@ -133,67 +161,111 @@ def train(config: dict[str, Any], config_hash: str) -> dict[str, Any]:
 
 
 def _checkpoint_key(ctx: Any, params: dict[str, Any]) -> str:
-    """evaluate's key: the checkpoint file's digest + the eval settings (gate section) + the code version."""
+    """evaluate's key: the checkpoint file's digest + the run + the eval settings + the code version."""
     from ppo.checkpoint import checkpoint_digest
 
     gate_cfg = json.dumps(params["config"].get("gate", {}), sort_keys=True)
     env_cfg = json.dumps(params["config"].get("env", {}), sort_keys=True)
-    blob = f"{checkpoint_digest(params['checkpoint_dir'])}|{gate_cfg}|{env_cfg}|{CODE_VERSION}"
+    blob = f"{checkpoint_digest(params['checkpoint_dir'])}|{params['run_id']}|{gate_cfg}|{env_cfg}|{CODE_VERSION}"
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 @task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_checkpoint_key) + TASK_SOURCE, retries=1,
       **RESULTS)
-def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str) -> dict[str, Any]:
-    """Every trained seed × ``gate.episodes`` greedy episodes on real gymnasium (fixed eval seed)."""
-    from ppo.evaluate import evaluate_params_list
+def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str, run_id: str) -> dict[str, Any]:
+    """Every trained seed on the gate's fresh held-out start states (drawn from the candidate's run id).
 
-    cfg, trainer, _ = _restored(config, checkpoint_dir)
-    returns = evaluate_params_list(trainer.seed_params, cfg.env.id, cfg.gate.episodes, cfg.gate.eval_seed,
+    The deployed policy is the seed the trainer picked on its final evaluation (other episodes); the
+    other seeds' returns feed the gate's recipe check.
+    """
+    from ppo.evaluate import evaluate_params_list, gate_seed
+
+    cfg, trainer, meta = _restored(config, checkpoint_dir)
+    seed = gate_seed(run_id, cfg.gate.episodes)
+    returns = evaluate_params_list(trainer.seed_params, cfg.env.id, cfg.gate.episodes, seed,
                                    cfg.env.max_steps_per_episode)
-    get_run_logger().info("evaluated %d seeds x %d episodes: mean %.1f", *returns.shape, returns.mean())
-    return {"returns": returns.tolist(), "seeds": list(cfg.train.seeds)}
+    best = int(meta.get("best_seed_index", 0))
+    get_run_logger().info("evaluated %d seeds x %d fresh episodes (gymnasium seeds from %d): deployed seed %s, "
+                          "mean %.1f", *returns.shape, seed, cfg.train.seeds[best], returns[best].mean())
+    return {"returns": returns.tolist(), "seeds": list(cfg.train.seeds), "candidate_index": best,
+            "eval_seed": seed, "run_id": run_id}
 
 
-@task(name="evaluate-version", cache_policy=INPUTS + TASK_SOURCE + _CODE, retries=1, **RESULTS)
-def evaluate_version(config: dict[str, Any], model_name: str, version: str) -> dict[str, Any]:
-    """A registered version's policy on ``gate.episodes`` x its run's seed count, same eval seeds."""
+@task(name="fetch-version", cache_policy=NO_CACHE, retries=1, **RESULTS)
+def fetch_version(model_name: str, version: str) -> dict[str, Any]:
+    """A registered version's run: its training config and final checkpoint (every seed), from MLflow.
+
+    Why the whole checkpoint: re-gating a version checks its recipe (all training seeds), not only the
+    one policy that was registered.
+    """
     from ppo import tracking
-    from ppo.evaluate import evaluate_params_list
 
-    cfg = _config(config)
-    params, meta = tracking.version_params(model_name, version)
-    returns = evaluate_params_list([params], cfg.env.id, cfg.gate.episodes, cfg.gate.eval_seed,
-                                   cfg.env.max_steps_per_episode)
-    get_run_logger().info("%s v%s: mean %.1f over %d episodes", model_name, version, returns.mean(), returns.size)
-    return {"returns": returns.tolist(), "seeds": [0], "run_id": meta["run_id"]}
+    fetched = tracking.fetch_version_run(model_name, version)
+    get_run_logger().info("%s version %s: run %s, checkpoint in %s", model_name, version, fetched["run_id"],
+                          fetched["checkpoint_dir"])
+    return fetched
 
 
 @task(name="gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
-def gate(config: dict[str, Any], evaluation: dict[str, Any], run_id: str | None) -> dict[str, Any]:
-    """Statistical promotion gate vs ``gate.min_return`` and the current champion (never cached)."""
+def gate(config: dict[str, Any], evaluation: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The promotion gate (README, "Promotion rules"); never cached, since the champion moves.
+
+    The candidate's deployed policy and the champion's deployed policy play the same fresh start states;
+    a candidate that is the champion's own run, or older than it, is not gated at all (the champion
+    never moves backwards).
+    """
     import numpy as np
 
     from ppo import tracking
+    from ppo.envs import env_spec
     from ppo.evaluate import evaluate_params_list
     from ppo.stats import gate_decision
 
+    log = get_run_logger()
     cfg = _config(config)
     g = cfg.gate
+    margin = g.margin * env_spec(cfg.env.id).return_range(cfg.env.max_steps_per_episode)
     champion = tracking.champion_info(cfg.model_name)
+    seed, returns = evaluation["eval_seed"], np.asarray(evaluation["returns"])
+    base = {"mode": g.mode, "min_return": g.min_return, "margin": margin, "eval_seed": seed,
+            "champion_version": champion["version"] if champion else None}
+    if champion is not None and champion["run_id"] == run_id:
+        log.info("the candidate is the champion's own run (version %s): nothing to gate", champion["version"])
+        return {**base, **_figures(returns, evaluation["candidate_index"]), "passed": False, "status": "is_champion",
+                "reason": f"the candidate is already the champion (version {champion['version']})"}
+    if champion is not None and tracking.run_start_ms(run_id) < tracking.run_start_ms(champion["run_id"]):
+        reason = (f"the candidate's run {run_id} is older than the champion's (version {champion['version']}, run "
+                  f"{champion['run_id']}): the champion never moves to an older run")
+        log.warning("not gated: %s", reason)
+        return {**base, **_figures(returns, evaluation["candidate_index"]), "passed": False,
+                "status": "older_than_champion", "reason": reason}
     champion_returns = None
-    if champion is not None and champion["run_id"] != run_id:
+    if champion is not None:
         params, _ = tracking.version_params(cfg.model_name, champion["version"])
-        champion_returns = evaluate_params_list([params], cfg.env.id, g.episodes, g.eval_seed,
+        champion_returns = evaluate_params_list([params], cfg.env.id, g.episodes, seed,
                                                 cfg.env.max_steps_per_episode)[0]
-    decision = gate_decision(np.asarray(evaluation["returns"]), champion_returns, g.min_return, g.margin, g.mode,
-                             g.confidence, g.bootstrap_samples, seed=g.eval_seed)
-    # the champion compared against; None when there is none or it is this very run (then nothing to pair)
-    decision["champion_version"] = champion["version"] if champion_returns is not None else None
-    decision["champion_returns"] = None if champion_returns is None else champion_returns.tolist()
-    get_run_logger().info("gate %s: IQM %.1f CI [%.1f, %.1f] (%s)", "PASSED" if decision["passed"] else "FAILED",
-                          decision["iqm"], decision["ci_low"], decision["ci_high"], decision["reason"])
+    decision = gate_decision(returns, evaluation["candidate_index"], champion_returns, min_return=g.min_return,
+                             margin=margin, mode=g.mode, min_seeds=g.min_seeds, confidence=g.confidence,
+                             n_boot=g.bootstrap_samples, seed=seed)
+    decision.update({**base, "status": "passed" if decision["passed"] else "failed",
+                     "champion_returns": None if champion_returns is None else champion_returns.tolist()})
+    log.info("gate %s: deployed IQM %.1f CI [%.1f, %.1f], mean CI low %.1f, %d/%d seeds reach %g%s",
+             "passed" if decision["passed"] else "FAILED", decision["iqm"], decision["ci_low"], decision["ci_high"],
+             decision["mean_ci_low"], decision["seeds_reaching"], decision["seeds"], g.min_return,
+             "" if decision["passed"] else f" ({decision['reason']})")
     return decision
+
+
+def _figures(returns: Any, candidate_index: int) -> dict[str, Any]:
+    """Plain figures of the deployed policy, for a candidate that is not gated (report and summary)."""
+    import numpy as np
+
+    from ppo.stats import iqm
+
+    deployed = np.asarray(returns)[candidate_index]
+    return {"iqm": float(iqm(deployed)), "mean": float(deployed.mean()), "ci_low": None, "ci_high": None,
+            "episodes": int(deployed.size), "seeds": int(np.asarray(returns).shape[0]),
+            "candidate_index": int(candidate_index)}
 
 
 @task(name="report", cache_policy=CACHED, retries=1, **RESULTS)
@@ -206,10 +278,14 @@ def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str
     from ppo.config import ppo_home
     from ppo.report import write_report
 
-    cfg, trainer, full = _restored(config, trained["checkpoint_dir"])
-    result = {**trained, "history": full.get("history", [])}
     run_id = trained["run_id"]
     directory = ppo_home() / "reports" / run_id
+    if decision.get("status") in NO_OP and (directory / "report.html").is_file():
+        # not a gate (the run is the champion, or older): its report stays the one of its own gate
+        get_run_logger().info("report of run %s kept as written at its gate: %s", run_id, directory / "report.html")
+        return {"report_md": str(directory / "report.md"), "report_html": str(directory / "report.html")}
+    cfg, trainer, full = _restored(config, trained["checkpoint_dir"])
+    result = {**trained, "history": full.get("history", [])}
     champion = decision.get("champion_returns")
     url = tracking.run_url(run_id)
     files = write_report(directory, config=cfg, result=result, gate=decision,
@@ -228,20 +304,31 @@ def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str
     return files
 
 
+def _round(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else ("none" if value is None else value)
+
+
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
-def register(model_name: str, run_id: str, decision: dict[str, Any]) -> str:
-    """Register the run's model (idempotent per run id) and write the gate's figures as version tags."""
+def register(model_name: str, run_id: str, decision: dict[str, Any]) -> str | None:
+    """Register the run's model (idempotent per run id) with the gate's figures as version tags.
+
+    The only place that writes model versions. A candidate that was not gated (it is the champion, or
+    older than it) changes nothing: its existing version, if any, keeps the tags of its own gate.
+    """
     _fault("register")
     from ppo import tracking
 
+    log = get_run_logger()
+    if decision.get("status") in NO_OP:
+        version = tracking.find_version(model_name, run_id)
+        log.info("not registered again: %s (version %s)", decision["reason"], version or "none")
+        return version
     version = tracking.register_model(run_id, model_name)
-    tracking.tag_version(model_name, version, {
-        "gate.passed": decision["passed"], "gate.iqm": round(decision["iqm"], 3),
-        "gate.ci_low": round(decision["ci_low"], 3), "gate.ci_high": round(decision["ci_high"], 3),
-        "gate.champion_version": decision.get("champion_version") or "none",
-        "gate.diff_ci_low": round(decision["diff_ci_low"], 3) if "diff_ci_low" in decision else "none",
-        "gate.mode": decision["mode"], "gate.reason": decision["reason"]})
-    get_run_logger().info("registered %s version %s", model_name, version)
+    keys = ("passed", "status", "reason", "mode", "iqm", "ci_low", "ci_high", "mean", "mean_ci_low", "min_return",
+            "margin", "seeds", "seeds_reaching", "min_seeds", "episodes", "eval_seed", "champion_version", "diff",
+            "diff_ci_low", "diff_ci_high")
+    tracking.tag_version(model_name, version, {f"gate.{k}": _round(decision.get(k)) for k in keys})
+    log.info("registered %s version %s (gate %s)", model_name, version, decision["status"])
     return version
 
 
@@ -272,17 +359,21 @@ def promotion_lock(model_name: str, timeout_s: float = 600.0) -> Iterator[None]:
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
-def promote(model_name: str, version: str, decision: dict[str, Any]) -> dict[str, Any]:
+def promote(model_name: str, version: str | None, decision: dict[str, Any]) -> dict[str, Any]:
     """Move the ``champion`` alias to ``version`` only if the gate passed and the champion is still the one
-    the gate compared against (compare-and-set under :func:`promotion_lock`); otherwise report the lost race."""
+    the gate compared against (compare-and-set under :func:`promotion_lock`); otherwise report why not."""
     from ppo import tracking
 
     log = get_run_logger()
-    if not decision["passed"]:
+    if not decision["passed"] or version is None:
         before = tracking.get_champion(model_name)
-        log.warning("gate failed (%s): %s@champion stays at %s", decision["reason"], model_name, before)
+        if decision.get("status") == "is_champion":
+            log.info("%s@champion stays at version %s (this run)", model_name, before)
+        else:
+            log.warning("not promoted (%s): %s@champion stays at %s", decision["reason"], model_name,
+                        before or "none (no champion yet)")
         return {"promoted": False, "champion": before, "lost_race": False}
-    # the champion the gate compared against; None: there was none, or it is this very version
+    # the champion the gate compared against; None: there was none
     expected = decision.get("champion_version")
     with promotion_lock(model_name):
         before = tracking.get_champion(model_name)
@@ -296,5 +387,19 @@ def promote(model_name: str, version: str, decision: dict[str, Any]) -> dict[str
             tracking.tag_version(model_name, version, {"promote.lost_race_to": before})
             return {"promoted": False, "champion": before, "lost_race": True}
         tracking.set_champion(model_name, version)
-    log.info("%s@champion = version %s (was %s)", model_name, version, before)
+    log.info("%s@champion = version %s (was %s)", model_name, version, before or "none")
     return {"promoted": True, "champion": str(version), "lost_race": False}
+
+
+def outcome(decision: dict[str, Any], promotion: dict[str, Any]) -> str:
+    """One word for what happened, which ``ppo pipeline`` / ``ppo promote`` turn into the exit code:
+    promoted, already_champion (0); gated_out, older_than_champion (4); lost_race (5)."""
+    if promotion["promoted"]:
+        return "promoted"
+    if promotion["lost_race"]:
+        return "lost_race"
+    if decision.get("status") == "is_champion":
+        return "already_champion"
+    if decision.get("status") == "older_than_champion":
+        return "older_than_champion"
+    return "gated_out"

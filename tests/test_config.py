@@ -22,7 +22,7 @@ from ppo.config import (
 def test_defaults_are_the_reference_table():
     c = Config()
     t, p = c.train, c.ppo
-    assert (t.max_episodes, c.env.max_steps_per_episode, t.target_reward, t.convergence_window) == (1000, 500, 195.0, 100)
+    assert (t.max_episodes, c.env.max_steps_per_episode, t.convergence_window) == (1000, 500, 100)
     assert (t.early_stopping_patience, t.eval_frequency, t.eval_episodes) == (10, 50, 10)
     assert (p.learning_rate, p.clip_epsilon, p.gamma, p.gae_lambda) == (3e-4, 0.2, 0.99, 0.95)
     assert (p.entropy_coef, p.value_coef, p.max_grad_norm, p.epochs_per_update) == (0.01, 0.5, 0.5, 10)
@@ -30,7 +30,10 @@ def test_defaults_are_the_reference_table():
 
 
 def test_seed_defaults_yaml_is_the_builtin_default():
-    assert load_config(ROOT / "configs" / "seed-defaults.yaml") == Config()
+    # except target_reward: the reference's 195 is written there; built in, it is the env's threshold (475)
+    seed = load_config(ROOT / "configs" / "seed-defaults.yaml")
+    assert seed.train.target_reward == 195.0 and Config().train.target_reward == 475.0
+    assert seed.model_copy(update={"train": seed.train.model_copy(update={"target_reward": 475.0})}) == Config()
 
 
 @pytest.mark.parametrize("name", ["cartpole.yaml", "acrobot.yaml", "seed-defaults.yaml"])
@@ -111,3 +114,25 @@ def test_cli_rejects_bad_config_before_training(tmp_path):
     assert proc.returncode == 2
     assert "ppo.learning_rate" in proc.stderr and "5.0" in proc.stderr
     assert not (home / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("env_id,threshold", [("CartPole-v1", 475.0), ("Acrobot-v1", -100.0)])
+def test_gate_and_target_default_to_the_envs_reward_threshold(env_id, threshold):
+    import gymnasium
+
+    assert gymnasium.spec(env_id).reward_threshold == threshold
+    cfg = build_config({"env": {"id": env_id, "num_envs": 4}})
+    assert cfg.gate.min_return == threshold and cfg.train.target_reward == threshold
+    # set explicitly, they win
+    cfg = build_config({"env": {"id": env_id, "num_envs": 4}, "gate": {"min_return": 1.0}, "train": {"target_reward": 2.0}})
+    assert (cfg.gate.min_return, cfg.train.target_reward) == (1.0, 2.0)
+    # the reference table's target (seed-defaults.yaml) is kept where it is written
+    assert load_config(ROOT / "configs" / "seed-defaults.yaml").train.target_reward == 195.0
+
+
+def test_acrobot_config_gates_on_acrobots_threshold():
+    # it used to inherit CartPole's 475 and could never pass its own gate
+    cfg = load_config(ROOT / "configs" / "acrobot.yaml")
+    assert cfg.gate.min_return == -100.0 and len(cfg.train.seeds) >= cfg.gate.min_seeds
+    cart = load_config(ROOT / "configs" / "cartpole.yaml")
+    assert cart.gate.min_return == 475.0 and len(cart.train.seeds) >= cart.gate.min_seeds

@@ -1,12 +1,19 @@
-"""The train-ppo and promote-model flows under Prefect's test harness (real Prefect API, real MLflow sqlite)."""
+"""The train-ppo and promote-model flows under Prefect's test harness (real Prefect API, real MLflow sqlite).
+
+The tests of this module share one registry and run in order: version 1 (champion), version 2 (a newer
+champion), the older run re-run (no-op), retraining challengers, re-gating with promote-model.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
-from conftest import small_config
+from conftest import ROOT, small_config
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
@@ -15,15 +22,17 @@ from flows.promote import promote_model
 from flows.train_ppo import train_ppo
 from ppo import tracking
 
+# two seeds (the gate's recipe check asks for both), a gate any trained policy passes on its own
+GATE = {"gate.min_return": 0.0, "gate.episodes": 10, "gate.min_seeds": 2, "tracking.enabled": True}
+
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     old = os.environ.get("PPO_HOME")
     os.environ["PPO_HOME"] = str(home)
-    cfg = small_config(**{"gate.min_return": 0.0, "gate.episodes": 5, "tracking.enabled": True})
     path = home / "small.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    path.write_text(yaml.safe_dump(small_config(**GATE).to_dict()))
     with prefect_test_harness(server_startup_timeout=120):
         yield path, home
     if old is not None:
@@ -40,18 +49,23 @@ def _task_states(flow_state) -> dict[str, list[str]]:
     return out
 
 
+def _tags(version: str) -> dict[str, str]:
+    return tracking.client().get_model_version("ppo-cartpole", version).tags
+
+
 def test_flow_completes_registers_and_promotes_then_second_run_is_cached(harness):
     path, home = harness
     state = train_ppo(config_path=str(path), return_state=True)
     assert state.is_completed(), state
     summary = state.result()
     assert summary["model_version"] == "1" and summary["gate_passed"] and summary["champion"] == "1"
+    assert summary["outcome"] == "promoted"
     assert tracking.get_champion("ppo-cartpole") == "1"
-    mv = tracking.client().get_model_version("ppo-cartpole", "1")
-    for tag in ("gate.passed", "gate.iqm", "gate.ci_low", "gate.ci_high", "gate.champion_version",
-                "gate.diff_ci_low", "gate.mode"):
-        assert tag in mv.tags, tag
-    assert mv.tags["gate.passed"] == "true"
+    tags = _tags("1")
+    for tag in ("gate.passed", "gate.iqm", "gate.ci_low", "gate.ci_high", "gate.mean_ci_low", "gate.champion_version",
+                "gate.seeds_reaching", "gate.eval_seed", "gate.episodes", "gate.mode", "gate.status"):
+        assert tag in tags, tag
+    assert tags["gate.passed"] == "true" and tags["gate.seeds"] == "2" and tags["gate.episodes"] == "10"
     report_dir = home / "reports" / summary["run_id"]
     for name in ("learning_curve.png", "losses.png", "eval_returns.png", "policy.gif", "report.md", "report.html"):
         assert (report_dir / name).stat().st_size > 0, name
@@ -59,17 +73,53 @@ def test_flow_completes_registers_and_promotes_then_second_run_is_cached(harness
     again = train_ppo(config_path=str(path), return_state=True)
     assert again.is_completed()
     states = _task_states(again)
-    for name in ("validate-config", "train", "evaluate", "report"):
+    for name in ("validate-config", "train", "evaluate"):
         assert states[name] == ["Cached"], (name, states)
     for name in ("gate", "register", "promote"):
         assert states[name] == ["Completed"], (name, states)
-    assert again.result()["model_version"] == "1" and not again.result()["promoted"]
+    out = again.result()
+    assert out["model_version"] == "1" and not out["promoted"] and out["outcome"] == "already_champion"
+    assert _tags("1") == tags  # the champion's gate tags are its own gate's, not overwritten by a no-op
+
+
+def test_the_champion_never_moves_back_to_an_older_run(harness):
+    path, _ = harness
+    # a newer run becomes champion (a margin nothing fails: the newest passing candidate wins)
+    newer = train_ppo(config_path=str(path), overrides={"train.seeds": [5, 6], "gate.margin": 1.0})
+    assert newer["promoted"] and newer["champion"] == "2"
+    # make run again on the first config: its run is cached and older than the champion's. It used to
+    # pass the non-inferiority gate and move the alias back ("champion = version 1 (was 2)").
+    old = train_ppo(config_path=str(path), overrides={"gate.margin": 1.0})
+    assert old["run_id"] != newer["run_id"] and old["model_version"] == "1"
+    assert old["outcome"] == "older_than_champion" and not old["promoted"], old
+    assert tracking.get_champion("ppo-cartpole") == "2"
+    assert _tags("1")["gate.status"] == "passed"  # version 1's own gate record is untouched
+    assert len(tracking.client().search_model_versions("name='ppo-cartpole'")) == 2  # nothing registered
+
+
+def test_retraining_trains_a_challenger_on_fresh_seeds_and_gates_it(harness):
+    path, _ = harness
+    champion = tracking.get_champion("ppo-cartpole")
+    first = train_ppo(config_path=str(path), retrain=True, return_state=True)
+    assert first.is_completed(), first
+    states = _task_states(first)
+    assert states["train"] == ["Completed"] and states["challenger"] == ["Completed"], states
+    out = first.result()
+    assert out["seeds"] != [0, 1] and len(out["seeds"]) == 2
+    run = tracking.client().get_run(out["run_id"])
+    assert run.data.tags["challenger"] == "true" and json.loads(run.data.params["train.seeds"]) == out["seeds"]
+    assert run.data.tags["challenger.flow_run_id"] == str(first.state_details.flow_run_id)
+    version = out["model_version"]
+    assert _tags(version)["gate.champion_version"] == champion  # gated against the champion (paired)
+    assert out["promoted"] == (_tags(version)["gate.passed"] == "true")
+    second = train_ppo(config_path=str(path), retrain=True)
+    assert second["seeds"] != out["seeds"] and second["run_id"] != out["run_id"]
 
 
 def test_transient_fault_is_retried_and_flow_completes(harness, monkeypatch):
     path, home = harness
     monkeypatch.setenv("PPO_FAULTS", "train=1")
-    state = train_ppo(config_path=str(path), overrides={"train.seeds": [7]}, return_state=True)
+    state = train_ppo(config_path=str(path), overrides={"train.seeds": [7, 8]}, return_state=True)
     assert state.is_completed(), state
     assert (home / "faults" / "train").read_text() == "1"
     with get_client(sync_client=True) as client:
@@ -83,7 +133,7 @@ def test_permanent_error_fails_flow_and_leaves_alias(harness, monkeypatch):
     path, _ = harness
     before = tracking.get_champion("ppo-cartpole")
     monkeypatch.setenv("PPO_FAULTS", "register=permanent")
-    state = train_ppo(config_path=str(path), overrides={"train.seeds": [8]}, return_state=True)
+    state = train_ppo(config_path=str(path), overrides={"train.seeds": [8, 9]}, return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="injected permanent fault in task 'register'"):
         state.result()
@@ -99,19 +149,51 @@ def test_bad_config_fails_before_training_with_field_named(harness, tmp_path):
         state.result()
 
 
-def test_promote_flow_regates_existing_version(harness):
+def test_promote_flow_regates_existing_versions(harness):
     path, _ = harness
+    versions = sorted(int(v.version) for v in tracking.client().search_model_versions("name='ppo-cartpole'"))
     champion = tracking.get_champion("ppo-cartpole")
-    other = "2" if champion == "1" else "1"  # versions 1 and 2 come from the tests above
-    # gated against the champion with a margin nothing fails: passes, and the alias moves to it
-    summary = promote_model(version=int(other), config_path=str(path), overrides={"gate.margin": 1e6})
-    assert summary["gate_passed"] and summary["promoted"] and summary["champion"] == other
-    assert tracking.get_champion("ppo-cartpole") == other
-    assert tracking.client().get_model_version("ppo-cartpole", other).tags["gate.champion_version"] == champion
-    # the champion re-gated against itself: nothing to pair, passes, nothing moves
-    again = promote_model(version=int(other), config_path=str(path))
-    assert again["gate_passed"] and not again["promoted"] and again["champion"] == other
-    # a gate nothing passes: the alias stays
-    strict = promote_model(version=int(champion), config_path=str(path), overrides={"gate.min_return": 10_000})
-    assert not strict["gate_passed"] and not strict["promoted"] and strict["champion"] == other
-    assert tracking.client().get_model_version("ppo-cartpole", champion).tags["gate.passed"] == "false"
+    newest = str(versions[-1])
+    # the champion re-gated against itself: nothing to gate, nothing moves
+    same = promote_model(version=int(champion), config_path=str(path))
+    assert same["outcome"] == "already_champion" and same["champion"] == champion
+    # a version older than the champion: never promoted, whatever its figures
+    older = promote_model(version=1, config_path=str(path), overrides={"gate.margin": 1.0})
+    assert older["outcome"] == "older_than_champion" and not older["promoted"]
+    if newest != champion:  # the newest version, re-gated with a margin nothing fails: it moves the alias
+        up = promote_model(version=int(newest), config_path=str(path), overrides={"gate.margin": 1.0})
+        assert up["outcome"] == "promoted" and tracking.get_champion("ppo-cartpole") == newest
+        assert _tags(newest)["gate.champion_version"] == champion
+    # a gate nothing passes: the alias stays and the failure is recorded on the version
+    current = tracking.get_champion("ppo-cartpole")
+    strict_target = next(str(v) for v in reversed(versions) if str(v) != current and v > int(current)) \
+        if any(v > int(current) for v in versions) else None
+    if strict_target is not None:
+        strict = promote_model(version=int(strict_target), config_path=str(path),
+                               overrides={"gate.min_return": 10_000})
+        assert strict["outcome"] == "gated_out" and strict["champion"] == current
+        assert _tags(strict_target)["gate.passed"] == "false"
+
+
+def test_training_registers_nothing_and_ungated_versions_cannot_serve(harness):
+    from ppo import PPOTrainer
+
+    before = len(tracking.client().search_model_versions("name='ppo-cartpole'"))
+    result = PPOTrainer(config=small_config(**GATE, **{"train.seeds": [11]}), enable_mlflow=True).train()
+    assert "model_version" not in result
+    assert len(tracking.client().search_model_versions("name='ppo-cartpole'")) == before
+    # a version registered by hand (not through the register task) has no gate: it can never be champion
+    by_hand = tracking.register_model(result["run_id"], "ppo-cartpole")
+    with pytest.raises(tracking.UngatedVersionError, match="no passed gate"):
+        tracking.set_champion("ppo-cartpole", by_hand)
+
+
+def test_pipeline_exit_code_tells_gated_out_from_promoted(harness, tmp_path):
+    path, home = harness
+    env = {**os.environ, "PPO_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-m", "ppo.cli", "pipeline", "-c", str(path), "--set",
+                          "gate.min_return=100000"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 4, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["outcome"] == "gated_out" and not summary["promoted"] and summary["champion"] is None

@@ -35,7 +35,7 @@ def test_report_for_several_seeds_with_champion(trained, tmp_path):
     returns = trainer.evaluate(num_episodes=8, all_seeds=True, seed=5)["returns"]
     cand = np.asarray(returns).reshape(2, 8)
     champ = np.full(8, 30.0)
-    decision = gate_decision(cand, champ, 0.0, 10.0) | {"champion_version": "3"}
+    decision = gate_decision(cand, 0, champ, min_return=0.0, margin=10.0, min_seeds=2) | {"champion_version": "3"}
     files = write_report(tmp_path, config=trainer.config, result=result, gate=decision, candidate_returns=cand,
                          champion_returns=champ, agent=trainer.agent, run_id="abc123")
     _check(files)

@@ -10,7 +10,7 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import register_passed, small_config
 from mlflow.tracking import MlflowClient
 
 from ppo import PPOTrainer, tracking
@@ -20,7 +20,7 @@ from ppo import PPOTrainer, tracking
 def tracked_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     os.environ["PPO_HOME"] = str(home)
-    cfg = small_config(**{"registry.register_only_converged": False, "tracking.enabled": True})
+    cfg = small_config(**{"tracking.enabled": True})
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
     result = trainer.train()
     return trainer, result, home
@@ -54,7 +54,7 @@ def test_run_has_params_metrics_tags_and_artifacts(tracked_run):
 
 def test_model_is_code_not_pickle_and_loads_in_fresh_process(tracked_run, tmp_path):
     trainer, result, home = tracked_run
-    version = result["model_version"]
+    version = register_passed(result["run_id"])
     assert tracking.register_model(result["run_id"], "ppo-cartpole") == version  # idempotent
     tracking.set_champion("ppo-cartpole", version)
     assert tracking.get_champion("ppo-cartpole") == version
@@ -92,8 +92,11 @@ def test_crashed_run_is_marked_failed(tracked_run):
                 if v.run_id == trainer.logger.run_id]
 
 
-def test_unconverged_run_is_not_registered_by_default(tracked_run):
+def test_training_logs_the_model_but_never_registers_it(tracked_run):
+    before = {v.run_id for v in MlflowClient().search_model_versions("name='ppo-cartpole'")}
     trainer = PPOTrainer(config=small_config(**{"tracking.enabled": True}), enable_mlflow=True)
     result = trainer.train()
-    assert not result["converged"] and "model_version" not in result
+    assert "model_version" not in result
     assert MlflowClient().get_run(result["run_id"]).data.tags.get("model_uri")
+    after = {v.run_id for v in MlflowClient().search_model_versions("name='ppo-cartpole'")}
+    assert after == before  # only the pipeline's register task writes versions

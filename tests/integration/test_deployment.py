@@ -40,6 +40,9 @@ def test_deployment_runs_train_then_promote(served):
         assert name in listed.stdout, listed.stdout
     bare = prefect_cli(env, "deployment", "run", "train-ppo")
     assert bare.returncode != 0  # Prefect insists on <flow>/<deployment>
+    # the weekly schedule retrains (a challenger on fresh seeds), it does not re-run a cached training
+    inspect = prefect_cli(env, "deployment", "inspect", "train-ppo/train-ppo")
+    assert "weekly-retrain" in inspect.stdout and "'retrain': True" in inspect.stdout, inspect.stdout[-3000:]
     run = prefect_cli(env, "deployment", "run", "train-ppo/train-ppo", "-p",
                    'overrides={"gate.episodes": 10}', "--watch")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

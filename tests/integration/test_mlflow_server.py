@@ -13,7 +13,15 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from conftest import Background, free_port, small_config, start_mlflow_server, venv_env, wait_http
+from conftest import (
+    Background,
+    free_port,
+    register_passed,
+    small_config,
+    start_mlflow_server,
+    venv_env,
+    wait_http,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +49,11 @@ def test_log_register_alias_load_and_serve_over_http(mlflow_server, tmp_path, mo
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
     from ppo import PPOTrainer, tracking
 
-    cfg = small_config(**{"registry.register_only_converged": False, "tracking.enabled": True})
+    cfg = small_config(**{"tracking.enabled": True})
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
     result = trainer.train()
     assert trainer.logger.tracking_uri == mlflow_server
-    version = result["model_version"]
+    version = register_passed(result["run_id"])
     tracking.set_champion("ppo-cartpole", version)
     model = tracking.load_model("models:/ppo-cartpole@champion")
     obs = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)

@@ -31,7 +31,7 @@ def test_report_html_in_headless_chromium(tmp_path):
                 "loss/entropy": 0.69 - 0.01 * i, "loss/approx_kl": 0.01, "loss/clip_fraction": 0.1,
                 "grad_norm": 1.0} for i in range(8)]
     cand = rng.normal(100, 10, (2, 10))
-    decision = gate_decision(cand, None, 50.0, 10.0) | {"champion_version": None}
+    decision = gate_decision(cand, 0, None, min_return=50.0, margin=10.0, min_seeds=2) | {"champion_version": None}
     files = write_report(tmp_path, config=cfg, result={"history": history, "converged": False}, gate=decision,
                          candidate_returns=cand, champion_returns=None, agent=PPOAgent(4, 2), run_id="run-1")
     with sync_playwright() as p:

@@ -28,6 +28,7 @@ CONFIG_CASES = [
     ("range-envs", {"env": {"num_envs": 0}}, [], ["env.num_envs", "0", "allowed: 1 .. 65536"]),
     ("range-seed", {"train": {"seeds": [-1]}}, [], ["seeds must be in [0, 2**31)", "-1"]),
     ("range-confidence", {"gate": {"confidence": 1.5}}, [], ["gate.confidence", "1.5"]),
+    ("type-registry", {"registry": {"model_name": 3}}, [], ["registry.model_name", "3"]),
     ("range-steps", {"env": {"max_steps_per_episode": 0}}, [], ["env.max_steps_per_episode", "0"]),
     ("unknown-section", {"optimiser": {"lr": 1}}, [], ["optimiser", "unknown key", "allowed keys here"]),
     ("unknown-field", {"ppo": {"lr": 0.1}}, [], ["ppo.lr", "unknown key", "learning_rate"]),
@@ -121,5 +122,87 @@ def test_bad_arguments_are_rejected(tmp_path, argv, expected):
     _nothing_written(home)
 
 
-def test_the_table_is_big_enough():
-    assert len(CONFIG_CASES) + len(ARG_CASES) >= 25
+def test_the_config_cases_cover_every_section_and_every_kind_of_error(tmp_path, monkeypatch):
+    """What each CONFIG_CASE is rejected for, found in-process from the config model's own errors (no CLI, no
+    training): together they must reach every section of ``Config`` and every kind of error the loader has."""
+    import copy
+
+    from pydantic import ValidationError
+
+    from ppo.config import Config, ConfigError, load_config, parse_overrides
+
+    monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))  # where the path-confinement checks point
+
+    def kinds(content, args) -> set[tuple[str, str]]:
+        """{(kind, section)} of the errors ``content`` + ``--set`` args produce; section "" = not one section."""
+        if isinstance(content, str):
+            try:
+                content = yaml.safe_load(content)
+            except yaml.YAMLError:
+                return {("file", "")}
+        if not isinstance(content, dict):
+            return {("file", "")}  # binary, missing file, a YAML list: the reader rejects it
+        sets = [a for flag, a in zip(args[::2], args[1::2], strict=True) if flag == "--set"]
+        try:
+            overrides = parse_overrides(sets)
+        except ConfigError:
+            return {("override", "")}
+        data = copy.deepcopy(content)
+        for key, value in overrides.items():
+            section, _, field = key.partition(".")
+            model = Config.model_fields.get(section)
+            if model is None or field not in model.annotation.model_fields:
+                return {("override", "")}  # not a <section>.<field> of the model
+            data.setdefault(section, {})[field] = value
+        try:
+            Config.model_validate(data)
+        except ValidationError as e:
+            found = set()
+            for err in e.errors():
+                loc, kind = err["loc"], err["type"]
+                section = str(loc[0]) if loc and loc[0] in Config.model_fields else ""
+                if kind == "extra_forbidden":
+                    found.add(("unknown key", section))
+                elif kind == "literal_error":
+                    found.add(("literal", section))
+                elif kind.startswith(("greater_than", "less_than")):
+                    found.add(("range", section))
+                elif kind == "value_error":  # a validator: of one field, of a section, of the whole config
+                    found.add(
+                        ({0: "cross-section", 1: "section check"}.get(len(loc), "field check"), section)
+                    )
+                else:
+                    found.add(("type", section))
+            return found
+        return set()
+
+    covered: dict[str, set[str]] = {}
+    for case_id, content, args, _ in CONFIG_CASES:
+        found = kinds(content, args)
+        assert found, f"{case_id}: the config model accepts this case; it tests nothing"
+        if isinstance(content, dict):  # and the loader the CLI calls rejects it too
+            path = tmp_path / f"{case_id}.yaml"
+            path.write_text(yaml.safe_dump(content))
+            with pytest.raises(ConfigError):
+                load_config(path, parse_overrides(args[1::2]))
+        for kind, section in found:
+            covered.setdefault(kind, set()).add(section)
+
+    expected_kinds = {
+        "type",
+        "range",
+        "unknown key",
+        "literal",
+        "cross-section",
+        "section check",
+        "field check",
+        "file",
+        "override",
+    }
+    assert expected_kinds <= set(covered), f"no case for: {sorted(expected_kinds - set(covered))}"
+    sections = set().union(*covered.values()) - {""}
+    assert sections >= set(Config.model_fields), (
+        f"no case for section(s): {sorted(set(Config.model_fields) - sections)}"
+    )
+    ids = [c[0] for c in CONFIG_CASES] + [c[0] for c in ARG_CASES]
+    assert len(ids) == len(set(ids)), "duplicate case ids"

@@ -28,8 +28,7 @@ def _diverged_checkpoint(cfg):
 
 def test_nan_loss_aborts_fails_run_and_registers_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
-    cfg = small_config(**{"train.checkpoint_dir": "ck", "tracking.enabled": True,
-                          "registry.register_only_converged": False})
+    cfg = small_config(**{"train.checkpoint_dir": "ck", "tracking.enabled": True})
     _diverged_checkpoint(cfg)
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at update 6 "):

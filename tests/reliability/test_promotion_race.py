@@ -21,14 +21,14 @@ def test_concurrent_promotions_leave_one_champion(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("PPO_HOME", str(home))
     versions = []
-    for seed in (0, 1):  # two registered, never-promoted versions
-        cfg = small_config(**{"train.seeds": [seed], "tracking.enabled": True,
-                              "registry.register_only_converged": False})
-        versions.append(PPOTrainer(config=cfg, enable_mlflow=True).train()["model_version"])
+    for seed in (0, 1):  # two registered, never-gated versions
+        cfg = small_config(**{"train.seeds": [seed], "tracking.enabled": True})
+        run_id = PPOTrainer(config=cfg, enable_mlflow=True).train()["run_id"]
+        versions.append(tracking.register_model(run_id, "ppo-cartpole"))
     assert versions == ["1", "2"] and tracking.get_champion("ppo-cartpole") is None
 
     path = tmp_path / "promote.yaml"  # both pass this gate: the race, not the statistics, decides
-    path.write_text(yaml.safe_dump(small_config(**{"gate.min_return": 0, "gate.episodes": 5}).to_dict()))
+    path.write_text(yaml.safe_dump(small_config(**{"gate.min_return": 0, "gate.episodes": 5, "gate.min_seeds": 1}).to_dict()))
     # both gates finish while the first promotion holds the lock (a slow registry, 4 s): without the lock
     # both would read "no champion" and both would move the alias
     env = {**os.environ, "PPO_HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect"),

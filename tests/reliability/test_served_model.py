@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import psutil
 import pytest
-from conftest import Background, free_port, small_config, venv_env, wait_http
+from conftest import Background, free_port, register_passed, small_config, venv_env, wait_http
 
 from ppo import PPOTrainer, tracking
 
@@ -49,9 +49,9 @@ def served(tmp_path_factory):
     home = tmp_path_factory.mktemp("served")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PPO_HOME", str(home))
-        cfg = small_config(**{"tracking.enabled": True, "registry.register_only_converged": False})
+        cfg = small_config(**{"tracking.enabled": True})
         trainer = PPOTrainer(config=cfg, enable_mlflow=True)
-        version = trainer.train()["model_version"]
+        version = register_passed(trainer.train()["run_id"])
         tracking.client()
         import mlflow
 

@@ -17,9 +17,8 @@ pytestmark = pytest.mark.reliability
 
 
 def _config(**extra):
-    # ~12 chunks; register even without convergence so "no version" is a real claim
-    return small_config(**{"tracking.enabled": True, "registry.register_only_converged": False,
-                           "train.max_env_steps": 128 * 5 * 12, **extra})
+    # ~12 chunks; the run logs its model whether it converged or not, so "no model" is a real claim
+    return small_config(**{"tracking.enabled": True, "train.max_env_steps": 128 * 5 * 12, **extra})
 
 
 def _server(tmp_path, monkeypatch):
@@ -55,9 +54,7 @@ def test_short_outage_is_ridden_out_and_nothing_is_lost(tmp_path, monkeypatch):
         assert run.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/env_steps")]
         assert sorted(steps) == [row["env_steps"] for row in result["history"]]  # every chunk, once
-        version = client.get_model_version("ppo-cartpole", result["model_version"])
-        assert version.status == "READY"
-        model = tracking.load_model(f"models:/ppo-cartpole/{version.version}")  # its artifacts are all there
+        model = tracking.load_model(run.data.tags["model_uri"])  # the logged model's artifacts are all there
         assert model.metadata.signature is not None
     finally:
         server.stop()
