@@ -489,8 +489,9 @@ class PPOTrainer:
         params = self._split_seeds(state)
         if only is not None:
             params = [params[i] for i in only]
-        return summarize_seeds(evaluate_params_list(params, self.config.env.id, num_episodes, seed,
-                                                    self.config.env.max_steps_per_episode))
+        out = summarize_seeds(evaluate_params_list(params, self.config.env.id, num_episodes, seed,
+                                                   self.config.env.max_steps_per_episode))
+        return {**out, "gym_seeds": [seed, seed + num_episodes]}  # the [start, stop) of the episodes played
 
     def evaluate(self, num_episodes: int = 10, backend: str = "gymnasium", seed: int = 0,
                  all_seeds: bool = False) -> dict[str, Any]:

@@ -87,3 +87,38 @@ def test_max_env_steps_and_the_schedule_end_on_the_last_update(ppo_home, extra):
     # the schedule decays over exactly the optimiser steps that run: none of them at lr 0
     steps = 30 * cfg.num_minibatches * cfg.ppo.epochs_per_update
     assert _count(jax.device_get(trainer.state.opt_state)) == steps
+
+
+def test_evaluations_use_disjoint_episode_streams(ppo_home):
+    from ppo.evaluate import STREAM_SPAN, gate_seed, stream_seed
+
+    cfg = small_config(**{"train.eval_frequency": 20, "train.eval_episodes": 3})
+    out = PPOTrainer(config=cfg).train()
+    blocks = [tuple(e["gym_seeds"]) for e in out["evaluations"]] + [tuple(out["final_eval"]["gym_seeds"])]
+    assert len(blocks) >= 4
+    # consecutive periodic evaluations used to share n-1 of their n episodes, and the gate's fixed seed
+    # was the first periodic evaluation's: now every block is its own
+    gate = gate_seed("some-run-id", 3)
+    blocks.append((gate, gate + 3))
+    for i, (a0, a1) in enumerate(blocks):
+        for b0, b1 in blocks[i + 1:]:
+            assert a1 <= b0 or b1 <= a0, blocks
+    assert out["final_eval"]["gym_seeds"][0] == stream_seed("final", 0, 3)
+    assert all(e["gym_seeds"][1] <= STREAM_SPAN for e in out["evaluations"])  # periodic stream's range
+    assert STREAM_SPAN * 2 <= gate < STREAM_SPAN * 3
+
+
+@pytest.mark.parametrize("patience", [0, 30])
+def test_convergence_needs_the_window_held_for_patience_episodes(ppo_home, patience):
+    # a random CartPole policy already averages ~20: every seed converges, after `patience` more episodes
+    cfg = small_config(**{"train.target_reward": 12.0, "train.convergence_window": 10,
+                          "train.early_stopping_patience": patience, "train.updates_per_chunk": 1,
+                          "train.max_env_steps": 128 * 200})
+    calls = []
+    out = PPOTrainer(config=cfg).train(callback=calls.append)
+    assert out["converged"] and out["stop_reason"] == "converged"
+    assert all(e >= 10 + patience for e in out["episodes_per_seed"]), out["episodes_per_seed"]
+    if patience == 0:  # converged at the first chunk whose window average held
+        assert len(calls) <= 3
+    else:
+        assert all(c["step_metrics"]["converged_seeds"] < 2 for c in calls if c["episode"] < 10 + patience)

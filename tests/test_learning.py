@@ -19,11 +19,20 @@ def test_cartpole_config_solves_cartpole_for_three_seeds(ppo_home):
     assert min(out["per_seed_avg"]) >= 475, out["per_seed_avg"]
 
 
-def test_acrobot_config_solves_acrobot(ppo_home):
-    trainer = PPOTrainer.from_config(ROOT / "configs" / "acrobot.yaml", enable_mlflow=False, seeds=[0])
-    trainer.train()
-    out = trainer.evaluate(num_episodes=100, seed=7)
-    assert out["avg_reward"] >= -100, out["avg_reward"]
+@pytest.mark.parametrize("name,threshold", [("cartpole.yaml", 475.0), ("acrobot.yaml", -100.0)])
+def test_every_shipped_config_passes_its_own_gate(ppo_home, tmp_path, name, threshold):
+    # the whole pipeline, as `make run` runs it: 5 seeds, the gate at the env's reward threshold
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PPO_HOME": str(ppo_home), "PREFECT_HOME": str(tmp_path / "prefect")}
+    out = subprocess.run([sys.executable, "-m", "ppo.cli", "pipeline", "-c", str(ROOT / "configs" / name)],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["outcome"] == "promoted" and summary["ci"][0] >= threshold, summary
 
 
 def test_reference_usage_examples_run_as_written(ppo_home, capsys):
