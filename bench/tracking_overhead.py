@@ -31,7 +31,7 @@ def main() -> None:
     from ppo.config import load_config, parse_overrides
     from ppo.trainer import PPOTrainer
 
-    cfg = load_config(args.config, {"registry.register_only_converged": False, **parse_overrides(args.set)})
+    cfg = load_config(args.config, parse_overrides(args.set))
     PPOTrainer(config=cfg).train()  # compile once, warm everything
     off, on, loop_logging, final_logging, start_logging = [], [], [], [], []
     for _ in range(args.repeats):

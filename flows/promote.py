@@ -19,11 +19,11 @@ def promote_model(version: int, config_path: str | None = "configs/cartpole.yaml
     """
     validated = validate_config(config_path, overrides or {})
     model_name = validated["model_name"]
-    fetched = fetch_version(model_name, str(version))
+    fetched = fetch_version(model_name, str(version), validated["config"]["env"]["id"])
     config = {**fetched["config"], "gate": validated["config"]["gate"], "registry": validated["config"]["registry"]}
     evaluation = evaluate_candidate(config, fetched["checkpoint_dir"], fetched["run_id"])
     decision = gate(config, evaluation, fetched["run_id"])
-    registered = register(model_name, fetched["run_id"], decision)
+    registered = register(model_name, fetched["run_id"], decision, str(version))
     promotion = promote(model_name, registered, decision)
     return {"outcome": outcome(decision, promotion), "model_name": model_name, "version": str(version),
             "gate_passed": decision["passed"], "gate_reason": decision["reason"], "champion": promotion["champion"],

@@ -39,7 +39,7 @@ def sweep_ppo(sweep_path: str = "configs/sweep-cartpole.yaml") -> dict[str, Any]
     plan = plan_sweep(sweep_path)
     results = run_trial.map(plan["trials"], parent_run_id=unmapped(plan["parent_run_id"]),
                             eval_episodes=unmapped(plan["eval_episodes"]))
-    heldout = score_heldout(plan["parent_run_id"], results, plan["trials"], plan["eval_episodes"])
+    heldout = score_heldout(plan["parent_run_id"], results)
     return sweep_report(plan["parent_run_id"], results, plan["trials"], heldout, plan["eval_episodes"])
 
 

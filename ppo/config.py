@@ -142,7 +142,7 @@ class GateConfig(_Section):
     min_return: float | None = Field(None, ge=-1e9, le=1e9, description="default the env's gymnasium "
                                      "reward_threshold (CartPole-v1 475, Acrobot-v1 -100)")
     min_seeds: int = Field(5, ge=1, le=1024, description="training seeds that must reach min_return")
-    margin: float = Field(0.02, ge=0.0, le=1.0, description="non-inferiority margin, a fraction of the env's "
+    margin: float = Field(0.02, ge=0.0, description="non-inferiority margin, a fraction of the env's "
                           "return range (CartPole-v1 0..500: 0.02 = 10)")
     mode: Literal["non_inferior", "superior"] = "non_inferior"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
@@ -174,6 +174,14 @@ class Config(_Section):
             if isinstance(sub, dict) and sub.get(key) is None:
                 data[section] = {**sub, key: threshold}
         return data
+
+    @field_validator("gate")
+    @classmethod
+    def _relative_margin(cls, gate: GateConfig) -> GateConfig:
+        if gate.margin > 1.0:
+            raise ValueError(f"gate.margin: {gate.margin} is a fraction of the env's return range (allowed: 0 .. 1); "
+                             "an absolute margin of 10 on CartPole-v1 (returns 0..500) is 0.02")
+        return gate
 
     @model_validator(mode="after")
     def _cross(self) -> Config:

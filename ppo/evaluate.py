@@ -24,6 +24,7 @@ from ppo.policy import actor_layers, numpy_logits
 
 #: Each evaluation stream's range of gymnasium seeds is ``[index * STREAM_SPAN, (index + 1) * STREAM_SPAN)``.
 STREAM_SPAN = 2**28
+MAX_BLOCK = 2**20  # the most episodes one evaluation plays (config limits are far below)
 STREAMS = {
     "periodic": 0,  # evaluation k during training: episodes [k * n, (k + 1) * n) of the range
     "final": 1,  # the final evaluation of every trained seed (picks the deployed seed)
@@ -39,9 +40,11 @@ def stream_seed(stream: str, offset: int = 0, episodes: int = 1) -> int:
     Offsets wrap inside the range (they never spill into another stream's episodes)."""
     if stream not in STREAMS:
         raise ValueError(f"unknown evaluation stream {stream!r}; known: {', '.join(STREAMS)}")
-    if not 1 <= episodes <= STREAM_SPAN:
-        raise ValueError(f"episodes must be in [1, {STREAM_SPAN}], got {episodes}")
-    return STREAMS[stream] * STREAM_SPAN + int(offset) % (STREAM_SPAN - episodes + 1)
+    if not 1 <= episodes <= MAX_BLOCK:
+        raise ValueError(f"episodes must be in [1, {MAX_BLOCK}], got {episodes}")
+    # a fixed modulus: the same offset starts at the same seed whatever the block's length (so a gate's
+    # start states cannot be re-drawn by asking for one episode more)
+    return STREAMS[stream] * STREAM_SPAN + int(offset) % (STREAM_SPAN - MAX_BLOCK)
 
 
 def gate_seed(candidate_run_id: str, episodes: int) -> int:

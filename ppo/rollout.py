@@ -33,7 +33,8 @@ class EpisodeStats(NamedTuple):
 
 
 def ring_slots(episodes: jnp.ndarray, dones: jnp.ndarray, window_size: int) -> jnp.ndarray:
-    """Ring-buffer index for each env's finished episode this step; ``window_size`` (dropped) otherwise.
+    """Ring-buffer index for each env's finished episode this step; an index >= ``window_size`` (dropped,
+    and distinct like the written ones, as ``unique_indices`` promises XLA) otherwise.
 
     Episodes ending on one step are numbered in env order after the ``episodes`` already recorded. Only
     the last ``window_size`` of them are written: when more episodes end in one step than the window
@@ -43,7 +44,8 @@ def ring_slots(episodes: jnp.ndarray, dones: jnp.ndarray, window_size: int) -> j
     number = episodes + jnp.cumsum(dones.astype(jnp.int32)) - 1
     newest = episodes + dones.sum(dtype=jnp.int32) - 1
     keep = dones & (number > newest - window_size)
-    return jnp.where(keep, number % window_size, window_size)
+    dropped = window_size + jnp.arange(dones.shape[0], dtype=number.dtype)  # out of bounds, and distinct too
+    return jnp.where(keep, number % window_size, dropped)
 
 
 def record_episodes(stats: EpisodeStats, rewards: jnp.ndarray, dones: jnp.ndarray) -> EpisodeStats:

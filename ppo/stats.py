@@ -13,7 +13,7 @@ lower bound then missed 8-14% of the time instead of the nominal 2.5% (tests/tes
 
 The gate (:func:`gate_decision`) certifies what is deployed: the single policy that would be
 registered, against the champion's deployed policy, paired on fresh held-out start states, plus a
-recipe check so that a lucky seed of a bad recipe is not promoted. See DESIGN.md, "Promotion gate".
+recipe check so that a lucky seed of a bad recipe is not promoted. See README.md, "Promotion rules".
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def gate_decision(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The promotion gate of DESIGN.md: does the policy that would be deployed deserve ``@champion``?
+    """The promotion gate (README.md, "Promotion rules"): does the policy that would be deployed deserve ``@champion``?
 
     What is deployed is ONE policy (row ``candidate_index`` of ``seed_returns``, chosen beforehand on
     other episodes, so these episodes carry no selection bias), so the gate certifies that policy, not

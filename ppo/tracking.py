@@ -477,11 +477,15 @@ def fetch_version_run(model_name: str, version: str | int) -> dict[str, Any]:
 
     Returns ``{"run_id", "config", "checkpoint_dir"}``; the config's checkpoint_dir points at the download.
     """
+    import re
+
     import yaml
 
     from ppo.config import build_config
 
     mv = client().get_model_version(model_name, str(version))
+    if not re.fullmatch(r"[0-9a-f]{32}", mv.run_id or ""):
+        raise ValueError(f"{model_name} version {version}: unexpected run id {mv.run_id!r}")
     target = ppo_home() / "registry" / mv.run_id
     target.mkdir(parents=True, exist_ok=True)
     try:
@@ -494,6 +498,9 @@ def fetch_version_run(model_name: str, version: str | int) -> dict[str, Any]:
         raise FileNotFoundError(f"{model_name} version {version}: its run {mv.run_id} has no config.yaml or "
                                 f"checkpoint artifact to re-gate from ({e})") from None
     data = yaml.safe_load(Path(cfg_file).read_text())
+    # what was trained comes from the run; the gate and registry settings come from the caller (and runs
+    # of older versions stored keys those sections no longer have)
+    data = {k: v for k, v in data.items() if k not in ("gate", "registry")}
     data.setdefault("train", {})["checkpoint_dir"] = str(target / "checkpoint")
     return {"run_id": mv.run_id, "config": build_config(data).to_dict(), "checkpoint_dir": str(target / "checkpoint")}
 

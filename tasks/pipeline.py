@@ -192,15 +192,19 @@ def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str, run_id: str)
 
 
 @task(name="fetch-version", cache_policy=NO_CACHE, retries=1, **RESULTS)
-def fetch_version(model_name: str, version: str) -> dict[str, Any]:
+def fetch_version(model_name: str, version: str, env_id: str) -> dict[str, Any]:
     """A registered version's run: its training config and final checkpoint (every seed), from MLflow.
 
     Why the whole checkpoint: re-gating a version checks its recipe (all training seeds), not only the
     one policy that was registered.
     """
     from ppo import tracking
+    from ppo.config import ConfigError
 
     fetched = tracking.fetch_version_run(model_name, version)
+    if fetched["config"]["env"]["id"] != env_id:  # the gate's thresholds are the given config's env's
+        raise ConfigError(f"{model_name} version {version} was trained on {fetched['config']['env']['id']}, but "
+                          f"the gate config is for {env_id}: pass the config of the version's env (-c)")
     get_run_logger().info("%s version %s: run %s, checkpoint in %s", model_name, version, fetched["run_id"],
                           fetched["checkpoint_dir"])
     return fetched
@@ -280,8 +284,9 @@ def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str
 
     run_id = trained["run_id"]
     directory = ppo_home() / "reports" / run_id
-    if decision.get("status") in NO_OP and (directory / "report.html").is_file():
-        # not a gate (the run is the champion, or older): its report stays the one of its own gate
+    if decision.get("status") in NO_OP:
+        # not a gate (the run is the champion, or older): its report stays the one written at its own gate
+        # (here, or in the MLflow run's report/ folder when this $PPO_HOME never had it)
         get_run_logger().info("report of run %s kept as written at its gate: %s", run_id, directory / "report.html")
         return {"report_md": str(directory / "report.md"), "report_html": str(directory / "report.html")}
     cfg, trainer, full = _restored(config, trained["checkpoint_dir"])
@@ -309,21 +314,22 @@ def _round(value: Any) -> Any:
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
-def register(model_name: str, run_id: str, decision: dict[str, Any]) -> str | None:
+def register(model_name: str, run_id: str, decision: dict[str, Any], version: str | None = None) -> str | None:
     """Register the run's model (idempotent per run id) with the gate's figures as version tags.
 
-    The only place that writes model versions. A candidate that was not gated (it is the champion, or
-    older than it) changes nothing: its existing version, if any, keeps the tags of its own gate.
+    The only place that writes model versions. ``version``: the existing version that was re-gated
+    (promote-model), which gets the tags. A candidate that was not gated (it is the champion, or older
+    than it) changes nothing: its existing version, if any, keeps the tags of its own gate.
     """
     _fault("register")
     from ppo import tracking
 
     log = get_run_logger()
     if decision.get("status") in NO_OP:
-        version = tracking.find_version(model_name, run_id)
+        version = version or tracking.find_version(model_name, run_id)
         log.info("not registered again: %s (version %s)", decision["reason"], version or "none")
         return version
-    version = tracking.register_model(run_id, model_name)
+    version = version or tracking.register_model(run_id, model_name)
     keys = ("passed", "status", "reason", "mode", "iqm", "ci_low", "ci_high", "mean", "mean_ci_low", "min_return",
             "margin", "seeds", "seeds_reaching", "min_seeds", "episodes", "eval_seed", "champion_version", "diff",
             "diff_ci_low", "diff_ci_high")
@@ -378,8 +384,8 @@ def promote(model_name: str, version: str | None, decision: dict[str, Any]) -> d
     with promotion_lock(model_name):
         before = tracking.get_champion(model_name)
         _fault("promote")
-        if before == str(version):
-            return {"promoted": False, "champion": before, "lost_race": False}
+        if before == str(version):  # a concurrent run of the same promotion, or a retry after it succeeded
+            return {"promoted": False, "champion": before, "lost_race": False, "already": True}
         if before != expected:
             log.warning("lost the race: %s@champion moved from %s to %s while version %s was gated; "
                         "run promote-model again to gate it against the new champion",
@@ -398,7 +404,7 @@ def outcome(decision: dict[str, Any], promotion: dict[str, Any]) -> str:
         return "promoted"
     if promotion["lost_race"]:
         return "lost_race"
-    if decision.get("status") == "is_champion":
+    if decision.get("status") == "is_champion" or promotion.get("already"):
         return "already_champion"
     if decision.get("status") == "older_than_champion":
         return "older_than_champion"

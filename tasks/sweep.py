@@ -59,6 +59,9 @@ def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> 
     """Train one trial's config as a nested MLflow run and give it its selection score (real gymnasium
     episodes of the ``sweep_select`` stream, the same for every trial, so the trials compare fairly).
 
+    The trial also plays the ``sweep_heldout`` episodes here, where its trained seeds are (on a Ray
+    cluster, the worker's disk); that score chooses nothing and is reported only for the chosen trial.
+
     A trial whose loss diverges (NaN/inf: a legitimate outcome of, say, a too-high learning rate) is
     reported as diverged, not retried, and does not stop the other trials.
     """
@@ -79,6 +82,8 @@ def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> 
     ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True,
                           seed=eval_seeds(eval_episodes)["selection"][0])
     score, std = trial_score(ev)
+    held = trial_score(trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True,
+                                        seed=eval_seeds(eval_episodes)["heldout"][0]))
     logger.client.log_metric(logger.run_id, "sweep/score_selection", score)
     for key, value in trial["params"].items():
         logger.client.set_tag(logger.run_id, f"sweep.{key}", value)
@@ -86,29 +91,22 @@ def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> 
                           trial["params"], score, result["env_steps"])
     return {"trial": trial["trial"], "params": trial["params"], "score_selection": score, "std_selection": std,
             "env_steps": result["env_steps"], "converged": result["converged"], "wall_s": result["wall_time_s"],
-            "run_id": logger.run_id, "pid": os.getpid()}
+            "run_id": logger.run_id, "pid": os.getpid(), "heldout": {"score": held[0], "std": held[1]}}
 
 
 @task(name="heldout-score", retries=1, **RESULTS)
-def score_heldout(parent_run_id: str, results: list[dict[str, Any]], trials: list[dict[str, Any]],
-                  eval_episodes: int) -> dict[str, Any]:
-    """Choose the best trial by selection score, then score it again on held-out episodes (the
-    ``sweep_heldout`` stream) from its checkpoint: the best of several noisy selection scores overstates
-    the chosen trial (a winner's curse), so the held-out score is the one the sweep reports."""
+def score_heldout(parent_run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Choose the best trial by selection score and report its score on held-out episodes (the
+    ``sweep_heldout`` stream, played by the trial itself): the best of several noisy selection scores
+    overstates the chosen trial (a winner's curse), so the held-out score is the one the sweep reports."""
     from ppo import tracking
-    from ppo.sweep import best_trial, eval_seeds, trial_score
-    from ppo.trainer import PPOTrainer
+    from ppo.sweep import best_trial
 
     if not any(r.get("error") is None for r in results):
         tracking.client().set_terminated(parent_run_id, "FAILED")
         raise RuntimeError(f"every trial of the sweep failed; first: {results[0].get('error')}")
     best = best_trial(results)
-    trial = next(t for t in trials if t["trial"] == best["trial"])
-    trainer = PPOTrainer(config=_trial_config(trial, parent_run_id))
-    trainer.restore()  # the trained seeds of the chosen trial, from its checkpoint
-    ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True,
-                          seed=eval_seeds(eval_episodes)["heldout"][0])
-    score, std = trial_score(ev)
+    score, std = best["heldout"]["score"], best["heldout"]["std"]
     tracking.client().log_metric(best["run_id"], "sweep/score_heldout", score)
     get_run_logger().info("best trial %d %s: held-out score %.1f (selection score %.1f)", best["trial"],
                           best["params"], score, best["score_selection"])

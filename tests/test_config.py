@@ -136,3 +136,10 @@ def test_acrobot_config_gates_on_acrobots_threshold():
     assert cfg.gate.min_return == -100.0 and len(cfg.train.seeds) >= cfg.gate.min_seeds
     cart = load_config(ROOT / "configs" / "cartpole.yaml")
     assert cart.gate.min_return == 475.0 and len(cart.train.seeds) >= cart.gate.min_seeds
+
+
+def test_an_absolute_margin_is_refused_with_the_relative_meaning_explained():
+    with pytest.raises(ConfigError, match=r"gate.margin: 10.0 is a fraction of the env's return range.*0.02"):
+        build_config({"gate": {"margin": 10}})
+    with pytest.raises(ConfigError, match="unknown key 'eval_seed'"):
+        build_config({"gate": {"eval_seed": 3}})  # the gate draws fresh start states per candidate now

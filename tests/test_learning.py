@@ -72,8 +72,9 @@ def test_reference_usage_examples_run_as_written(ppo_home, capsys):
 
     assert results["converged"] and results["best_avg_reward"] >= 195.0
     out = capsys.readouterr().out
-    # the callback ran once per chunk with growing episode counts and printed exactly its lines
-    assert seen and all(b > a for (a, _), (b, _) in zip(seen, seen[1:], strict=False))
+    # the callback ran once per chunk with episode counts that never go back (a chunk of long episodes
+    # may complete none), and printed exactly its lines
+    assert len(seen) > 3 and all(b >= a for (a, _), (b, _) in zip(seen, seen[1:], strict=False)), seen
     expected = [f"Episode {e}: Reward = {r:.2f}" for e, r in seen if e % 100 == 0]
     assert [line for line in out.splitlines() if line.startswith("Episode ")] == expected
     assert f"Evaluation reward: {eval_metrics['avg_reward']:.2f} ± {eval_metrics['std_reward']:.2f}" in out

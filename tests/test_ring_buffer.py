@@ -18,7 +18,8 @@ def test_more_episodes_than_the_window_in_one_step_write_distinct_slots():
     slots = _slots(episodes=7, dones=dones, window=50)
     written = slots[slots < 50]
     assert len(written) == 50 and len(set(written.tolist())) == 50  # no collisions: a defined scatter
-    assert (slots[:14] == 50).all()  # the 14 oldest of the 64 are the ones left out
+    assert (slots[:14] >= 50).all()  # the 14 oldest of the 64 are the ones left out
+    assert len(set(slots.tolist())) == 64  # dropped ones are distinct too (the scatter says unique_indices)
 
 
 def test_ring_keeps_exactly_the_newest_returns_in_order():
@@ -36,4 +37,4 @@ def test_ring_keeps_exactly_the_newest_returns_in_order():
 
 def test_partial_steps_fill_slots_in_env_order():
     slots = _slots(episodes=5, dones=[False, True, False, True], window=3)
-    assert slots.tolist() == [3, 5 % 3, 3, 6 % 3]
+    assert slots[1] == 5 % 3 and slots[3] == 6 % 3 and slots[0] >= 3 and slots[2] >= 3
