@@ -26,7 +26,8 @@ def promote_model(version: int, config_path: str | None = "configs/cartpole.yaml
     registered = register(model_name, fetched["run_id"], decision, str(version))
     promotion = promote(model_name, registered, decision)
     return {"outcome": outcome(decision, promotion), "model_name": model_name, "version": str(version),
-            "gate_passed": decision["passed"], "gate_reason": decision["reason"], "champion": promotion["champion"],
+            "gate_passed": decision["passed"] if decision["status"] in ("passed", "failed") else None,
+            "gate_reason": decision["reason"], "champion": promotion["champion"],
             "promoted": promotion["promoted"], "lost_race": promotion["lost_race"]}
 
 

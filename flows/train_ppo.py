@@ -41,7 +41,8 @@ def train_ppo(config_path: str | None = "configs/cartpole.yaml", overrides: dict
     version = register(model_name, trained["run_id"], decision)
     promotion = promote(model_name, version, decision)
     return {"outcome": outcome(decision, promotion), "run_id": trained["run_id"], "model_name": model_name,
-            "model_version": version, "seeds": config["train"]["seeds"], "gate_passed": decision["passed"],
+            "model_version": version, "seeds": config["train"]["seeds"],
+            "gate_passed": decision["passed"] if decision["status"] in ("passed", "failed") else None,
             "gate_reason": decision["reason"], "iqm": decision["iqm"], "ci": [decision["ci_low"], decision["ci_high"]],
             "champion": promotion["champion"], "promoted": promotion["promoted"], "converged": trained["converged"],
             "env_steps": trained["env_steps"], "report": files["report_html"]}

@@ -327,7 +327,7 @@ def register(model_name: str, run_id: str, decision: dict[str, Any], version: st
     log = get_run_logger()
     if decision.get("status") in NO_OP:
         version = version or tracking.find_version(model_name, run_id)
-        log.info("not registered again: %s (version %s)", decision["reason"], version or "none")
+        log.info("not registered again (%s); its version: %s", decision["reason"], version or "none")
         return version
     version = version or tracking.register_model(run_id, model_name)
     keys = ("passed", "status", "reason", "mode", "iqm", "ci_low", "ci_high", "mean", "mean_ci_low", "min_return",
