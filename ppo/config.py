@@ -13,11 +13,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Input limits: a config file, and one ``--set`` value (hostile or mistaken input is refused before parsing)
+MAX_CONFIG_BYTES = 1 << 20
+MAX_OVERRIDE_CHARS = 4096
+
+
+def excerpt(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: error messages never echo more than this of the input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 #: Environments with a gymnax implementation (training) and a gymnasium twin (evaluation).
 SUPPORTED_ENVS: tuple[str, ...] = ("CartPole-v1", "Acrobot-v1")
@@ -111,6 +123,18 @@ class TrainConfig(_Section):
         return self
 
 
+#: experiment and registered-model names: names, not paths or filter fragments (MLflow puts the experiment
+#: name into artifact paths and the model name into registry filter strings)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _name(value: str | None) -> str | None:
+    if value is not None and (not NAME_PATTERN.fullmatch(value) or ".." in value):
+        raise ValueError(f"{excerpt(value)} is not allowed; a name is 1-100 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (no '/', '..', quotes or spaces)")
+    return value
+
+
 class TrackingConfig(_Section):
     enabled: bool = True
     experiment: str | None = Field(None, description="default ppo-<env slug>")
@@ -127,11 +151,21 @@ class TrackingConfig(_Section):
             confined_path(local)
         return value
 
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_is_a_name(cls, value: str | None) -> str | None:
+        return _name(value)
+
 
 class RegistryConfig(_Section):
     """Where the pipeline registers: training itself never writes model versions (the register task does)."""
 
     model_name: str | None = Field(None, description="default ppo-<env slug>")
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_is_a_name(cls, value: str | None) -> str | None:
+        return _name(value)
 
 
 class GateConfig(_Section):
@@ -196,7 +230,33 @@ class Config(_Section):
                 f"train.max_env_steps ({self.train.max_env_steps}) must be >= ppo.batch_size "
                 f"({self.ppo.batch_size})"
             )
+        need, limit, source = self.memory_estimate_bytes(), *memory_limit_bytes()
+        if need > limit:
+            gib = 1 << 30
+            raise ValueError(
+                f"this config needs about {need / gib:.1f} GiB of memory to train (seeds x networks x "
+                f"env.num_envs x ppo.batch_size / minibatch_size), more than the {limit / gib:.1f} GiB allowed "
+                f"({source}); use fewer or smaller layers, envs, seeds or a smaller minibatch"
+            )
         return self
+
+    def memory_estimate_bytes(self) -> int:
+        """A rough upper estimate of the memory training needs, from the shapes alone (before compiling).
+
+        Per seed: parameters of the actor and critic with their gradients, Adam moments and copies (x6),
+        the trajectory buffers, the activations of one rollout step over all envs and of one minibatch's
+        forward and backward pass (x3); XLA's temporaries at most double it.
+        """
+        from ppo.envs import env_spec
+
+        spec = env_spec(self.env.id)
+        sizes = [spec.observation_dim, *self.ppo.hidden_sizes]
+        weights = sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
+        params = 2 * weights + sizes[-1] * (spec.action_dim + 1)
+        width = 2 * sum(self.ppo.hidden_sizes)  # activations of both networks per sample
+        per_seed = 4 * (6 * params + self.ppo.batch_size * (2 * spec.observation_dim + 8)
+                        + self.env.num_envs * width + 3 * self.ppo.minibatch_size * width)
+        return 2 * per_seed * len(self.train.seeds)
 
     # ---- derived values (never stored, so they cannot disagree with the fields) ----
     @property
@@ -255,7 +315,7 @@ def _describe(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     value = err.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    shown = excerpt(value) if not isinstance(value, dict) else "{...}"
     if kind == "extra_forbidden":
         parent, _, leaf = loc.rpartition(".")
         allowed = _field_names(parent)
@@ -328,11 +388,15 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. ppo.learning_rate=1e-3")
+            raise ConfigError(f"override {excerpt(item)}: expected key=value, e.g. ppo.learning_rate=1e-3")
+        if len(raw) > MAX_OVERRIDE_CHARS:
+            raise ConfigError(f"override {excerpt(key.strip())}: the value is longer than {MAX_OVERRIDE_CHARS} "
+                              f"characters ({len(raw)}); put long values in a config file")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = safe_yaml(raw, f"override {excerpt(key.strip())}") if raw.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+            raise ConfigError(f"override {excerpt(item)}: value is not valid YAML "
+                              f"({excerpt(str(e).splitlines()[0], 120)})") from None
     return out
 
 
@@ -354,14 +418,18 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> dict[s
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} {str(p)!r} does not exist or is not a file")
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} {str(p)!r} is larger than {MAX_CONFIG_BYTES >> 10} KiB ({size:,} bytes): "
+                          "not a config")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} {str(p)!r} cannot be read: {e}") from None
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {excerpt(str(e), 200)}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = safe_yaml(text, f"{what} {str(p)!r}") or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {excerpt(str(e), 300)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
     return data
@@ -370,6 +438,28 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> dict[s
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML file (or nothing: all defaults) and apply dotted overrides."""
     return build_config({} if path is None else read_yaml(path), overrides)
+
+
+def memory_limit_bytes() -> tuple[int, str]:
+    """What a config may plan to use: ``$PPO_MAX_MEMORY_GB``, else 80% of this machine's memory."""
+    setting = os.environ.get("PPO_MAX_MEMORY_GB", "").strip()
+    if setting:
+        return int(float(setting) * (1 << 30)), f"PPO_MAX_MEMORY_GB={setting}"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 << 30
+    return int(0.8 * total), "80% of this machine's memory; PPO_MAX_MEMORY_GB sets another limit"
+
+
+def safe_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load`` that refuses anchors and aliases: a few hundred bytes of nested aliases expand
+    to gigabytes while loading, before any validation could look at the result."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError(f"{what}: YAML anchors and aliases are not allowed in configs (nested aliases "
+                              "expand to gigabytes); write the values out")
+    return yaml.safe_load(text)
 
 
 def reward_threshold(env_id: str) -> float | None:
@@ -384,12 +474,31 @@ def ppo_home() -> Path:
     return Path(os.environ.get("PPO_HOME", ".ppo")).resolve()
 
 
+#: MLflow store URIs a config may name: servers and database servers (not files here), or local stores
+REMOTE_STORE_SCHEMES = ("http", "https", "postgresql", "mysql", "mssql")
+
+
 def local_store_path(uri: str) -> str | None:
-    """The filesystem path of a local MLflow store URI (``sqlite:///p``, ``file:p``, a bare path), else ``None``."""
-    for scheme in ("sqlite:///", "file://", "file:"):
-        if uri.startswith(scheme):
-            return uri[len(scheme):].split("?")[0]
-    return None if "://" in uri else uri
+    """The filesystem path of a local MLflow store URI, else ``None`` (a server or database server).
+
+    Parsed by scheme and driver: ``sqlite:///p`` and ``sqlite+<driver>:///p`` (SQLAlchemy's forms),
+    ``file:p`` / ``file:///p``, or a bare path. Any other scheme is refused (:class:`ValueError`), so a
+    store URI cannot sneak a file outside ``$PPO_HOME`` past the check in an unexpected spelling.
+    """
+    scheme, sep, rest = uri.partition(":")
+    if not sep or len(scheme) == 1:  # a bare path (or a Windows drive letter)
+        return uri
+    base = scheme.split("+", 1)[0].lower()
+    if base == "sqlite":
+        if not rest.startswith("///"):
+            raise ValueError(f"{excerpt(uri)}: a sqlite store is sqlite:///<path>")
+        return rest[3:].split("?")[0]
+    if base == "file":
+        return rest[2:] if rest.startswith("//") else rest
+    if base in REMOTE_STORE_SCHEMES:
+        return None
+    raise ValueError(f"{excerpt(uri)}: store scheme {excerpt(scheme)} is not allowed; allowed: sqlite, file, "
+                     f"{', '.join(REMOTE_STORE_SCHEMES)} (or a path inside $PPO_HOME)")
 
 
 def confined_path(path: str | os.PathLike[str]) -> Path:
