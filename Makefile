@@ -4,11 +4,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-export PPO_HOME ?= $(CURDIR)/.ppo
+# an empty PPO_HOME (PPO_HOME= make run) counts as unset, like in ppo/config.py
+ifeq ($(strip $(PPO_HOME)),)
+override PPO_HOME := $(CURDIR)/.ppo
+endif
+export PPO_HOME
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: run test bench lint install clean serve stop
+.PHONY: run test bench lint install clean serve stop print-home
 
 install: $(STAMP)
 
@@ -38,6 +42,9 @@ stop:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+print-home:  # where state goes ($$PPO_HOME)
+	@echo $(PPO_HOME)
 
 clean:
 	rm -rf $(VENV) .ppo .pytest_cache

@@ -470,8 +470,9 @@ def reward_threshold(env_id: str) -> float | None:
 
 
 def ppo_home() -> Path:
-    """State folder: ``$PPO_HOME`` or ``./.ppo``."""
-    return Path(os.environ.get("PPO_HOME", ".ppo")).resolve()
+    """State folder: ``$PPO_HOME`` or ``./.ppo``; an empty ``PPO_HOME`` counts as unset (it would
+    otherwise put every state file into the current directory)."""
+    return Path(os.environ.get("PPO_HOME", "").strip() or ".ppo").resolve()
 
 
 #: MLflow store URIs a config may name: servers and database servers (not files here), or local stores

@@ -95,3 +95,24 @@ def test_a_config_that_cannot_fit_in_memory_is_refused_before_compiling(tmp_path
     monkeypatch.setenv("PPO_MAX_MEMORY_GB", "0.0001")  # the limit can be set; the shipped config is tiny
     code, output, _, _ = _run(tmp_path, monkeypatch, ["--set", "train.max_env_steps=1024"])
     assert code == 2 and "PPO_MAX_MEMORY_GB" in output, output
+
+
+def test_an_empty_ppo_home_means_unset(tmp_path, monkeypatch):
+    from ppo.config import ppo_home
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PPO_HOME", "")
+    assert ppo_home() == (tmp_path / ".ppo").resolve()  # not the current directory itself
+    monkeypatch.setenv("PPO_HOME", "   ")
+    assert ppo_home() == (tmp_path / ".ppo").resolve()
+
+
+def test_make_treats_an_empty_ppo_home_as_unset(tmp_path):
+    import subprocess
+
+    from conftest import ROOT
+
+    out = subprocess.run(["make", "-s", "-C", str(ROOT), "print-home"], env={"PATH": "/usr/bin:/bin", "PPO_HOME": ""},
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(ROOT / ".ppo")
