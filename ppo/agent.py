@@ -88,13 +88,14 @@ class PPOAgent:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         from flax import serialization
 
+        from ppo import atomic
+
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "params.msgpack").write_bytes(serialization.msgpack_serialize(
+        atomic.write_bytes(d / "params.msgpack", serialization.msgpack_serialize(
             serialization.to_state_dict(_to_numpy(self.params))))
-        (d / "agent.json").write_text(json.dumps({"observation_dim": self.observation_dim,
-                                                  "action_dim": self.action_dim,
-                                                  "hidden_sizes": list(self.hidden_sizes)}))
+        atomic.write_text(d / "agent.json", json.dumps({"observation_dim": self.observation_dim,
+                                                        "action_dim": self.action_dim,
+                                                        "hidden_sizes": list(self.hidden_sizes)}))
         return d
 
     @classmethod

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from flax import serialization
 
+from ppo import atomic
+
 CHECKPOINT_NAME = "checkpoint.msgpack"
 
 
@@ -30,19 +32,7 @@ def save_checkpoint(directory: str | os.PathLike[str], state: Any, meta: dict[st
     payload = serialization.msgpack_serialize(
         {"state": serialization.to_state_dict(jax.device_get(state)), "meta": json.dumps(meta)})
     blob = serialization.msgpack_serialize({"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload})
-    final = directory / CHECKPOINT_NAME
-    tmp = directory / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return final
+    return atomic.write_bytes(directory / CHECKPOINT_NAME, blob)
 
 
 def load_checkpoint(directory: str | os.PathLike[str], template: Any) -> tuple[Any, dict[str, Any]] | None:

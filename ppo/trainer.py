@@ -245,7 +245,9 @@ class PPOTrainer:
         if logger is not None:
             logger.end(status="FINISHED")
             result["run_id"] = logger.run_id
-        (self.checkpoint_dir / "result.json").write_text(json.dumps(result, default=str))
+        from ppo import atomic
+
+        atomic.write_text(self.checkpoint_dir / "result.json", json.dumps(result, default=str))
         return result
 
     def _open_logger(self, resumed: bool) -> Any:
