@@ -100,8 +100,10 @@ def main() -> None:
     ap.add_argument("--out", default="scale.png")
     args = ap.parse_args()
 
+    from ppo.sharding import configure_cpu_devices
     from ppo.trainer import enable_compilation_cache
 
+    configure_cpu_devices()  # before jax.device_count() below starts JAX: one CPU device per core
     enable_compilation_cache()
     import jax
 

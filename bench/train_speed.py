@@ -48,8 +48,10 @@ def main() -> None:
     import jax
 
     from ppo.config import load_config, parse_overrides
+    from ppo.sharding import configure_cpu_devices
     from ppo.trainer import PPOTrainer, enable_compilation_cache
 
+    configure_cpu_devices()  # before JAX starts: one CPU device per core
     cache_dir = enable_compilation_cache()
     cache = "off" if cache_dir is None else ("warm" if any(cache_dir.iterdir()) else "cold")
     overrides = parse_overrides(args.set)

@@ -3,14 +3,16 @@ one on held-out episodes (the score it reports; ``ppo/sweep.py`` says which epis
 
 Trials run on ``RayTaskRunner``: a local Ray started for the flow, or the cluster in ``$RAY_ADDRESS``
 (Ray reads it). Without the ``ray`` extra the flow says so and runs the trials one at a time on
-Prefect's local runner.
+Prefect's local runner. The flow object ``sweep_ppo`` is made (and Ray imported) on first access, not
+when this module is imported.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from prefect import flow, unmapped
+from prefect import Flow, flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.sweep import plan_sweep, run_trial, score_heldout, sweep_report
@@ -27,15 +29,18 @@ def task_runner() -> tuple[Any, str | None]:
     return RayTaskRunner(init_kwargs={"include_dashboard": False, "log_to_driver": False}), None
 
 
-RUNNER, RUNNER_NOTE = task_runner()
+@functools.cache
+def _runner() -> tuple[Any, str | None]:
+    """The sweep's task runner and note, chosen on first use (this is where Ray is imported), once."""
+    return task_runner()
 
 
-@flow(name="sweep-ppo", task_runner=RUNNER, log_prints=True)
-def sweep_ppo(sweep_path: str = "configs/sweep-cartpole.yaml") -> dict[str, Any]:
+def sweep_ppo_fn(sweep_path: str = "configs/sweep-cartpole.yaml") -> dict[str, Any]:
     """Train every trial of the sweep file as a nested MLflow run; report the best config and its held-out
     score."""
-    if RUNNER_NOTE:
-        print(RUNNER_NOTE)
+    note = _runner()[1]
+    if note:
+        print(note)
     plan = plan_sweep(sweep_path)
     results = run_trial.map(plan["trials"], parent_run_id=unmapped(plan["parent_run_id"]),
                             eval_episodes=unmapped(plan["eval_episodes"]))
@@ -43,7 +48,25 @@ def sweep_ppo(sweep_path: str = "configs/sweep-cartpole.yaml") -> dict[str, Any]
     return sweep_report(plan["parent_run_id"], results, plan["trials"], heldout, plan["eval_episodes"])
 
 
+
+@functools.cache
+def _sweep_flow() -> Flow[..., dict[str, Any]]:
+    """The ``sweep-ppo`` flow on :func:`_runner`'s task runner, made once."""
+    return flow(name="sweep-ppo", task_runner=_runner()[0], log_prints=True)(sweep_ppo_fn)
+
+
+def __getattr__(name: str) -> Any:
+    """``sweep_ppo`` (the flow, prefect.yaml's entrypoint ``flows/sweep.py:sweep_ppo``), ``RUNNER`` and
+    ``RUNNER_NOTE`` are made on first access, so importing this module imports no Ray: a flow's task
+    runner is fixed when the flow object is made, and ``RayTaskRunner`` comes with ``import ray``."""
+    if name == "sweep_ppo":
+        return _sweep_flow()
+    if name in ("RUNNER", "RUNNER_NOTE"):
+        return _runner()[name == "RUNNER_NOTE"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 if __name__ == "__main__":
     import sys
 
-    print(sweep_ppo(*sys.argv[1:2]))
+    print(_sweep_flow()(*sys.argv[1:2]))

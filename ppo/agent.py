@@ -29,6 +29,9 @@ class PPOAgent:
 
     def __init__(self, observation_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (64, 64),
                  seed: int = 0, params: Any | None = None) -> None:
+        from ppo.sharding import configure_cpu_devices
+
+        configure_cpu_devices()  # the network is Flax (JAX): configure the CPU devices before JAX starts
         from ppo.networks import PPONetwork
 
         self.observation_dim = int(observation_dim)

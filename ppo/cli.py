@@ -1,4 +1,7 @@
-"""``ppo`` command line: train, evaluate (and, with MLflow/Prefect installed, serve and the pipeline).
+"""The core of the ``ppo`` command line: train, evaluate, serve.
+
+The ``ppo`` command itself is :mod:`flows.cli`: these commands plus the orchestration ones (pipeline,
+sweep, promote), which run the Prefect flows; this module imports neither Prefect nor ``flows``.
 
 Every command validates its config first and exits with status 2 and a message naming the field
 before any training starts.
@@ -17,28 +20,31 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="PPO in JAX: train, evaluate, serve and promote agents.")
+                  help="PPO in JAX: train, evaluate and serve agents.")
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. ppo.learning_rate=1e-3")]
 
 
-def _fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: <message>`` on stderr and exit with ``code`` (2: a bad config or argument)."""
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 
-def _load(config: Path | None, overrides: list[str] | None) -> Any:
+def load_or_exit(config: Path | None, overrides: list[str] | None) -> Any:
+    """The validated config, or exit 2 with the message naming the field."""
     from ppo.config import ConfigError, load_config, parse_overrides
 
     try:
         return load_config(config, parse_overrides(overrides))
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
+    """A table cell: ``-`` for None, floats to 4 significant digits (whole numbers from 1000)."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -61,7 +67,7 @@ def summary_table(result: dict[str, Any], title: str = "Training summary") -> Ta
     ]
     for k, v in rows:
         if v is not None:
-            table.add_row(k, _fmt(v))
+            table.add_row(k, fmt(v))
     return table
 
 
@@ -72,7 +78,7 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool,
           json_out: Annotated[Path | None, typer.Option("--json", help="write the result (no history) here")] = None,
           ) -> None:
     """Train PPO on a config; progress bar while training, summary table at the end."""
-    cfg = _load(config, set_)
+    cfg = load_or_exit(config, set_)
     from ppo.trainer import NonFiniteLossError, PPOTrainer
 
     enable = cfg.tracking.enabled if mlflow is None else mlflow
@@ -88,7 +94,7 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool,
     def on_chunk(info: dict[str, Any]) -> None:
         m = info["step_metrics"]
         progress.update(task, completed=min(info["episode"], cfg.train.max_episodes), steps=f"{info['env_steps']:,}",
-                        avg=_fmt(m.get("avg_reward")), sps=_fmt(m.get("env_steps_per_s")))
+                        avg=fmt(m.get("avg_reward")), sps=fmt(m.get("env_steps_per_s")))
         if "eval_metrics" in info:
             e = info["eval_metrics"]
             progress.console.print(f"  eval @ episode {info['episode']}: {e['avg_reward']:.1f} ± {e['std_reward']:.1f}",
@@ -101,11 +107,11 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool,
         with progress:
             result = trainer.train(callback=on_chunk, resume=resume)
     except NonFiniteLossError as e:
-        _fail(str(e), code=3)
+        fail(str(e), code=3)
     except CheckpointError as e:
-        _fail(f"{e}; delete it or train without --resume", code=1)
+        fail(f"{e}; delete it or train without --resume", code=1)
     except ServiceUnavailableError as e:
-        _fail(str(e), code=1)
+        fail(str(e), code=1)
     console.print(summary_table(result))
     if json_out:
         json_out.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
@@ -117,16 +123,16 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None,
              backend: Annotated[str, typer.Option(help="gymnasium (real env) or jax (gymnax twin)")] = "gymnasium",
              seed: int = 0, all_seeds: Annotated[bool, typer.Option("--all-seeds")] = False) -> None:
     """Evaluate the latest checkpoint of a config (greedy policy); prints JSON."""
-    cfg = _load(config, set_)
+    cfg = load_or_exit(config, set_)
     if backend not in ("gymnasium", "jax"):
-        _fail(f"--backend: {backend!r} is not allowed; expected 'gymnasium' or 'jax'")
+        fail(f"--backend: {backend!r} is not allowed; expected 'gymnasium' or 'jax'")
     from ppo.trainer import PPOTrainer
 
     trainer = PPOTrainer(config=cfg)
     try:
         trainer.restore()
     except FileNotFoundError as e:
-        _fail(str(e), code=1)
+        fail(str(e), code=1)
     out = trainer.evaluate(episodes, backend=backend, seed=seed, all_seeds=all_seeds)
     out.pop("returns")
     sys.stdout.write(json.dumps(out) + "\n")
@@ -140,7 +146,7 @@ def serve(model: Annotated[str | None, typer.Option(help="model URI; default mod
     import os
     import shutil
 
-    cfg = _load(config, None)
+    cfg = load_or_exit(config, None)
     from ppo.tracking import check_reachable, default_tracking_uri
 
     uri = model or f"models:/{cfg.model_name}@champion"
@@ -148,139 +154,13 @@ def serve(model: Annotated[str | None, typer.Option(help="model URI; default mod
     try:
         check_reachable(tracking)
     except RuntimeError as e:
-        _fail(str(e), code=1)
+        fail(str(e), code=1)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     mlflow_bin = shutil.which("mlflow", path=env["PATH"]) or "mlflow"
     console.print(f"serving {uri} on http://{host}:{port}/invocations (store {tracking})", highlight=False)
     os.execvpe(mlflow_bin, [mlflow_bin, "models", "serve", "-m", uri, "--env-manager", "local",
                             "-h", host, "-p", str(port)], env)
-
-
-def _prefect_env() -> None:
-    """Embedded defaults for Prefect (before it is imported): state under $PPO_HOME, no telemetry."""
-    import os
-
-    from ppo.config import ppo_home
-
-    os.environ.setdefault("PREFECT_HOME", str(ppo_home() / "prefect"))
-    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # Prefect won't make parents
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    api = os.environ.get("PREFECT_API_URL")
-    if api:
-        from ppo.net import ServiceUnavailableError, probe
-
-        try:
-            probe(api.rstrip("/") + "/health", f"Prefect API {api}",
-                  "Start it (make serve) or unset PREFECT_API_URL to run on an embedded API.")
-        except ServiceUnavailableError as e:
-            _fail(str(e), code=1)
-
-
-def _run_flow(fn: Any, **kwargs: Any) -> dict[str, Any]:
-    from prefect.exceptions import PrefectException
-
-    try:
-        state = fn(return_state=True, **kwargs)
-    except PrefectException as e:
-        _fail(f"Prefect: {e}", code=1)
-    if not state.is_completed():
-        try:
-            state.result()
-        except Exception as e:  # the task's own error, e.g. a ConfigError naming the field
-            codes = {"ConfigError": 2, "NonFiniteLossError": 3}
-            _fail(f"flow {state.name}: {type(e).__name__}: {e}", code=codes.get(type(e).__name__, 1))
-        _fail(f"flow ended in state {state.name}", code=1)
-    return state.result()
-
-
-#: what ``ppo pipeline`` / ``ppo promote`` exit with for each outcome of the gate and promotion
-OUTCOME_EXIT = {"promoted": 0, "already_champion": 0, "gated_out": 4, "older_than_champion": 4, "lost_race": 5}
-
-
-@app.command()
-def pipeline(config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
-             set_: SetOpt = None,
-             retrain: Annotated[bool, typer.Option("--retrain", help="train a challenger on fresh seeds and gate "
-                                                   "it against the champion (what the weekly schedule does)")] = False,
-             ) -> None:
-    """Run the whole ``train-ppo`` Prefect flow in this process (embedded Prefect API unless
-    PREFECT_API_URL is set): validate, train, evaluate, gate, report, register, promote.
-
-    Exit status: 0 promoted (or already the champion), 4 gated out or older than the champion, 5 lost a
-    promotion race, 1 a failed task or service, 2 a bad config, 3 a non-finite loss."""
-    from ppo.config import parse_overrides
-
-    _load(config, set_)  # fail fast, before Prefect starts, on a bad config
-    _prefect_env()
-    from flows.train_ppo import train_ppo
-
-    summary = _run_flow(train_ppo, config_path=str(config) if config else None, overrides=parse_overrides(set_),
-                        retrain=retrain)
-    table = Table(title="train-ppo", show_header=False)
-    for k, v in summary.items():
-        table.add_row(k, _fmt(v) if not isinstance(v, list) else ", ".join(_fmt(x) for x in v))
-    console.print(table)
-    console.print(f"report: {summary['report']}", highlight=False)
-    sys.stdout.write(json.dumps(summary) + "\n")
-    raise typer.Exit(OUTCOME_EXIT[summary["outcome"]])
-
-
-@app.command()
-def sweep(spec: Annotated[Path, typer.Option("--spec", "-s", help="sweep file (search space)")] = Path(
-        "configs/sweep-cartpole.yaml")) -> None:
-    """Run the ``sweep-ppo`` flow in this process: trials in parallel on Ray (local, or ``$RAY_ADDRESS``),
-    each a nested MLflow run; ends with the comparison table and the best config's path."""
-    from ppo.config import ConfigError
-    from ppo.sweep import load_sweep, trial_configs
-
-    try:
-        trials = trial_configs(load_sweep(spec), root=Path.cwd())
-    except ConfigError as e:
-        _fail(str(e))
-    console.print(f"sweep {spec}: {len(trials)} trials", highlight=False)
-    _prefect_env()
-    from flows.sweep import sweep_ppo
-
-    summary = _run_flow(sweep_ppo, sweep_path=str(spec))
-    import pandas as pd
-
-    table = Table(title=f"sweep-ppo (best: trial {summary['best_trial']})")
-    rows = pd.read_csv(summary["table"]).to_dict("records")
-    for col in rows[0]:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(_fmt(v) for v in row.values()))
-    console.print(table)
-    console.print(f"best config: {summary['best_config']}\nplot: {summary['plot']}", highlight=False)
-    sys.stdout.write(json.dumps(summary) + "\n")
-
-
-@app.command()
-def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help="model version to gate")],
-            config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
-            set_: SetOpt = None) -> None:
-    """Run the ``promote-model`` flow for a registered version (for CI without a Prefect worker).
-
-    Exit status as ``ppo pipeline``: 0 promoted (or already the champion), 4 gated out or older than the
-    champion, 5 lost a promotion race."""
-    from ppo.config import parse_overrides
-
-    _load(config, set_)
-    _prefect_env()
-    from flows.promote import promote_model
-
-    summary = _run_flow(promote_model, version=version, config_path=str(config) if config else None,
-                        overrides=parse_overrides(set_))
-    console.print(f"{summary['outcome']}: {summary['gate_reason']}; "
-                  f"{summary['model_name']}@champion = {summary['champion']}", highlight=False)
-    sys.stdout.write(json.dumps(summary) + "\n")
-    if summary["outcome"] == "lost_race":
-        console.print(f"lost the race: another promotion moved {summary['model_name']}@champion to version "
-                      f"{summary['champion']} while version {version} was gated; run promote again to gate it "
-                      "against the new champion", highlight=False)
-    raise typer.Exit(OUTCOME_EXIT[summary["outcome"]])
 
 
 if __name__ == "__main__":  # pragma: no cover

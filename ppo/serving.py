@@ -20,35 +20,40 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ppo.policy import actor_layers, greedy_actions
 
-# The schema is the logged tensor signature; MLflow's type-hint schema inference does not apply here.
-warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+# MLflow warns, when a PythonModel subclass is defined, that ``predict`` has no type hints; the schema is
+# the logged tensor signature, so type-hint inference does not apply. The filter covers this class
+# statement only, not the process. (MLflow 3.x checks under its own "once" filter, which outranks this
+# one: the warning is still shown once, as it was with the process-wide filter.)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
+    class PPOPolicyModel(mlflow.pyfunc.PythonModel):
+        """Greedy PPO policy: observations → actions."""
 
-class PPOPolicyModel(mlflow.pyfunc.PythonModel):
-    """Greedy PPO policy: observations → actions."""
+        def load_context(self, context):
+            from flax import serialization
 
-    def load_context(self, context):
-        from flax import serialization
+            meta = json.loads(Path(context.artifacts["policy"]).read_text())
+            params = serialization.msgpack_restore(Path(context.artifacts["params"]).read_bytes())
+            self.layers = actor_layers(params)
+            self.observation_dim = int(meta["observation_dim"])
 
-        meta = json.loads(Path(context.artifacts["policy"]).read_text())
-        params = serialization.msgpack_restore(Path(context.artifacts["params"]).read_bytes())
-        self.layers = actor_layers(params)
-        self.observation_dim = int(meta["observation_dim"])
-
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
-        data = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
-        try:
-            obs = np.asarray(data, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise MlflowException(f"observations must be numbers: {e}", INVALID_PARAMETER_VALUE) from None
-        if obs.ndim == 1 and obs.shape[0] == self.observation_dim:
-            obs = obs[None]
-        if obs.ndim != 2 or obs.shape[1] != self.observation_dim:
-            raise MlflowException(f"observations must have shape (n, {self.observation_dim}), got {obs.shape}",
-                                  INVALID_PARAMETER_VALUE)
-        if not np.isfinite(obs).all():
-            raise MlflowException("observations must be finite (no NaN or inf)", INVALID_PARAMETER_VALUE)
-        return greedy_actions(self.layers, obs)
+        # no type hints: MLflow would read them as a schema
+        def predict(self, context, model_input, params=None):
+            data = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
+            try:
+                obs = np.asarray(data, dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                raise MlflowException(f"observations must be numbers: {e}", INVALID_PARAMETER_VALUE) from None
+            if obs.ndim == 1 and obs.shape[0] == self.observation_dim:
+                obs = obs[None]
+            if obs.ndim != 2 or obs.shape[1] != self.observation_dim:
+                raise MlflowException(
+                    f"observations must have shape (n, {self.observation_dim}), got {obs.shape}",
+                    INVALID_PARAMETER_VALUE)
+            if not np.isfinite(obs).all():
+                raise MlflowException("observations must be finite (no NaN or inf)", INVALID_PARAMETER_VALUE)
+            return greedy_actions(self.layers, obs)
 
 
 def model_artifacts(agent: Any, config: Any, directory: Path) -> dict[str, str]:

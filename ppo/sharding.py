@@ -19,6 +19,7 @@ env-steps/s on 2 cores).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any
 
@@ -84,11 +85,15 @@ def plan_for(config: Config, devices: list[Any] | None = None) -> Plan | None:
     return None
 
 
+@functools.cache
 def configure_cpu_devices() -> int | None:
     """Before JAX's backends start: one CPU device per core (``$PPO_CPU_DEVICES`` overrides; 1 = off).
 
-    Leaves an explicit ``--xla_force_host_platform_device_count`` in ``$XLA_FLAGS`` alone, and does
-    nothing once JAX is running (the count cannot change then). Returns the count it set, if any.
+    Called where ``ppo`` first needs JAX (:class:`~ppo.trainer.PPOTrainer`, :class:`~ppo.agent.PPOAgent`,
+    :func:`ppo.update.make_program`, the benchmarks), never at import; the first call decides, later
+    calls return its result. Leaves an explicit ``--xla_force_host_platform_device_count`` in
+    ``$XLA_FLAGS`` alone, and does nothing once JAX is running (the count cannot change then). Returns
+    the count it set, if any.
     """
     import os
 
@@ -98,6 +103,6 @@ def configure_cpu_devices() -> int | None:
     count = int(setting) if setting.isdigit() and int(setting) > 0 else min(os.cpu_count() or 1, 8)
     try:
         jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError:  # backends already initialised (JAX was used before ppo was imported)
+    except RuntimeError:  # backends already initialised (JAX was used before ppo needed it)
         return None
     return count

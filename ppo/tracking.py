@@ -27,12 +27,21 @@ from ppo.config import Config, confined_path, local_store_path, ppo_home
 from ppo.net import ServiceUnavailableError, probe
 
 CHAMPION = "champion"
-# Bounded HTTP retries for MLflow's own client: seconds, not the default minutes. Usage telemetry off
-# unless the user turns it on: its background sends cost ~3% of a short training run on 2 cores (and
-# nothing leaves a machine without the user's say).
-for _k, _v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-               ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
-    os.environ.setdefault(_k, _v)
+# Usage telemetry off unless the user turns it on: its background sends cost ~3% of a short training run
+# on 2 cores (and nothing leaves a machine without the user's say). The one default set at import:
+# ``import mlflow`` below reads it (and otherwise starts its telemetry client and writes an installation
+# id under ~/.config/mlflow) before any function here runs.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _client_defaults() -> None:
+    """Bounded HTTP retries for MLflow's own client: seconds, not the default minutes (unless the user set
+    them). MLflow reads them per request; :func:`check_reachable`, which every connection starts with,
+    sets them, so a ``mlflow`` process that ``ppo serve`` starts inherits them too."""
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        os.environ.setdefault(key, value)
+
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
@@ -81,6 +90,7 @@ def _use(uri: str) -> None:
 
 def check_reachable(uri: str, attempts: int = 3) -> None:
     """For an HTTP tracking URI, probe ``/health`` a few times; raise one readable error if it stays down."""
+    _client_defaults()
     if uri.startswith(("http://", "https://")):
         probe(uri.rstrip("/") + "/health", f"MLflow tracking server {uri}",
               "Start it (make serve) or unset MLFLOW_TRACKING_URI to use the local store in $PPO_HOME.", attempts)

@@ -69,6 +69,9 @@ class PPOTrainer:
 
     def __init__(self, agent: Any = None, env: Any = None, config: Config | str | os.PathLike[str] | None = None,
                  enable_mlflow: bool = False, logger: Any = None, **params: Any) -> None:
+        from ppo.sharding import configure_cpu_devices
+
+        configure_cpu_devices()  # before anything starts JAX: one CPU device per core
         overrides = flat_kwargs_to_overrides(params)
         if env is not None:
             overrides.setdefault("env.id", env.env_id)

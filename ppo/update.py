@@ -21,6 +21,7 @@ from ppo.envs import env_spec, make_jax_env
 from ppo.losses import gae, ppo_loss
 from ppo.networks import PPONetwork, init_params, param_shapes
 from ppo.rollout import EpisodeStats, make_rollout
+from ppo.sharding import configure_cpu_devices
 
 
 class TrainState(struct.PyTreeNode):
@@ -74,6 +75,7 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
 
 def make_program(config: Config) -> Program:
     """Build the jitted ``init`` and ``run_chunk`` for ``config`` (nothing is traced until first call)."""
+    configure_cpu_devices()  # a no-op after the first call (the trainer makes it)
     env, env_params = make_jax_env(config.env.id, config.env.max_steps_per_episode)
     spec = env_spec(config.env.id)
     network = make_network(config)

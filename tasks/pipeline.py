@@ -5,6 +5,7 @@ code invalidates every cache). They pass paths, hashes and ids, never arrays.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,7 +22,10 @@ from prefect.tasks import exponential_backoff
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-def _code_version() -> str:
+@functools.cache
+def code_version() -> str:
+    """A digest of every source file of ``ppo`` and ``tasks``: part of every cache key, so changing the code
+    invalidates every cache. Computed on first use (a task's cache key), once per process."""
     h = hashlib.sha256()
     for pkg in ("ppo", "tasks"):
         for f in sorted((_ROOT / pkg).glob("*.py")):
@@ -30,7 +34,10 @@ def _code_version() -> str:
     return h.hexdigest()[:16]
 
 
-CODE_VERSION = _code_version()
+def __getattr__(name: str) -> Any:
+    if name == "CODE_VERSION":  # the former module constant, now computed on first access
+        return code_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 class InjectedFault(RuntimeError):
     """Raised by :func:`_fault` (fault-injection drills and tests only)."""
 
@@ -59,7 +66,7 @@ def _fault(task_name: str) -> None:
         raise InjectedFault(f"injected transient fault in task {task_name!r} (attempt {seen + 1})")
 
 
-_CODE = CacheKeyFnPolicy(cache_key_fn=lambda ctx, params: CODE_VERSION)
+_CODE = CacheKeyFnPolicy(cache_key_fn=lambda ctx, params: code_version())
 CACHED = INPUTS + TASK_SOURCE + _CODE
 RESULTS = {"persist_result": True, "result_serializer": "json"}
 #: gate outcomes that are not a gate at all: the candidate is the champion, or older than it
@@ -70,7 +77,7 @@ def _file_key(ctx: Any, params: dict[str, Any]) -> str:
     """validate-config's key: the config file's bytes + the overrides + the code version."""
     path = params.get("config_path")
     data = Path(path).read_bytes() if path and Path(path).is_file() else b"<none>"
-    blob = data + json.dumps(params.get("overrides") or {}, sort_keys=True).encode() + CODE_VERSION.encode()
+    blob = data + json.dumps(params.get("overrides") or {}, sort_keys=True).encode() + code_version().encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -137,7 +144,7 @@ def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | N
     # one folder per config and code version (under the config's checkpoint_dir when it names one): a
     # re-run after a code change trains afresh instead of resuming a checkpoint of other code
     base = confined_path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else ppo_home() / "checkpoints"
-    ck = str(base / f"{config_hash}-{CODE_VERSION[:8]}")
+    ck = str(base / f"{config_hash}-{code_version()[:8]}")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": ck})})
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
     every = max(1, cfg.train.log_frequency)
@@ -166,7 +173,7 @@ def _checkpoint_key(ctx: Any, params: dict[str, Any]) -> str:
 
     gate_cfg = json.dumps(params["config"].get("gate", {}), sort_keys=True)
     env_cfg = json.dumps(params["config"].get("env", {}), sort_keys=True)
-    blob = f"{checkpoint_digest(params['checkpoint_dir'])}|{params['run_id']}|{gate_cfg}|{env_cfg}|{CODE_VERSION}"
+    blob = f"{checkpoint_digest(params['checkpoint_dir'])}|{params['run_id']}|{gate_cfg}|{env_cfg}|{code_version()}"
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

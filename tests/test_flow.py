@@ -191,7 +191,7 @@ def test_pipeline_exit_code_tells_gated_out_from_promoted(harness, tmp_path):
     path, home = harness
     env = {**os.environ, "PPO_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
-    out = subprocess.run([sys.executable, "-m", "ppo.cli", "pipeline", "-c", str(path), "--set",
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "pipeline", "-c", str(path), "--set",
                           "gate.min_return=100000"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert out.returncode == 4, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])

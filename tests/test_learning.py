@@ -28,7 +28,7 @@ def test_every_shipped_config_passes_its_own_gate(ppo_home, tmp_path, name, thre
     import sys
 
     env = {**os.environ, "PPO_HOME": str(ppo_home), "PREFECT_HOME": str(tmp_path / "prefect")}
-    out = subprocess.run([sys.executable, "-m", "ppo.cli", "pipeline", "-c", str(ROOT / "configs" / name)],
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "pipeline", "-c", str(ROOT / "configs" / name)],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])

@@ -61,7 +61,7 @@ def test_deployment_runs_train_then_promote(served):
     assert client.get_model_version("ppo-cartpole", "1").tags["gate.passed"] == "true"
 
     # the same promotion without a worker, as a CI job would run it
-    cli = subprocess.run([sys.executable, "-m", "ppo.cli", "promote", "--version", "1", "--set", "gate.episodes=10"],
+    cli = subprocess.run([sys.executable, "-m", "flows.cli", "promote", "--version", "1", "--set", "gate.episodes=10"],
                          env={**env, "PREFECT_API_URL": env["PREFECT_API_URL"]}, capture_output=True, text=True,
                          timeout=300, cwd=ROOT)
     assert cli.returncode == 0, cli.stderr[-3000:]

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT
 from typer.testing import CliRunner
 
-from ppo.cli import app
+from flows.cli import app
 
 pytestmark = pytest.mark.reliability
 

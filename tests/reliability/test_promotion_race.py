@@ -35,7 +35,7 @@ def test_concurrent_promotions_leave_one_champion(tmp_path, monkeypatch):
            "PPO_FAULTS": "promote=delay:4"}
     subprocess.run([sys.executable, "-m", "prefect", "global-concurrency-limit", "ls"], env=env, check=True,
                    capture_output=True, timeout=120)  # create the embedded Prefect database once, up front
-    procs = [subprocess.Popen([sys.executable, "-m", "ppo.cli", "promote", "--version", v, "-c", str(path)],
+    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "promote", "--version", v, "-c", str(path)],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for v in versions]
     outs = [p.communicate(timeout=300) for p in procs]
