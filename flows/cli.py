@@ -41,7 +41,7 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     api = os.environ.get("PREFECT_API_URL")
     if api:
-        from ppo.net import ServiceUnavailableError, probe
+        from ppo.tracking.probe import ServiceUnavailableError, probe
 
         try:
             probe(api.rstrip("/") + "/health", f"Prefect API {api}",

@@ -21,7 +21,7 @@ _EXPORTS = {
     "Config": "ppo.config",
     "ConfigError": "ppo.config",
     "load_config": "ppo.config",
-    "MLflowLogger": "ppo.tracking",
+    "MLflowLogger": "ppo.tracking.logger",
 }
 
 __all__ = ["PPOTrainer", "PPOAgent", "CartPoleWrapper", "Config", "ConfigError", "load_config",

@@ -101,7 +101,7 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool,
                                    highlight=False)
 
     from ppo.checkpoint import CheckpointError
-    from ppo.net import ServiceUnavailableError
+    from ppo.tracking.probe import ServiceUnavailableError
 
     try:
         with progress:
@@ -147,7 +147,7 @@ def serve(model: Annotated[str | None, typer.Option(help="model URI; default mod
     import shutil
 
     cfg = load_or_exit(config, None)
-    from ppo.tracking import check_reachable, default_tracking_uri
+    from ppo.tracking.store import check_reachable, default_tracking_uri
 
     uri = model or f"models:/{cfg.model_name}@champion"
     tracking = default_tracking_uri()

@@ -257,7 +257,7 @@ class PPOTrainer:
         if self.logger is None:
             if not self.enable_mlflow:
                 return None
-            from ppo.tracking import MLflowLogger
+            from ppo.tracking.logger import MLflowLogger
 
             self.logger = MLflowLogger.from_config(self.config)
         self.logger.start(self.config, resumed=resumed, run_dir=self.checkpoint_dir)

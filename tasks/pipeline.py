@@ -24,12 +24,13 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 @functools.cache
 def code_version() -> str:
-    """A digest of every source file of ``ppo`` and ``tasks``: part of every cache key, so changing the code
-    invalidates every cache. Computed on first use (a task's cache key), once per process."""
+    """A digest of every source file of ``ppo`` and ``tasks``, sub-packages (``ppo/tracking/``) included: part
+    of every cache key, so changing the code invalidates every cache. Computed on first use (a task's cache
+    key), once per process."""
     h = hashlib.sha256()
     for pkg in ("ppo", "tasks"):
-        for f in sorted((_ROOT / pkg).glob("*.py")):
-            h.update(f.name.encode())
+        for f in sorted((_ROOT / pkg).rglob("*.py")):
+            h.update(f.relative_to(_ROOT).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -57,6 +57,13 @@ def test_ppo_imports_no_orchestration():
     assert _offending("ppo", {"prefect", "prefect_ray", "flows", "tasks"}) == {}
 
 
+def test_only_ppo_tracking_imports_mlflow():
+    """MLflow has one adapter in the core: ``ppo/tracking/`` (store, logger, registry, served model)."""
+    outside = {f: bad for f, bad in _offending("ppo", {"mlflow"}).items() if not f.startswith("ppo/tracking/")}
+    assert outside == {}, "only ppo/tracking/ may import mlflow"
+    assert _offending("ppo/tracking", {"mlflow"}), "the check must see the adapter's own imports"
+
+
 def test_tasks_never_import_flows():
     assert _offending("tasks", {"flows"}) == {}, "tasks/ may import Prefect and ppo, never flows/"
 
@@ -75,16 +82,39 @@ def test_the_served_policy_imports_no_jax():
            "from ppo import CartPoleWrapper, PPOAgent, PPOTrainer\n"  # the reference API, imported on use
            "assert PPOTrainer.__module__ == 'ppo.trainer' and PPOAgent.__module__ == 'ppo.agent'\n"
            "assert CartPoleWrapper.__module__ == 'ppo.envs'\n")
+    _fresh("import sys\nimport ppo.tracking.model\n"  # the served model's module: MLflow and NumPy only
+           "assert 'jax' not in sys.modules and 'flax' not in sys.modules\n")
+
+
+def test_the_code_version_covers_subpackages(tmp_path, monkeypatch):
+    """A change to any source of ``ppo`` or ``tasks``, sub-packages included, invalidates every cache."""
+    import tasks.pipeline as sources
+
+    (tmp_path / "tasks").mkdir()
+    store = tmp_path / "ppo" / "tracking" / "store.py"
+    store.parent.mkdir(parents=True)
+    monkeypatch.setattr(sources, "_ROOT", tmp_path)
+    versions = []
+    try:
+        for text in ("a = 1\n", "a = 2\n"):
+            store.write_text(text)
+            sources.code_version.cache_clear()
+            versions.append(sources.code_version())
+    finally:
+        sources.code_version.cache_clear()
+    assert versions[0] != versions[1]
 
 
 def test_imports_do_no_work():
     """Importing the tasks hashes no source; importing the sweep flow imports no Ray; importing the
-    tracking module leaves MLflow's HTTP settings alone until it connects."""
+    tracking package (or its probe) imports no MLflow and leaves MLflow's HTTP settings alone until it
+    connects."""
     _fresh("import os, sys\nimport tasks, tasks.pipeline\n"
            "assert tasks.pipeline.code_version.cache_info().currsize == 0\n"
            "import flows.sweep, flows.cli\n"
            "assert 'ray' not in sys.modules and 'prefect_ray' not in sys.modules\n"
-           "import ppo.tracking\nassert 'MLFLOW_HTTP_REQUEST_MAX_RETRIES' not in os.environ\n"
+           "import ppo.tracking, ppo.tracking.probe\nassert 'mlflow' not in sys.modules\n"
+           "assert 'MLFLOW_HTTP_REQUEST_MAX_RETRIES' not in os.environ\n"
            "ppo.tracking.check_reachable('sqlite:///unused.db')\n"
            "assert os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'] == '2'\n")
 

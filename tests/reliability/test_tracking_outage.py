@@ -10,8 +10,8 @@ from conftest import free_port, small_config, start_mlflow_server
 from mlflow.tracking import MlflowClient
 
 from ppo import PPOTrainer, tracking
-from ppo.net import ServiceUnavailableError
 from ppo.tracking import MLflowLogger
+from ppo.tracking.probe import ServiceUnavailableError
 
 pytestmark = pytest.mark.reliability
 

@@ -1,12 +1,9 @@
-"""MLflow adapter: the only place (with :mod:`ppo.serving`) where ``ppo`` touches MLflow.
+"""The run logger: one training run written to MLflow, resilient to an outage of a remote server.
 
-* Store: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///$PPO_HOME/mlflow.db`` with artifacts in
-  ``$PPO_HOME/mlartifacts``.
-* :class:`MLflowLogger`: params (dotted config names), metrics with DESIGN.md's keys at step = env steps,
-  batched through ``log_batch``; per-seed curves as metric suffixes ``.../seed_<n>``; artifacts
-  (config YAML, history CSV, final checkpoint) and the policy model (models-from-code, no pickle).
-* Registry helpers: idempotent registration per run id, alias ``champion`` get/set, load by alias.
-* An unreachable server fails fast with one readable :class:`TrackingUnavailableError`.
+:class:`MLflowLogger` logs params (dotted config names), metrics with :data:`METRIC_KEYS`' names at
+step = env steps, batched through ``log_batch``; per-seed curves as metric suffixes ``.../seed_<n>``;
+artifacts (config YAML, history CSV from :func:`history_csv`, final checkpoint) and the policy model
+(models-from-code, no pickle; logged, never registered).
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import subprocess
 import tempfile
@@ -23,29 +19,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ppo.config import Config, confined_path, local_store_path, ppo_home
-from ppo.net import ServiceUnavailableError, probe
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
 
-CHAMPION = "champion"
-# Usage telemetry off unless the user turns it on: its background sends cost ~3% of a short training run
-# on 2 cores (and nothing leaves a machine without the user's say). The one default set at import:
-# ``import mlflow`` below reads it (and otherwise starts its telemetry client and writes an installation
-# id under ~/.config/mlflow) before any function here runs.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def _client_defaults() -> None:
-    """Bounded HTTP retries for MLflow's own client: seconds, not the default minutes (unless the user set
-    them). MLflow reads them per request; :func:`check_reachable`, which every connection starts with,
-    sets them, so a ``mlflow`` process that ``ppo serve`` starts inherits them too."""
-    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
-        os.environ.setdefault(key, value)
-
-
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from ppo.config import Config, confined_path, local_store_path
+from ppo.tracking.probe import ServiceUnavailableError
+from ppo.tracking.store import check_reachable, connect, get_or_create_experiment
 
 METRIC_KEYS = {
     "episode_return": "train/episode_return",
@@ -62,73 +41,6 @@ METRIC_KEYS = {
     "eval/return_std": "eval/return_std",
     "env_steps_per_s": "perf/env_steps_per_s",
 }
-
-
-TrackingUnavailableError = ServiceUnavailableError  # the MLflow server cannot be reached (bounded retries)
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` when set, else the sqlite store in ``$PPO_HOME``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ppo_home() / 'mlflow.db'}"
-
-
-def default_artifact_root() -> str:
-    return (ppo_home() / "mlartifacts").as_uri()
-
-
-def _use(uri: str) -> None:
-    """Point MLflow's fluent API at ``uri`` without leaving ``MLFLOW_TRACKING_URI`` behind: MLflow exports
-    it, and the echo would later outrank ``$PPO_HOME`` as if the user had set it."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
-def check_reachable(uri: str, attempts: int = 3) -> None:
-    """For an HTTP tracking URI, probe ``/health`` a few times; raise one readable error if it stays down."""
-    _client_defaults()
-    if uri.startswith(("http://", "https://")):
-        probe(uri.rstrip("/") + "/health", f"MLflow tracking server {uri}",
-              "Start it (make serve) or unset MLFLOW_TRACKING_URI to use the local store in $PPO_HOME.", attempts)
-
-
-def connect(tracking_uri: str | None = None) -> MlflowClient:
-    """Point MLflow at the store (checked reachable) and return a client."""
-    uri = tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    check_reachable(uri)
-    _use(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-_CLIENTS: dict[str, MlflowClient] = {}
-
-
-def client(uri: str | None = None) -> MlflowClient:
-    """A client for ``uri`` or the configured store (connecting, with the reachability check, once per URI);
-    MLflow's fluent API is pointed at the same store."""
-    uri = uri or default_tracking_uri()
-    if uri not in _CLIENTS:
-        _CLIENTS[uri] = connect(uri)
-    _use(uri)
-    return _CLIENTS[uri]
-
-
-def get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    uri = client._tracking_client.tracking_uri
-    location = default_artifact_root() + f"/{name}" if uri.startswith("sqlite:") else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created concurrently
-        return client.get_experiment_by_name(name).experiment_id
 
 
 def _git_commit() -> str:
@@ -248,7 +160,7 @@ class MLflowLogger:
 
     def flush(self) -> None:
         """Write the buffered metrics. While the server is unreachable, keep them (training goes on) and
-        retry on later flushes; after ``outage_tolerance_s`` raise one :class:`TrackingUnavailableError`."""
+        retry on later flushes; after ``outage_tolerance_s`` raise one :class:`ServiceUnavailableError`."""
         if self._outage_since is not None and not self._back_up():
             return
         try:
@@ -296,7 +208,7 @@ class MLflowLogger:
     def _raise_if_outage_too_long(self) -> None:
         down = time.monotonic() - (self._outage_since or time.monotonic())
         if down > self.outage_tolerance_s:
-            raise TrackingUnavailableError(
+            raise ServiceUnavailableError(
                 f"MLflow tracking server {self.tracking_uri} has been unreachable for {down:.0f} s during training "
                 f"(tracking.outage_tolerance_s = {self.outage_tolerance_s:g}); training stopped, nothing was "
                 "registered, the last checkpoint is kept. Bring the server back and resume "
@@ -323,9 +235,9 @@ class MLflowLogger:
             if self._outage_since is not None:  # the final metrics could not be written
                 raise self._outage_error or RuntimeError("outage")
         except Exception as e:
-            if isinstance(e, TrackingUnavailableError) or self._reachable():
+            if isinstance(e, ServiceUnavailableError) or self._reachable():
                 raise
-            raise TrackingUnavailableError(
+            raise ServiceUnavailableError(
                 f"MLflow tracking server {self.tracking_uri} went away while the run's final artifacts and model "
                 f"were being logged ({type(e).__name__}); nothing was registered. Bring the server back and "
                 "resume (ppo train --resume, or re-run the flow): the run is reopened and logged again.") from e
@@ -357,13 +269,15 @@ class MLflowLogger:
             self.client.log_artifact(self.run_id, str(ckpt), artifact_path="checkpoint")
         # the model is logged to the run, never registered here: only the pipeline's register task writes
         # model versions, each with the gate's figures (README, "Promotion rules")
+        from ppo.tracking.model import log_policy_model
+
         log_policy_model(self.run_id, trainer.agent, trainer.config, uri=self.tracking_uri)
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:
             return
         if self._outage_since is not None and not self._reachable():
-            raise TrackingUnavailableError(f"MLflow tracking server {self.tracking_uri} is unreachable")
+            raise ServiceUnavailableError(f"MLflow tracking server {self.tracking_uri} is unreachable")
         try:
             self.flush()
             if error:
@@ -382,155 +296,3 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     writer.writerows(history)
     return buf.getvalue()
 
-
-# ---------------------------------------------------------------- model and registry
-def log_policy_model(run_id: str, agent: Any, config: Config, uri: str | None = None) -> str:
-    """Log the greedy policy as a pyfunc from code (no pickle) to the run in store ``uri`` (default: the
-    configured store). Returns the model URI."""
-    from ppo.serving import model_artifacts, model_signature, pip_requirements
-
-    with tempfile.TemporaryDirectory() as tmp:
-        artifacts = model_artifacts(agent, config, Path(tmp))
-        signature, example = model_signature(agent.observation_dim)
-        c = client(uri)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("model_code.py")),
-                artifacts=artifacts, signature=signature, input_example=example,
-                pip_requirements=pip_requirements(), code_paths=[str(Path(__file__).parent)])
-    c.set_tag(run_id, "model_uri", info.model_uri)
-    return info.model_uri
-
-
-def find_version(model_name: str, run_id: str, uri: str | None = None) -> str | None:
-    """The version registered from ``run_id`` under ``model_name`` (the first, if several), or None."""
-    existing = [v for v in client(uri).search_model_versions(f"name='{model_name}'") if v.run_id == run_id]
-    return str(min(int(v.version) for v in existing)) if existing else None
-
-
-def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = None, uri: str | None = None) -> str:
-    """Register the run's model under ``model_name``; a second call for the same run returns the same version.
-
-    Called by the pipeline's register task only (training never registers)."""
-    c = client(uri)
-    existing = find_version(model_name, run_id, uri)
-    if existing is not None:
-        return existing
-    run = c.get_run(run_id)
-    model_uri = run.data.tags.get("model_uri")
-    if not model_uri:
-        raise ValueError(f"run {run_id} has no logged model: nothing to register")
-    version = mlflow.register_model(model_uri, model_name, tags={
-        "run_id": run_id, "config_hash": run.data.tags.get("config_hash", ""),
-        **{k: str(v) for k, v in (tags or {}).items()}})
-    return str(version.version)
-
-
-class UngatedVersionError(ValueError):
-    """A model version without a passed gate cannot become champion."""
-
-
-def set_champion(model_name: str, version: str | int, alias: str = CHAMPION) -> None:
-    """Point ``alias`` at ``version``, which must carry the tag ``gate.passed=true`` that the pipeline's
-    register task writes after a passed gate: a version registered by hand, or gated out, never serves."""
-    c = client()
-    tags = c.get_model_version(model_name, str(version)).tags
-    if tags.get("gate.passed") != "true":
-        raise UngatedVersionError(
-            f"{model_name} version {version} has no passed gate (tag gate.passed={tags.get('gate.passed')!r}): "
-            "only a version gated by the pipeline (train-ppo or promote-model) can become champion")
-    c.set_registered_model_alias(model_name, alias, str(version))
-
-
-def get_champion(model_name: str, alias: str = CHAMPION) -> str | None:
-    info = champion_info(model_name, alias)
-    return info["version"] if info else None
-
-
-def load_model(uri: str) -> Any:
-    """``mlflow.pyfunc.load_model`` (e.g. ``models:/ppo-cartpole@champion``)."""
-    client()
-    return mlflow.pyfunc.load_model(uri)
-
-
-def version_params(model_name: str, version: str | int) -> tuple[Any, dict[str, Any]]:
-    """The flax params and policy metadata of a registered model version (read from its artifacts)."""
-    from flax import serialization
-
-    mv = client().get_model_version(model_name, str(version))
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=tmp))
-        params = serialization.msgpack_restore(next(local.rglob("params.msgpack")).read_bytes())
-        meta = json.loads(next(local.rglob("policy.json")).read_text())
-    return params, {**meta, "run_id": mv.run_id, "version": str(mv.version)}
-
-
-def champion_info(model_name: str, alias: str = CHAMPION) -> dict[str, str] | None:
-    try:
-        mv = client().get_model_version_by_alias(model_name, alias)
-    except mlflow.exceptions.MlflowException:
-        return None
-    return {"version": str(mv.version), "run_id": mv.run_id}
-
-
-def run_start_ms(run_id: str) -> int:
-    """When a run started (ms since the epoch): what "older" means for the champion's recency rule."""
-    return int(client().get_run(run_id).info.start_time)
-
-
-def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
-    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
-def fetch_version_run(model_name: str, version: str | int) -> dict[str, Any]:
-    """Download a version's run config (``config.yaml``) and final checkpoint into ``$PPO_HOME/registry/<run>``.
-
-    Returns ``{"run_id", "config", "checkpoint_dir"}``; the config's checkpoint_dir points at the download.
-    """
-    import re
-
-    import yaml
-
-    from ppo.config import build_config
-
-    mv = client().get_model_version(model_name, str(version))
-    if not re.fullmatch(r"[0-9a-f]{32}", mv.run_id or ""):
-        raise ValueError(f"{model_name} version {version}: unexpected run id {mv.run_id!r}")
-    target = ppo_home() / "registry" / mv.run_id
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        cfg_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="config.yaml",
-                                                       dst_path=str(target))
-        (target / "checkpoint").mkdir(exist_ok=True)
-        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="checkpoint/checkpoint.msgpack",
-                                            dst_path=str(target / "checkpoint"))
-    except mlflow.exceptions.MlflowException as e:
-        raise FileNotFoundError(f"{model_name} version {version}: its run {mv.run_id} has no config.yaml or "
-                                f"checkpoint artifact to re-gate from ({e})") from None
-    data = yaml.safe_load(Path(cfg_file).read_text())
-    # what was trained comes from the run; the gate and registry settings come from the caller (and runs
-    # of older versions stored keys those sections no longer have)
-    data = {k: v for k, v in data.items() if k not in ("gate", "registry")}
-    data.setdefault("train", {})["checkpoint_dir"] = str(target / "checkpoint")
-    return {"run_id": mv.run_id, "config": build_config(data).to_dict(), "checkpoint_dir": str(target / "checkpoint")}
-
-
-def tag_version(model_name: str, version: str | int, tags: dict[str, Any]) -> None:
-    c = client()
-    for k, v in tags.items():
-        c.set_model_version_tag(model_name, str(version), k, str(v).lower() if isinstance(v, bool) else str(v))
-
-
-def log_report(run_id: str, directory: Path) -> None:
-    client().log_artifacts(run_id, str(directory), artifact_path="report")
-
-
-def run_url(run_id: str) -> str:
-    """Where a person can look at the run: the MLflow UI page for an HTTP store, else the run's local
-    artifact folder (``file://``; ``mlflow ui --backend-store-uri <store>`` shows the run itself)."""
-    c = client()
-    run = c.get_run(run_id)
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("http"):
-        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-    return run.info.artifact_uri

@@ -2,6 +2,6 @@
 
 import mlflow
 
-from ppo.serving import PPOPolicyModel
+from ppo.tracking.model import PPOPolicyModel
 
 mlflow.models.set_model(PPOPolicyModel())

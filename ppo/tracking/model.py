@@ -1,14 +1,17 @@
-"""The served model: an MLflow pyfunc defined from code (``ppo/model_code.py``), never pickled.
+"""The served model: an MLflow pyfunc defined from code (``ppo/tracking/model_code.py``), never pickled.
 
 Artifacts: ``params.msgpack`` (flax msgpack of the actor-critic parameters), ``policy.json`` (sizes),
 ``config.yaml``. Input: float32 observations (n, obs_dim) as an array or DataFrame; output: greedy
 integer actions (n,), computed by :func:`ppo.policy.greedy_actions`, the same function as
-``PPOAgent.predict``.
+``PPOAgent.predict``. :func:`log_policy_model` logs it to a run (registering is the registry's job).
+
+Importing this module (which the served model does) imports MLflow and NumPy, not JAX.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ppo.policy import actor_layers, greedy_actions
+
+#: the ``ppo`` package folder, shipped with every logged model (``code_paths``): the served model imports
+#: :mod:`ppo.policy` and this module from it
+_PPO_PACKAGE = Path(__file__).resolve().parents[1]
 
 # MLflow warns, when a PythonModel subclass is defined, that ``predict`` has no type hints; the schema is
 # the logged tensor signature, so type-hint inference does not apply. The filter covers this class
@@ -90,3 +97,21 @@ def _numpy_tree(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _numpy_tree(v) for k, v in tree.items()}
     return np.asarray(tree)
+
+
+def log_policy_model(run_id: str, agent: Any, config: Any, uri: str | None = None) -> str:
+    """Log the greedy policy as a pyfunc from code (no pickle) to the run in store ``uri`` (default: the
+    configured store). Returns the model URI."""
+    from ppo.tracking.store import client
+
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = model_artifacts(agent, config, Path(tmp))
+        signature, example = model_signature(agent.observation_dim)
+        c = client(uri)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(Path(__file__).with_name("model_code.py")),
+                artifacts=artifacts, signature=signature, input_example=example,
+                pip_requirements=pip_requirements(), code_paths=[str(_PPO_PACKAGE)])
+    c.set_tag(run_id, "model_uri", info.model_uri)
+    return info.model_uri

@@ -1,0 +1,155 @@
+"""The model registry: versions registered from runs, the ``champion`` alias, and what a version carries.
+
+Only the pipeline's register task registers (training never does); a version becomes champion only with
+the tag ``gate.passed=true`` that the register task writes after a passed gate. Registration is
+idempotent per run id.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunTag
+
+from ppo.config import ppo_home
+from ppo.tracking.store import client
+
+CHAMPION = "champion"
+
+
+def find_version(model_name: str, run_id: str, uri: str | None = None) -> str | None:
+    """The version registered from ``run_id`` under ``model_name`` (the first, if several), or None."""
+    existing = [v for v in client(uri).search_model_versions(f"name='{model_name}'") if v.run_id == run_id]
+    return str(min(int(v.version) for v in existing)) if existing else None
+
+
+def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = None, uri: str | None = None) -> str:
+    """Register the run's model under ``model_name``; a second call for the same run returns the same version.
+
+    Called by the pipeline's register task only (training never registers)."""
+    c = client(uri)
+    existing = find_version(model_name, run_id, uri)
+    if existing is not None:
+        return existing
+    run = c.get_run(run_id)
+    model_uri = run.data.tags.get("model_uri")
+    if not model_uri:
+        raise ValueError(f"run {run_id} has no logged model: nothing to register")
+    version = mlflow.register_model(model_uri, model_name, tags={
+        "run_id": run_id, "config_hash": run.data.tags.get("config_hash", ""),
+        **{k: str(v) for k, v in (tags or {}).items()}})
+    return str(version.version)
+
+
+class UngatedVersionError(ValueError):
+    """A model version without a passed gate cannot become champion."""
+
+
+def set_champion(model_name: str, version: str | int, alias: str = CHAMPION) -> None:
+    """Point ``alias`` at ``version``, which must carry the tag ``gate.passed=true`` that the pipeline's
+    register task writes after a passed gate: a version registered by hand, or gated out, never serves."""
+    c = client()
+    tags = c.get_model_version(model_name, str(version)).tags
+    if tags.get("gate.passed") != "true":
+        raise UngatedVersionError(
+            f"{model_name} version {version} has no passed gate (tag gate.passed={tags.get('gate.passed')!r}): "
+            "only a version gated by the pipeline (train-ppo or promote-model) can become champion")
+    c.set_registered_model_alias(model_name, alias, str(version))
+
+
+def get_champion(model_name: str, alias: str = CHAMPION) -> str | None:
+    info = champion_info(model_name, alias)
+    return info["version"] if info else None
+
+
+def load_model(uri: str) -> Any:
+    """``mlflow.pyfunc.load_model`` (e.g. ``models:/ppo-cartpole@champion``)."""
+    client()
+    return mlflow.pyfunc.load_model(uri)
+
+
+def version_params(model_name: str, version: str | int) -> tuple[Any, dict[str, Any]]:
+    """The flax params and policy metadata of a registered model version (read from its artifacts)."""
+    from flax import serialization
+
+    mv = client().get_model_version(model_name, str(version))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=tmp))
+        params = serialization.msgpack_restore(next(local.rglob("params.msgpack")).read_bytes())
+        meta = json.loads(next(local.rglob("policy.json")).read_text())
+    return params, {**meta, "run_id": mv.run_id, "version": str(mv.version)}
+
+
+def champion_info(model_name: str, alias: str = CHAMPION) -> dict[str, str] | None:
+    try:
+        mv = client().get_model_version_by_alias(model_name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return {"version": str(mv.version), "run_id": mv.run_id}
+
+
+def run_start_ms(run_id: str) -> int:
+    """When a run started (ms since the epoch): what "older" means for the champion's recency rule."""
+    return int(client().get_run(run_id).info.start_time)
+
+
+def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def fetch_version_run(model_name: str, version: str | int) -> dict[str, Any]:
+    """Download a version's run config (``config.yaml``) and final checkpoint into ``$PPO_HOME/registry/<run>``.
+
+    Returns ``{"run_id", "config", "checkpoint_dir"}``; the config's checkpoint_dir points at the download.
+    """
+    import re
+
+    import yaml
+
+    from ppo.config import build_config
+
+    mv = client().get_model_version(model_name, str(version))
+    if not re.fullmatch(r"[0-9a-f]{32}", mv.run_id or ""):
+        raise ValueError(f"{model_name} version {version}: unexpected run id {mv.run_id!r}")
+    target = ppo_home() / "registry" / mv.run_id
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="config.yaml",
+                                                       dst_path=str(target))
+        (target / "checkpoint").mkdir(exist_ok=True)
+        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="checkpoint/checkpoint.msgpack",
+                                            dst_path=str(target / "checkpoint"))
+    except mlflow.exceptions.MlflowException as e:
+        raise FileNotFoundError(f"{model_name} version {version}: its run {mv.run_id} has no config.yaml or "
+                                f"checkpoint artifact to re-gate from ({e})") from None
+    data = yaml.safe_load(Path(cfg_file).read_text())
+    # what was trained comes from the run; the gate and registry settings come from the caller (and runs
+    # of older versions stored keys those sections no longer have)
+    data = {k: v for k, v in data.items() if k not in ("gate", "registry")}
+    data.setdefault("train", {})["checkpoint_dir"] = str(target / "checkpoint")
+    return {"run_id": mv.run_id, "config": build_config(data).to_dict(), "checkpoint_dir": str(target / "checkpoint")}
+
+
+def tag_version(model_name: str, version: str | int, tags: dict[str, Any]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(model_name, str(version), k, str(v).lower() if isinstance(v, bool) else str(v))
+
+
+def log_report(run_id: str, directory: Path) -> None:
+    client().log_artifacts(run_id, str(directory), artifact_path="report")
+
+
+def run_url(run_id: str) -> str:
+    """Where a person can look at the run: the MLflow UI page for an HTTP store, else the run's local
+    artifact folder (``file://``; ``mlflow ui --backend-store-uri <store>`` shows the run itself)."""
+    c = client()
+    run = c.get_run(run_id)
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return run.info.artifact_uri
