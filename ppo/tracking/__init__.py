@@ -1,7 +1,8 @@
 """MLflow adapter: the only place in ``ppo`` that touches MLflow, one idea per module.
 
-* :mod:`ppo.tracking.store`: the store (``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///$PPO_HOME/mlflow.db``
-  with artifacts in ``$PPO_HOME/mlartifacts``), a checked connection, the client, experiments.
+* :mod:`ppo.tracking.store`: the store (``$MLFLOW_TRACKING_URI`` when set, else
+  ``sqlite:///$PPO_HOME/mlflow.db`` with artifacts in ``$PPO_HOME/mlartifacts``), a checked connection,
+  the client, experiments.
 * :mod:`ppo.tracking.logger`: :class:`MLflowLogger` (one training run, buffered, outage-tolerant), the
   metric names, the history CSV.
 * :mod:`ppo.tracking.registry`: idempotent registration per run id, alias ``champion`` get/set (gated
@@ -34,16 +35,17 @@ _MODULES = {
                  "get_champion", "champion_info", "load_model", "version_params", "fetch_version_run",
                  "run_start_ms", "set_run_tags", "tag_version", "log_report", "run_url"),
     "model": ("log_policy_model",),
-    "probe": ("ServiceUnavailableError",),  # (its function ``probe`` shares the module's name: import it from there)
+    # the function ``probe`` shares its module's name: import it from ppo.tracking.probe
+    "probe": ("ServiceUnavailableError",),
 }
 _EXPORTS = {name: f"ppo.tracking.{module}" for module, names in _MODULES.items() for name in names}
 
 __all__ = [
-    "CHAMPION", "METRIC_KEYS", "MLflowLogger", "ServiceUnavailableError", "UngatedVersionError", "champion_info",
-    "check_reachable", "client", "connect", "default_artifact_root", "default_tracking_uri", "fetch_version_run",
-    "find_version", "get_champion", "get_or_create_experiment", "history_csv", "load_model", "log_policy_model",
-    "log_report", "register_model", "run_start_ms", "run_url", "set_champion", "set_run_tags", "tag_version",
-    "version_params",
+    "CHAMPION", "METRIC_KEYS", "MLflowLogger", "ServiceUnavailableError", "UngatedVersionError",
+    "champion_info", "check_reachable", "client", "connect", "default_artifact_root", "default_tracking_uri",
+    "fetch_version_run", "find_version", "get_champion", "get_or_create_experiment", "history_csv",
+    "load_model", "log_policy_model", "log_report", "register_model", "run_start_ms", "run_url",
+    "set_champion", "set_run_tags", "tag_version", "version_params",
 ]
 
 if TYPE_CHECKING:
