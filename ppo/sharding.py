@@ -90,7 +90,7 @@ def configure_cpu_devices() -> int | None:
     """Before JAX's backends start: one CPU device per core (``$PPO_CPU_DEVICES`` overrides; 1 = off).
 
     Called where ``ppo`` first needs JAX (:class:`~ppo.trainer.PPOTrainer`, :class:`~ppo.agent.PPOAgent`,
-    :func:`ppo.update.make_program`, the benchmarks), never at import; the first call decides, later
+    :func:`ppo.program.make_program`, the benchmarks), never at import; the first call decides, later
     calls return its result. Leaves an explicit ``--xla_force_host_platform_device_count`` in
     ``$XLA_FLAGS`` alone, and does nothing once JAX is running (the count cannot change then). Returns
     the count it set, if any.

@@ -1,4 +1,4 @@
-"""PPOTrainer: the reference API over the jitted hot path in :mod:`ppo.update`.
+"""PPOTrainer: the reference API over the jitted hot path in :mod:`ppo.program`.
 
 The hot path runs as compiled chunks of ``train.updates_per_chunk`` updates for all seeds at once. The
 host loop between chunks does what needs Python: episode bookkeeping, evaluation every
@@ -111,10 +111,10 @@ class PPOTrainer:
             return confined_path(self.config.train.checkpoint_dir)
         return ppo_home() / "checkpoints" / self.config.config_hash()
 
-    def _get_program(self) -> Any:  # ppo.update.Program
+    def _get_program(self) -> Any:  # ppo.program.Program
         key = self.config.config_hash()
         if key not in _PROGRAMS:
-            from ppo.update import make_program
+            from ppo.program import make_program
 
             enable_compilation_cache()
             _PROGRAMS[key] = make_program(self.config)
@@ -520,7 +520,7 @@ class PPOTrainer:
             import jax
 
             from ppo.envs import make_jax_env
-            from ppo.update import make_network
+            from ppo.program import make_network
 
             env, env_params = make_jax_env(self.config.env.id, self.config.env.max_steps_per_episode)
             run = make_jax_evaluator(make_network(self.config), env, env_params, num_episodes)

@@ -8,9 +8,10 @@ import numpy as np
 import optax
 import pytest
 
+from ppo.advantages import gae
 from ppo.config import build_config
-from ppo.losses import gae, ppo_loss
-from ppo.update import make_optimizer
+from ppo.losses import ppo_loss
+from ppo.program import make_optimizer
 
 
 def gae_reference(rewards, values, next_values, terminated, dones, gamma, lam):
@@ -170,9 +171,9 @@ def test_the_update_calls_the_loss_on_minibatches_of_raw_advantages(monkeypatch)
     the normalisation happens per minibatch inside it), every sample once per epoch."""
     import inspect
 
-    import ppo.update
+    import ppo.program
 
-    real = ppo.update.ppo_loss
+    real = ppo.program.ppo_loss
     traced, seen = [], []
 
     def spy(*args, **kwargs):
@@ -184,7 +185,7 @@ def test_the_update_calls_the_loss_on_minibatches_of_raw_advantages(monkeypatch)
         jax.debug.callback(lambda a: seen.append(np.asarray(a)), bound.arguments["advantages"], ordered=True)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ppo.update, "ppo_loss", spy)
+    monkeypatch.setattr(ppo.program, "ppo_loss", spy)
     cfg = build_config(
         {
             "env": {"id": "CartPole-v1", "num_envs": 4, "max_steps_per_episode": 10},
@@ -193,7 +194,7 @@ def test_the_update_calls_the_loss_on_minibatches_of_raw_advantages(monkeypatch)
             "tracking": {"enabled": False},
         }
     )
-    program = ppo.update.make_program(cfg)
+    program = ppo.program.make_program(cfg)
     state = program.init(np.array([0]))
     state, metrics = program.run_chunk(state, jnp.array([True]), 1)
     jax.block_until_ready(metrics)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from test_math import gae_reference
 
+from ppo.advantages import gae
 from ppo.envs import env_spec, make_jax_env
-from ppo.losses import gae
 from ppo.networks import PPONetwork, init_params
 from ppo.rollout import EpisodeStats, make_rollout
 
@@ -52,7 +52,7 @@ def _rollout(env_id, limit, num_envs, num_steps, window=256, seed=0, ep_return=N
     key, k_env = jax.random.split(jax.random.PRNGKey(seed))
     obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, num_envs), env_params)
     assert EpisodeStats._fields == ("ep_return", "window", "episodes", "completed", "completed_return")
-    # as ppo.update's init_one builds it; ep_return / episodes: as if earlier updates had run
+    # as ppo.program's init_one builds it; ep_return / episodes: as if earlier updates had run
     ep_return = np.zeros(num_envs) if ep_return is None else ep_return
     stats = EpisodeStats(
         ep_return=jnp.asarray(ep_return, jnp.float32),

@@ -1,4 +1,4 @@
-"""The hot path, PureJaxRL style: pure functions closed over a frozen config.
+"""The compiled training program (the hot path, PureJaxRL style): pure functions closed over a frozen config.
 
 ``make_program(config)`` returns ``init(seeds) -> state`` and ``run_chunk(state, active, num_updates) -> (state, metrics)``.
 One call of ``run_chunk`` performs ``train.updates_per_chunk`` PPO updates (rollout → GAE → epochs of
@@ -16,9 +16,10 @@ import numpy as np
 import optax
 from flax import struct
 
+from ppo.advantages import gae
 from ppo.config import Config
 from ppo.envs import env_spec, make_jax_env
-from ppo.losses import gae, ppo_loss
+from ppo.losses import ppo_loss
 from ppo.networks import PPONetwork, init_params, param_shapes
 from ppo.rollout import EpisodeStats, make_rollout
 from ppo.sharding import configure_cpu_devices
