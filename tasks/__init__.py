@@ -1,20 +1,15 @@
-"""Prefect tasks of the pipeline: thin wrappers over ``ppo`` (no RL math here)."""
+"""Prefect tasks, one module per flow: thin wrappers over ``ppo`` (no RL math here).
+
+``tasks.train`` and ``tasks.promotion`` hold the tasks of ``train-ppo`` (and ``promote-model``),
+``tasks.sweep`` those of ``sweep-ppo``; ``tasks._cache`` (code version, cache keys) and ``tasks._faults``
+(fault drills) are their private helpers.
+"""
 
 from typing import Any
 
-from tasks.pipeline import (
-    challenger,
-    code_version,
-    evaluate_candidate,
-    fetch_version,
-    gate,
-    outcome,
-    promote,
-    register,
-    report,
-    train,
-    validate_config,
-)
+from tasks._cache import code_version
+from tasks.promotion import fetch_version, gate, outcome, promote, register
+from tasks.train import challenger, evaluate_candidate, report, train, validate_config
 
 __all__ = ["CODE_VERSION", "code_version", "validate_config", "challenger", "train", "evaluate_candidate",
            "fetch_version", "gate", "report", "register", "promote", "outcome"]

@@ -47,7 +47,7 @@ def _offending(package: str, forbidden: set[str]) -> dict[str, list[str]]:
 def test_the_import_check_sees_imports_inside_functions(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("import os\n\ndef f():\n    from flows.cli import app\n    import prefect.flows\n"
-                   "    import importlib\n    importlib.import_module('tasks.pipeline')\n"
+                   "    import importlib\n    importlib.import_module('tasks.train')\n"
                    "    from . import sibling\n")
     assert _imports(src) == {"os", "flows", "prefect", "importlib", "tasks"}
 
@@ -88,7 +88,7 @@ def test_the_served_policy_imports_no_jax():
 
 def test_the_code_version_covers_subpackages(tmp_path, monkeypatch):
     """A change to any source of ``ppo`` or ``tasks``, sub-packages included, invalidates every cache."""
-    import tasks.pipeline as sources
+    import tasks._cache as sources
 
     (tmp_path / "tasks").mkdir()
     store = tmp_path / "ppo" / "tracking" / "store.py"
@@ -109,8 +109,8 @@ def test_imports_do_no_work():
     """Importing the tasks hashes no source; importing the sweep flow imports no Ray; importing the
     tracking package (or its probe) imports no MLflow and leaves MLflow's HTTP settings alone until it
     connects."""
-    _fresh("import os, sys\nimport tasks, tasks.pipeline\n"
-           "assert tasks.pipeline.code_version.cache_info().currsize == 0\n"
+    _fresh("import os, sys\nimport tasks, tasks.train, tasks.promotion, tasks.sweep\n"
+           "assert tasks._cache.code_version.cache_info().currsize == 0\n"
            "import flows.sweep, flows.cli\n"
            "assert 'ray' not in sys.modules and 'prefect_ray' not in sys.modules\n"
            "import ppo.tracking, ppo.tracking.probe\nassert 'mlflow' not in sys.modules\n"

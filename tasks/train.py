@@ -1,0 +1,167 @@
+"""Tasks of the training half of the pipeline:
+validate-config → (challenger) → train → evaluate → report.
+
+Each persists its (JSON) result; all but challenger are cached (:mod:`tasks._cache`): validate-config on
+the config file's bytes, train and report on their inputs and source, evaluate on the checkpoint's digest,
+each also on the code version. They pass paths, hashes and ids, never arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
+from prefect.tasks import exponential_backoff
+
+from tasks._cache import CACHED, RESULTS, checkpoint_key, code_version, file_key
+from tasks._faults import fault
+from tasks.promotion import NO_OP
+
+
+@task(name="validate-config", cache_policy=CacheKeyFnPolicy(cache_key_fn=file_key), **RESULTS)
+def validate_config(config_path: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load + validate; a bad config fails here, before any training, with the field named."""
+    from ppo.config import load_config
+
+    cfg = load_config(config_path, overrides or {})
+    get_run_logger().info("config %s valid: %s, seeds %s", cfg.config_hash(), cfg.env.id, list(cfg.train.seeds))
+    return {"config": cfg.to_dict(), "config_hash": cfg.config_hash(), "model_name": cfg.model_name}
+
+
+def _config(d: dict[str, Any]) -> Any:
+    from ppo.config import build_config
+
+    return build_config(d)
+
+
+def _restored(config: dict[str, Any], checkpoint_dir: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(config, trainer holding the checkpoint's trained seeds, checkpoint metadata)."""
+    from ppo.trainer import PPOTrainer
+
+    cfg = _config(config)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": checkpoint_dir})})
+    trainer = PPOTrainer(config=cfg)
+    return cfg, trainer, trainer.restore()
+
+
+@task(name="challenger", cache_policy=NO_CACHE, **RESULTS)
+def challenger(config: dict[str, Any], flow_run_id: str) -> dict[str, Any]:
+    """A retraining's config: the same recipe on fresh training seeds derived from the flow run.
+
+    Why: a scheduled run has the same parameters every week, so without fresh seeds its train task would
+    come back cached and the schedule would do nothing. The seeds are a function of the flow run id (so a
+    retried flow run trains the same challenger) and are recorded as the run's ``train.seeds`` param and
+    ``challenger.*`` tags.
+    """
+    from ppo.config import build_config
+
+    cfg = _config(config)
+    n = len(cfg.train.seeds)
+    draw = int.from_bytes(hashlib.sha256(f"challenger:{flow_run_id}".encode()).digest()[:8], "big")
+    first = draw % (2**31 - n)
+    data = cfg.to_dict()
+    data["train"]["seeds"] = list(range(first, first + n))
+    new = build_config(data)
+    get_run_logger().info("retraining: challenger seeds %s (from flow run %s)", list(new.train.seeds), flow_run_id)
+    return {"config": new.to_dict(), "config_hash": new.config_hash(),
+            "run_tags": {"challenger": "true", "challenger.flow_run_id": flow_run_id,
+                         "challenger.seeds": json.dumps(list(new.train.seeds))}}
+
+
+@task(name="train", cache_policy=CACHED, retries=2, retry_delay_seconds=exponential_backoff(2), **RESULTS)
+def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train with MLflow tracking; resumes from the latest checkpoint when retried or re-run after a crash."""
+    fault("train")
+    from ppo import tracking
+    from ppo.config import confined_path, ppo_home
+    from ppo.trainer import PPOTrainer
+
+    log = get_run_logger()
+    cfg = _config(config)
+    # one folder per config and code version (under the config's checkpoint_dir when it names one): a
+    # re-run after a code change trains afresh instead of resuming a checkpoint of other code
+    base = confined_path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else ppo_home() / "checkpoints"
+    ck = str(base / f"{config_hash}-{code_version()[:8]}")
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": ck})})
+    trainer = PPOTrainer(config=cfg, enable_mlflow=True)
+    every = max(1, cfg.train.log_frequency)
+
+    def progress(info: dict[str, Any]) -> None:
+        m = info["step_metrics"]
+        if m["chunk"] % every == 0 or "eval_metrics" in info:
+            log.info("episodes %d  env steps %d  avg reward %s  %s steps/s", info["episode"], info["env_steps"],
+                     None if m["avg_reward"] is None else round(m["avg_reward"], 1),
+                     None if m["env_steps_per_s"] is None else round(m["env_steps_per_s"]))
+
+    result = trainer.train(callback=progress, resume=True)
+    if run_tags:
+        tracking.set_run_tags(result["run_id"], run_tags)
+    log.info("trained: converged=%s episodes=%d env_steps=%d wall %.1f s (resumed from chunk %s)",
+             result["converged"], result["episodes"], result["env_steps"], result["wall_time_s"],
+             result.get("resumed_from_chunk"))
+    return {k: result.get(k) for k in ("run_id", "checkpoint_dir", "config_hash", "converged", "stop_reason",
+                                       "episodes", "env_steps", "best_avg_reward", "wall_time_s", "best_seed")} | {
+        "final_eval": {k: v for k, v in result["final_eval"].items() if k != "returns"}}
+
+
+@task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=checkpoint_key) + TASK_SOURCE, retries=1,
+      **RESULTS)
+def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str, run_id: str) -> dict[str, Any]:
+    """Every trained seed on the gate's fresh held-out start states (drawn from the candidate's run id).
+
+    The deployed policy is the seed the trainer picked on its final evaluation (other episodes); the
+    other seeds' returns feed the gate's recipe check.
+    """
+    from ppo.evaluate import evaluate_params_list, gate_seed
+
+    cfg, trainer, meta = _restored(config, checkpoint_dir)
+    seed = gate_seed(run_id, cfg.gate.episodes)
+    returns = evaluate_params_list(trainer.seed_params, cfg.env.id, cfg.gate.episodes, seed,
+                                   cfg.env.max_steps_per_episode)
+    best = int(meta.get("best_seed_index", 0))
+    get_run_logger().info("evaluated %d seeds x %d fresh episodes (gymnasium seeds from %d): deployed seed %s, "
+                          "mean %.1f", *returns.shape, seed, cfg.train.seeds[best], returns[best].mean())
+    return {"returns": returns.tolist(), "seeds": list(cfg.train.seeds), "candidate_index": best,
+            "eval_seed": seed, "run_id": run_id}
+
+
+@task(name="report", cache_policy=CACHED, retries=1, **RESULTS)
+def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any],
+           decision: dict[str, Any]) -> dict[str, str]:
+    """Plots, GIF, report.md/.html → $PPO_HOME/reports/<run id>/, the MLflow run, and Prefect artifacts."""
+    import numpy as np
+
+    from ppo import tracking
+    from ppo.config import ppo_home
+    from ppo.report import write_report
+
+    run_id = trained["run_id"]
+    directory = ppo_home() / "reports" / run_id
+    if decision.get("status") in NO_OP:
+        # not a gate (the run is the champion, or older): its report stays the one written at its own gate
+        # (here, or in the MLflow run's report/ folder when this $PPO_HOME never had it)
+        get_run_logger().info("report of run %s kept as written at its gate: %s", run_id, directory / "report.html")
+        return {"report_md": str(directory / "report.md"), "report_html": str(directory / "report.html")}
+    cfg, trainer, full = _restored(config, trained["checkpoint_dir"])
+    result = {**trained, "history": full.get("history", [])}
+    champion = decision.get("champion_returns")
+    url = tracking.run_url(run_id)
+    files = write_report(directory, config=cfg, result=result, gate=decision,
+                         candidate_returns=np.asarray(evaluation["returns"]),
+                         champion_returns=None if champion is None else np.asarray(champion),
+                         agent=trainer.agent, run_id=run_id, mlflow_url=url)
+    tracking.log_report(run_id, directory)
+    md = Path(files["report_md"]).read_text().split("## Config")[0]
+    create_markdown_artifact(md + f"\n\nFull report: `{files['report_html']}`", key="ppo-report",
+                             description=f"PPO report for run {run_id}")
+    rows = [{"seed": s, "mean": round(float(np.mean(r)), 2), "min": float(np.min(r)), "max": float(np.max(r)),
+             "episodes": len(r)} for s, r in zip(evaluation["seeds"], evaluation["returns"], strict=True)]
+    create_table_artifact(rows, key="ppo-eval-per-seed", description="greedy evaluation per trained seed")
+    create_link_artifact(url, link_text=f"MLflow run {run_id}", key="ppo-mlflow-run",
+                         description=f"MLflow store: {tracking.default_tracking_uri()}")
+    return files
