@@ -5,7 +5,9 @@ Artifacts: ``params.msgpack`` (flax msgpack of the actor-critic parameters), ``p
 integer actions (n,), computed by :func:`ppo.policy.greedy_actions`, the same function as
 ``PPOAgent.predict``. :func:`log_policy_model` logs it to a run (registering is the registry's job).
 
-Importing this module (which the served model does) imports MLflow and NumPy, not JAX.
+Importing this module (which the served model does) imports MLflow and NumPy, not JAX, and neither does
+loading or using the model: ``params.msgpack`` is read by :mod:`ppo.params_io` (NumPy and ``msgpack``).
+Only writing the artifacts (:func:`model_artifacts`, in the trainer's process) uses Flax.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from ppo.params_io import read_params
 from ppo.policy import actor_layers, greedy_actions
 
 #: the ``ppo`` package folder, shipped with every logged model (``code_paths``): the served model imports
@@ -38,10 +41,8 @@ with warnings.catch_warnings():
         """Greedy PPO policy: observations → actions."""
 
         def load_context(self, context):
-            from flax import serialization
-
             meta = json.loads(Path(context.artifacts["policy"]).read_text())
-            params = serialization.msgpack_restore(Path(context.artifacts["params"]).read_bytes())
+            params = read_params(context.artifacts["params"])  # NumPy + msgpack: loading imports no JAX
             self.layers = actor_layers(params)
             self.observation_dim = int(meta["observation_dim"])
 
@@ -90,7 +91,7 @@ def model_signature(observation_dim: int) -> tuple[Any, np.ndarray]:
 def pip_requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("mlflow", "numpy", "flax", "jax", "pydantic", "pyyaml")]
+    return [f"{p}=={version(p)}" for p in ("mlflow", "numpy", "msgpack", "flax", "jax", "pydantic", "pyyaml")]
 
 
 def _numpy_tree(tree: Any) -> Any:
