@@ -1,0 +1,147 @@
+"""The compiled-program runtime: program and chunk caches, compile-ahead, device placement.
+
+A :class:`Runtime` binds one config to its device layout (:mod:`ppo.sharding`) and a ``timings`` dict.
+Programs (:func:`ppo.program.make_program`) and compiled chunks live in module-global caches keyed by
+the config hash, so a second trainer for the same config in the same process (a re-run flow, a resume)
+neither retraces nor recompiles.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ppo.config import Config, ppo_home
+
+#: Built programs and compiled chunks, per config hash.
+_PROGRAMS: dict[str, Any] = {}
+_COMPILED: dict[tuple[str, int], Any] = {}  # a compiled chunk, or the Future of one being compiled
+
+
+def enable_compilation_cache() -> Path | None:
+    """Use JAX's persistent compilation cache, in ``$PPO_JAX_CACHE`` if it names a folder, else in
+    ``$PPO_HOME/jax-cache``; ``PPO_JAX_CACHE=0`` disables it (cold-start benchmarks)."""
+    setting = os.environ.get("PPO_JAX_CACHE", "")
+    if setting == "0":
+        return None
+    import jax
+
+    path = Path(setting) if setting not in ("", "1") else ppo_home() / "jax-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def get_program(config: Config) -> Any:  # ppo.program.Program
+    """The (cached) program of ``config``; the first build turns the persistent compilation cache on."""
+    key = config.config_hash()
+    if key not in _PROGRAMS:
+        from ppo.program import make_program
+
+        enable_compilation_cache()
+        _PROGRAMS[key] = make_program(config)
+    return _PROGRAMS[key]
+
+
+@dataclass
+class Runtime:
+    """One config's compiled program on its devices.
+
+    Args:
+        config: the run's config (its hash keys the caches).
+        plan: the multi-device layout (:class:`ppo.sharding.Plan`), or ``None`` on one device.
+        timings: where ``compile_s`` and ``init_s`` are recorded (shared with the trainer).
+    """
+
+    config: Config
+    plan: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def program(self) -> Any:
+        return get_program(self.config)
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.config.train.seeds)
+
+    def place(self, state: Any) -> Any:
+        """Put a (host or device) state where the chunk program expects it."""
+        import jax
+
+        plan = self.plan
+        return state if plan is None else jax.device_put(state, plan.state(state, self.config.env.num_envs))
+
+    def place_active(self, active: Any) -> Any:
+        """The per-seed ``active`` mask as a device array laid out like the chunk expects."""
+        import jax
+        import jax.numpy as jnp
+
+        active_dev = jnp.asarray(active)
+        if self.plan is not None:
+            active_dev = jax.device_put(active_dev, self.plan.per_seed())
+        return active_dev
+
+    def state_shapes(self) -> Any:
+        """The stacked train state as ``ShapeDtypeStruct``s (``jax.eval_shape``: nothing runs)."""
+        return self.program.state_shapes(self.n_seeds)
+
+    def init_state(self) -> Any:
+        import jax.numpy as jnp
+
+        init = self.program.init
+        t = time.perf_counter()
+        state = self.place(init(jnp.asarray(self.config.train.seeds, dtype=jnp.uint32)))
+        self.timings.setdefault("init_s", time.perf_counter() - t)
+        return state
+
+    def compile(self, state: Any, active: Any, num_updates: int) -> Any:
+        """Lower and compile one chunk for (abstract or concrete) ``state``/``active``."""
+        import jax
+
+        t = time.perf_counter()
+        fn, plan = self.program.run_chunk, self.plan
+        if plan is not None:  # same program, laid out on the mesh; outputs stay where inputs are
+            state_sh = plan.state(state, self.config.env.num_envs)
+            fn = jax.jit(fn.__wrapped__, static_argnums=2, in_shardings=(state_sh, plan.per_seed()),
+                         out_shardings=(state_sh, plan.per_seed()))
+        compiled = fn.lower(state, active, num_updates).compile()
+        self.timings["compile_s"] = self.timings.get("compile_s", 0.0) + time.perf_counter() - t
+        return compiled
+
+    def compile_ahead(self, num_updates: int) -> None:
+        """Start compiling the chunk in a background thread, from the state's shapes alone.
+
+        Why: XLA compiles with the GIL released on one core, so the init (host weights, env reset, its
+        own small compile) and the checkpoint load run meanwhile on the other; a cold start saves the
+        init's time. :meth:`chunk_fn` waits for it.
+        """
+        key = (self.config.config_hash(), num_updates)
+        if key in _COMPILED:
+            return
+        import jax
+
+        shapes = self.state_shapes()
+        active = jax.ShapeDtypeStruct((self.n_seeds,), bool)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ppo-compile")
+        _COMPILED[key] = pool.submit(self.compile, shapes, active, num_updates)
+        pool.shutdown(wait=False)
+
+    def chunk_fn(self, state: Any, active: Any, num_updates: int) -> Any:
+        """The compiled chunk for ``num_updates`` updates (compiling it, or waiting for compile-ahead)."""
+        key = (self.config.config_hash(), num_updates)
+        if key not in _COMPILED:
+            _COMPILED[key] = self.compile(state, active, num_updates)
+        elif isinstance(_COMPILED[key], concurrent.futures.Future):
+            try:
+                _COMPILED[key] = _COMPILED[key].result()
+            except BaseException:
+                del _COMPILED[key]  # a later call compiles in the foreground and raises there
+                raise
+        return _COMPILED[key]
