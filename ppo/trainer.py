@@ -3,9 +3,9 @@
 The hot path runs as compiled chunks of ``train.updates_per_chunk`` updates for all seeds at once
 (:mod:`ppo.runtime` compiles, caches and places them). The host loop between chunks does what needs
 Python: episode bookkeeping (:mod:`ppo.progress`), evaluation every ``eval_frequency`` episodes,
-convergence and early stopping, callbacks, logging and checkpoints. A seed that has converged (or used
-its episode budget) is frozen: its state stops changing while the others train on, so every seed ends
-at the parameters with which it met the criterion.
+convergence and early stopping, callbacks, logging (through a :class:`RunLogger`) and checkpoints. A
+seed that has converged (or used its episode budget) is frozen: its state stops changing while the
+others train on, so every seed ends at the parameters with which it met the criterion.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,13 +24,35 @@ from ppo.config import Config, build_config, confined_path, flat_kwargs_to_overr
 from ppo.progress import Books
 from ppo.runtime import Runtime, enable_compilation_cache
 
-__all__ = ["PPOTrainer", "NonFiniteLossError", "Callback", "enable_compilation_cache"]
+__all__ = ["PPOTrainer", "NonFiniteLossError", "RunLogger", "Callback", "enable_compilation_cache"]
 
 Callback = Callable[[dict[str, Any]], Any]
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss; the run is aborted and nothing is registered."""
+
+
+class RunLogger(Protocol):
+    """What the trainer asks of a run logger (:class:`ppo.tracking.MLflowLogger` is one)."""
+
+    run_id: str | None
+
+    def start(self, config: Config, resumed: bool = False, run_dir: Path | None = None) -> str | None:
+        """Open the run (or reopen the one recorded in ``run_dir`` when resuming); return its id."""
+        ...
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """One history row, after each chunk."""
+        ...
+
+    def log_result(self, result: dict[str, Any], agent: Any, config: Config) -> None:
+        """The run's result, with the trained agent and its config."""
+        ...
+
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """Close the run: FINISHED, FAILED or KILLED."""
+        ...
 
 
 class PPOTrainer:
@@ -41,12 +63,13 @@ class PPOTrainer:
             holds the parameters of the seed with the best final evaluation.
         env: optional :class:`~ppo.envs.CartPoleWrapper`; its ``env_id`` selects the env.
         config: a :class:`~ppo.config.Config`, a YAML path, or None (defaults).
-        enable_mlflow: log to MLflow via :class:`~ppo.tracking.MLflowLogger`.
+        enable_mlflow: log to MLflow via :class:`~ppo.tracking.MLflowLogger` (unless ``logger`` is given).
+        logger: a :class:`RunLogger` to log to.
         **params: any config field by its reference name (``max_episodes=...``) or dotted name.
     """
 
     def __init__(self, agent: Any = None, env: Any = None, config: Config | str | os.PathLike[str] | None = None,
-                 enable_mlflow: bool = False, logger: Any = None, **params: Any) -> None:
+                 enable_mlflow: bool = False, logger: RunLogger | None = None, **params: Any) -> None:
         from ppo.sharding import configure_cpu_devices
 
         configure_cpu_devices()  # before anything starts JAX: one CPU device per core
@@ -148,8 +171,8 @@ class PPOTrainer:
         try:
             result = self._loop(runtime, state, books, callback, logger, started)
             result["resumed_from_chunk"] = resumed_from
-            if logger is not None:
-                logger.log_result(self, result)  # inside the try: a failure here must not leave RUNNING
+            if logger is not None:  # inside the try: a failure here must not leave the run RUNNING
+                logger.log_result(result, agent=self.agent, config=self.config)
         except BaseException as e:
             if logger is not None:
                 try:
@@ -165,18 +188,18 @@ class PPOTrainer:
         atomic.write_text(self.checkpoint_dir / "result.json", json.dumps(result, default=str))
         return result
 
-    def _open_logger(self, resumed: bool) -> Any:
+    def _open_logger(self, resumed: bool) -> RunLogger | None:
         if self.logger is None:
             if not self.enable_mlflow:
                 return None
-            from ppo.tracking.logger import MLflowLogger
+            from ppo.tracking import MLflowLogger  # the one place the trainer names a logger
 
             self.logger = MLflowLogger.from_config(self.config)
         self.logger.start(self.config, resumed=resumed, run_dir=self.checkpoint_dir)
         return self.logger
 
     def _loop(self, runtime: Runtime, state: Any, books: Books, callback: Callback | None,
-              logger: Any, started: float) -> dict[str, Any]:
+              logger: RunLogger | None, started: float) -> dict[str, Any]:
         """Chunks until every seed is frozen (converged, or a budget spent) or the callback says stop."""
         import jax
 

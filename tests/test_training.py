@@ -106,3 +106,32 @@ def test_agent_and_env_objects(tmp_path):
         PPOTrainer(agent=PPOAgent(6, 3), env=env)
     with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
         agent.predict(np.zeros((2, 3)))
+
+
+def test_the_trainer_talks_to_its_logger_through_the_run_logger_protocol(ppo_home):
+    """Any object with start/log_row/log_result/end/run_id will do: the trainer never reads MLflow."""
+    calls = []
+
+    class Recorder:
+        run_id = None
+
+        def start(self, config, resumed=False, run_dir=None):
+            calls.append(("start", config.config_hash(), resumed, run_dir))
+            self.run_id = "run-1"
+            return self.run_id
+
+        def log_row(self, row):
+            calls.append(("row", row["chunk"]))
+
+        def log_result(self, result, agent, config):
+            calls.append(("result", result["stop_reason"], agent, config.config_hash()))
+
+        def end(self, status="FINISHED", error=None):
+            calls.append(("end", status, error))
+
+    trainer = PPOTrainer(config=small_config(**{"train.checkpoint_dir": "recorded"}), logger=Recorder())
+    result = trainer.train()
+    h = trainer.config.config_hash()
+    assert calls == [("start", h, False, trainer.checkpoint_dir), *[("row", i + 1) for i in range(6)],
+                     ("result", "max_env_steps", trainer.agent, h), ("end", "FINISHED", None)]
+    assert result["run_id"] == "run-1"

@@ -64,7 +64,7 @@ def _versions() -> dict[str, str]:
 
 
 class MLflowLogger:
-    """Logs one training run to MLflow (the reference's ``MLflowLogger``).
+    """Logs one training run to MLflow (the reference's ``MLflowLogger``); a :class:`ppo.trainer.RunLogger`.
 
     Metrics are buffered and written with ``log_batch`` every ``flush_every_s`` seconds or
     ``flush_every_metrics`` metrics, and at the end, so tracking costs little next to training.
@@ -226,12 +226,13 @@ class MLflowLogger:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_result(self, trainer: Any, result: dict[str, Any]) -> None:
-        """Final metrics, artifacts (config, history CSV, checkpoint) and the model (logged, not registered)."""
+    def log_result(self, result: dict[str, Any], agent: Any, config: Config) -> None:
+        """Final metrics, artifacts (``config``, history CSV, checkpoint) and ``agent`` as the run's model
+        (logged, not registered)."""
         t = time.perf_counter()
         self.wait_until_reachable()
         try:
-            self._log_final(trainer, result)
+            self._log_final(result, agent, config)
             if self._outage_since is not None:  # the final metrics could not be written
                 raise self._outage_error or RuntimeError("outage")
         except Exception as e:
@@ -244,7 +245,7 @@ class MLflowLogger:
         self.final_logging_s = time.perf_counter() - t
         self.logging_s += self.final_logging_s
 
-    def _log_final(self, trainer: Any, result: dict[str, Any]) -> None:
+    def _log_final(self, result: dict[str, Any], agent: Any, config: Config) -> None:
         fe = result["final_eval"]
         self.log_metrics({"eval/return_mean": fe["avg_reward"], "eval/return_std": fe["std_reward"],
                           "final/best_avg_reward": result.get("best_avg_reward"),
@@ -256,7 +257,7 @@ class MLflowLogger:
             import yaml
 
             cfg_path = Path(tmp) / "config.yaml"
-            cfg_path.write_text(yaml.safe_dump(trainer.config.to_dict(), sort_keys=False))
+            cfg_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             self.client.log_artifact(self.run_id, str(cfg_path))
             hist = Path(tmp) / "history.csv"
             hist.write_text(history_csv(result["history"]))
@@ -271,7 +272,7 @@ class MLflowLogger:
         # model versions, each with the gate's figures (README, "Promotion rules")
         from ppo.tracking.model import log_policy_model
 
-        log_policy_model(self.run_id, trainer.agent, trainer.config, uri=self.tracking_uri)
+        log_policy_model(self.run_id, agent, config, uri=self.tracking_uri)
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:
