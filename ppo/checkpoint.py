@@ -36,7 +36,12 @@ def save_checkpoint(directory: str | os.PathLike[str], state: Any, meta: dict[st
 
 
 def load_checkpoint(directory: str | os.PathLike[str], template: Any) -> tuple[Any, dict[str, Any]] | None:
-    """Return ``(state, meta)`` restored into ``template``'s structure, or None when there is none."""
+    """Return ``(state, meta)`` restored into ``template``'s structure, or None when there is none.
+
+    ``template`` is a state or only its shapes (``jax.ShapeDtypeStruct`` leaves, from ``jax.eval_shape``:
+    see :meth:`ppo.runtime.Runtime.state_shapes`); its leaves give the structure and the shapes checked,
+    the values come from the file (NumPy arrays).
+    """
     path = Path(directory) / CHECKPOINT_NAME
     if not path.is_file():
         return None

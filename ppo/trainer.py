@@ -301,6 +301,7 @@ class PPOTrainer:
     def restore(self) -> dict[str, Any]:
         """Load the latest checkpoint (no training); the agent gets the best (or first) seed's params.
 
+        The template for loading is the state's shapes (``jax.eval_shape``): nothing is run or compiled.
         Returns the checkpoint's host metadata (history, evaluations, convergence, final_eval).
         """
         import jax
@@ -308,7 +309,7 @@ class PPOTrainer:
 
         from ppo.checkpoint import load_checkpoint
 
-        restored = load_checkpoint(self.checkpoint_dir, self.init_state())
+        restored = load_checkpoint(self.checkpoint_dir, self.runtime.state_shapes())
         if restored is None:
             raise FileNotFoundError(f"no checkpoint in {self.checkpoint_dir}: train this config first")
         state, host = restored

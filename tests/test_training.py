@@ -135,3 +135,24 @@ def test_the_trainer_talks_to_its_logger_through_the_run_logger_protocol(ppo_hom
     assert calls == [("start", h, False, trainer.checkpoint_dir), *[("row", i + 1) for i in range(6)],
                      ("result", "max_env_steps", trainer.agent, h), ("end", "FINISHED", None)]
     assert result["run_id"] == "run-1"
+
+
+def test_restore_loads_into_the_states_shapes_without_running_init(reference_run, monkeypatch):
+    """restore() (the evaluate and report tasks) builds its template with jax.eval_shape: no init runs."""
+    from ppo.checkpoint import CheckpointError, load_checkpoint
+    from ppo.runtime import Runtime
+
+    trainer = reference_run[0]
+    expected_state, expected_meta = load_checkpoint(trainer.checkpoint_dir, trainer.init_state())  # concrete
+    monkeypatch.setattr(Runtime, "init_state", lambda self: pytest.fail("restore() ran the jitted init"))
+    restored = PPOTrainer(config=small_config())
+    assert restored.restore() == expected_meta and expected_meta["finished"]
+    for a, b in zip(jax.tree.leaves(expected_state), jax.tree.leaves(restored.state), strict=True):
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    best = expected_meta["best_seed_index"]
+    for a, b in zip(jax.tree.leaves(restored.agent.params), jax.tree.leaves(expected_state.params), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b)[best])
+    other = PPOTrainer(config=small_config(**{"ppo.hidden_sizes": [8]}))
+    with pytest.raises(CheckpointError, match="shapes"):
+        load_checkpoint(trainer.checkpoint_dir, other.runtime.state_shapes())
