@@ -12,7 +12,7 @@ export PPO_HOME
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: run test bench lint install clean serve stop print-home
+.PHONY: run test test-fast bench lint install clean serve stop print-home
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ test: $(STAMP)
 	@bash scripts/system-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# unit tests only (no servers, no flows, no learning runs): under a minute
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not reliability" \
+		--ignore=tests/test_flow.py --ignore=tests/test_sweep.py --ignore=tests/test_report.py \
+		--ignore=tests/test_served_numpy.py --ignore=tests/test_tracking.py $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/train_speed.py --seeds 8
@@ -42,6 +48,7 @@ stop:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 print-home:  # where state goes ($$PPO_HOME)
 	@echo $(PPO_HOME)

@@ -31,11 +31,18 @@ def measure(num_envs: int, seeds: int, num_steps: int, min_time: float) -> dict[
     from ppo.trainer import PPOTrainer
 
     batch = num_envs * num_steps
-    cfg = build_config({"env": {"num_envs": num_envs},
-                        "ppo": {"batch_size": batch, "minibatch_size": max(1, batch // 4), "epochs_per_update": 4},
-                        "train": {"seeds": list(range(seeds)), "updates_per_chunk": 2,
-                                  "checkpoint_dir": f"bench/scale-ck-{os.getpid()}"},
-                        "tracking": {"enabled": False}})
+    cfg = build_config(
+        {
+            "env": {"num_envs": num_envs},
+            "ppo": {"batch_size": batch, "minibatch_size": max(1, batch // 4), "epochs_per_update": 4},
+            "train": {
+                "seeds": list(range(seeds)),
+                "updates_per_chunk": 2,
+                "checkpoint_dir": f"bench/scale-ck-{os.getpid()}",
+            },
+            "tracking": {"enabled": False},
+        }
+    )
     trainer = PPOTrainer(config=cfg)
     state = trainer.init_state()
     active = jnp.ones(seeds, bool)
@@ -53,8 +60,12 @@ def measure(num_envs: int, seeds: int, num_steps: int, min_time: float) -> dict[
         chunks += 1
     elapsed = time.perf_counter() - t
     steps = chunks * cfg.train.updates_per_chunk * batch * seeds
-    return {"num_envs": num_envs, "seeds": seeds, "env_steps_per_s": round(steps / elapsed),
-            "compile_s": round(compile_s, 2)}
+    return {
+        "num_envs": num_envs,
+        "seeds": seeds,
+        "env_steps_per_s": round(steps / elapsed),
+        "compile_s": round(compile_s, 2),
+    }
 
 
 def knee_and_peak(points: list[dict[str, float]], key: str) -> dict[str, float]:
@@ -64,8 +75,12 @@ def knee_and_peak(points: list[dict[str, float]], key: str) -> dict[str, float]:
         if b["env_steps_per_s"] < 1.1 * a["env_steps_per_s"]:
             knee = a
             break
-    return {"knee": knee[key], "knee_env_steps_per_s": knee["env_steps_per_s"],
-            "peak": best[key], "peak_env_steps_per_s": best["env_steps_per_s"]}
+    return {
+        "knee": knee[key],
+        "knee_env_steps_per_s": knee["env_steps_per_s"],
+        "peak": best[key],
+        "peak_env_steps_per_s": best["env_steps_per_s"],
+    }
 
 
 def plot(envs: list[dict], seeds: list[dict], path: Path, device: str) -> None:
@@ -75,8 +90,10 @@ def plot(envs: list[dict], seeds: list[dict], path: Path, device: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, pts, key, label in ((axes[0], envs, "num_envs", "parallel envs per seed (1 seed)"),
-                                (axes[1], seeds, "seeds", "seeds trained together")):
+    for ax, pts, key, label in (
+        (axes[0], envs, "num_envs", "parallel envs per seed (1 seed)"),
+        (axes[1], seeds, "seeds", "seeds trained together"),
+    ):
         ax.plot([p[key] for p in pts], [p["env_steps_per_s"] for p in pts], "o-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -117,11 +134,21 @@ def main() -> None:
         print(json.dumps(seed_points[-1]), file=sys.stderr, flush=True)
     out = Path(args.out)
     plot(env_points, seed_points, out, device)
-    print(json.dumps({"bench": "scale", "device": device, "platform": jax.devices()[0].platform,
-                      "num_steps": args.num_steps, "by_num_envs": env_points, "by_seeds": seed_points,
-                      "num_envs_curve": knee_and_peak(env_points, "num_envs"),
-                      "seeds_curve": knee_and_peak(seed_points, "seeds"),
-                      "plot": str(out.resolve())}))
+    print(
+        json.dumps(
+            {
+                "bench": "scale",
+                "device": device,
+                "platform": jax.devices()[0].platform,
+                "num_steps": args.num_steps,
+                "by_num_envs": env_points,
+                "by_seeds": seed_points,
+                "num_envs_curve": knee_and_peak(env_points, "num_envs"),
+                "seeds_curve": knee_and_peak(seed_points, "seeds"),
+                "plot": str(out.resolve()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml"))
+    ap.add_argument(
+        "--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml")
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
@@ -44,16 +46,23 @@ def main() -> None:
         final_logging.append(t.logger.final_logging_s)
         start_logging.append(t.logger.start_s)
     loop_off, loop_on = statistics.median(off), statistics.median(on)
-    print(json.dumps({
-        "bench": "tracking_overhead", "repeats": args.repeats,
-        "loop_wall_off_s": round(loop_off, 3), "loop_wall_on_s": round(loop_on, 3),
-        "loop_overhead": round(loop_on / loop_off - 1, 4),
-        "env_steps": r["env_steps"], "chunks": len(r["history"]),
-        "run_start_s": round(statistics.median(start_logging), 4),
-        "logging_in_loop_s": round(statistics.median(loop_logging), 4),
-        "logging_in_loop_fraction": round(statistics.median(loop_logging) / loop_on, 4),
-        "end_of_run_logging_s": round(statistics.median(final_logging), 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "tracking_overhead",
+                "repeats": args.repeats,
+                "loop_wall_off_s": round(loop_off, 3),
+                "loop_wall_on_s": round(loop_on, 3),
+                "loop_overhead": round(loop_on / loop_off - 1, 4),
+                "env_steps": r["env_steps"],
+                "chunks": len(r["history"]),
+                "run_start_s": round(statistics.median(start_logging), 4),
+                "logging_in_loop_s": round(statistics.median(loop_logging), 4),
+                "logging_in_loop_fraction": round(statistics.median(loop_logging) / loop_on, 4),
+                "end_of_run_logging_s": round(statistics.median(final_logging), 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ START_AGE = _process_age() - (time.perf_counter() - T0)  # interpreter start-up 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml"))
+    ap.add_argument(
+        "--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml")
+    )
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--set", action="append", default=[])
@@ -89,18 +91,32 @@ def main() -> None:
 
         shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)
 
-    print(json.dumps({
-        "bench": "train_speed", "env": cfg.env.id, "seeds": len(cfg.train.seeds), "num_envs": cfg.env.num_envs,
-        "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "platform": jax.devices()[0].platform, "cache": cache,
-        "interpreter_s": round(START_AGE, 3), "import_s": round(import_s, 3),
-        "compile_s": round(result["compile_s"], 3), "init_s": round(trainer.timings.get("init_s", 0.0), 3),
-        "train_s": round(result["train_time_s"], 3), "env_steps": result["env_steps"],
-        "env_steps_per_s": round(result["env_steps_per_s"] or 0.0),
-        "host_overhead": None if overhead is None else round(overhead, 4),
-        "train_wall_s": round(result["wall_time_s"], 3),
-        "eval_avg_per_seed": [round(x, 1) for x in out["per_seed_avg"]],
-        "solved_all": bool(solved), "time_to_solve_s": round(solve_wall, 3) if solved else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "train_speed",
+                "env": cfg.env.id,
+                "seeds": len(cfg.train.seeds),
+                "num_envs": cfg.env.num_envs,
+                "device": jax.devices()[0].device_kind,
+                "devices": jax.device_count(),
+                "platform": jax.devices()[0].platform,
+                "cache": cache,
+                "interpreter_s": round(START_AGE, 3),
+                "import_s": round(import_s, 3),
+                "compile_s": round(result["compile_s"], 3),
+                "init_s": round(trainer.timings.get("init_s", 0.0), 3),
+                "train_s": round(result["train_time_s"], 3),
+                "env_steps": result["env_steps"],
+                "env_steps_per_s": round(result["env_steps_per_s"] or 0.0),
+                "host_overhead": None if overhead is None else round(overhead, 4),
+                "train_wall_s": round(result["wall_time_s"], 3),
+                "eval_avg_per_seed": [round(x, 1) for x in out["per_seed_avg"]],
+                "solved_all": bool(solved),
+                "time_to_solve_s": round(solve_wall, 3) if solved else None,
+            }
+        )
+    )
     sys.stdout.flush()
 
 

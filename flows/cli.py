@@ -23,8 +23,12 @@ from rich.table import Table
 from ppo import cli as core
 from ppo.cli import SetOpt, console, fail, fmt, load_or_exit
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="PPO in JAX: train, evaluate, serve and promote agents.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="PPO in JAX: train, evaluate, serve and promote agents.",
+)
 # the core's commands first (train, evaluate, serve), in their order, then the orchestration ones
 app.registered_commands.extend(core.app.registered_commands)
 
@@ -36,7 +40,9 @@ def _prefect_env() -> None:
     from ppo.config import ppo_home
 
     os.environ.setdefault("PREFECT_HOME", str(ppo_home() / "prefect"))
-    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # Prefect won't make parents
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(
+        parents=True, exist_ok=True
+    )  # Prefect won't make parents
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     api = os.environ.get("PREFECT_API_URL")
@@ -44,8 +50,11 @@ def _prefect_env() -> None:
         from ppo.tracking.probe import ServiceUnavailableError, probe
 
         try:
-            probe(api.rstrip("/") + "/health", f"Prefect API {api}",
-                  "Start it (make serve) or unset PREFECT_API_URL to run on an embedded API.")
+            probe(
+                api.rstrip("/") + "/health",
+                f"Prefect API {api}",
+                "Start it (make serve) or unset PREFECT_API_URL to run on an embedded API.",
+            )
         except ServiceUnavailableError as e:
             fail(str(e), code=1)
 
@@ -68,15 +77,28 @@ def _run_flow(fn: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 #: what ``ppo pipeline`` / ``ppo promote`` exit with for each outcome of the gate and promotion
-OUTCOME_EXIT = {"promoted": 0, "already_champion": 0, "gated_out": 4, "older_than_champion": 4, "lost_race": 5}
+OUTCOME_EXIT = {
+    "promoted": 0,
+    "already_champion": 0,
+    "gated_out": 4,
+    "older_than_champion": 4,
+    "lost_race": 5,
+}
 
 
 @app.command()
-def pipeline(config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
-             set_: SetOpt = None,
-             retrain: Annotated[bool, typer.Option("--retrain", help="train a challenger on fresh seeds and gate "
-                                                   "it against the champion (what the weekly schedule does)")] = False,
-             ) -> None:
+def pipeline(
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
+    set_: SetOpt = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="train a challenger on fresh seeds and gate "
+            "it against the champion (what the weekly schedule does)",
+        ),
+    ] = False,
+) -> None:
     """Run the whole ``train-ppo`` Prefect flow in this process (embedded Prefect API unless
     PREFECT_API_URL is set): validate, train, evaluate, gate, report, register, promote.
 
@@ -88,8 +110,12 @@ def pipeline(config: Annotated[Path | None, typer.Option("--config", "-c")] = Pa
     _prefect_env()
     from flows.train_ppo import train_ppo
 
-    summary = _run_flow(train_ppo, config_path=str(config) if config else None, overrides=parse_overrides(set_),
-                        retrain=retrain)
+    summary = _run_flow(
+        train_ppo,
+        config_path=str(config) if config else None,
+        overrides=parse_overrides(set_),
+        retrain=retrain,
+    )
     table = Table(title="train-ppo", show_header=False)
     for k, v in summary.items():
         table.add_row(k, fmt(v) if not isinstance(v, list) else ", ".join(fmt(x) for x in v))
@@ -100,8 +126,11 @@ def pipeline(config: Annotated[Path | None, typer.Option("--config", "-c")] = Pa
 
 
 @app.command()
-def sweep(spec: Annotated[Path, typer.Option("--spec", "-s", help="sweep file (search space)")] = Path(
-        "configs/sweep-cartpole.yaml")) -> None:
+def sweep(
+    spec: Annotated[Path, typer.Option("--spec", "-s", help="sweep file (search space)")] = Path(
+        "configs/sweep-cartpole.yaml"
+    ),
+) -> None:
     """Run the ``sweep-ppo`` flow in this process: trials in parallel on Ray (local, or ``$RAY_ADDRESS``),
     each a nested MLflow run; ends with the comparison table and the best config's path."""
     from ppo.config import ConfigError
@@ -130,9 +159,11 @@ def sweep(spec: Annotated[Path, typer.Option("--spec", "-s", help="sweep file (s
 
 
 @app.command()
-def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help="model version to gate")],
-            config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
-            set_: SetOpt = None) -> None:
+def promote(
+    version: Annotated[int, typer.Option("--version", "-v", min=1, help="model version to gate")],
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
+    set_: SetOpt = None,
+) -> None:
     """Run the ``promote-model`` flow for a registered version (for CI without a Prefect worker).
 
     Exit status as ``ppo pipeline``: 0 promoted (or already the champion), 4 gated out or older than the
@@ -143,15 +174,25 @@ def promote(version: Annotated[int, typer.Option("--version", "-v", min=1, help=
     _prefect_env()
     from flows.promote import promote_model
 
-    summary = _run_flow(promote_model, version=version, config_path=str(config) if config else None,
-                        overrides=parse_overrides(set_))
-    console.print(f"{summary['outcome']}: {summary['gate_reason']}; "
-                  f"{summary['model_name']}@champion = {summary['champion']}", highlight=False)
+    summary = _run_flow(
+        promote_model,
+        version=version,
+        config_path=str(config) if config else None,
+        overrides=parse_overrides(set_),
+    )
+    console.print(
+        f"{summary['outcome']}: {summary['gate_reason']}; "
+        f"{summary['model_name']}@champion = {summary['champion']}",
+        highlight=False,
+    )
     sys.stdout.write(json.dumps(summary) + "\n")
     if summary["outcome"] == "lost_race":
-        console.print(f"lost the race: another promotion moved {summary['model_name']}@champion to version "
-                      f"{summary['champion']} while version {version} was gated; run promote again to gate it "
-                      "against the new champion", highlight=False)
+        console.print(
+            f"lost the race: another promotion moved {summary['model_name']}@champion to version "
+            f"{summary['champion']} while version {version} was gated; run promote again to gate it "
+            "against the new champion",
+            highlight=False,
+        )
     raise typer.Exit(OUTCOME_EXIT[summary["outcome"]])
 
 

@@ -25,7 +25,8 @@ def task_runner() -> tuple[Any, str | None]:
     except ImportError:
         return ThreadPoolTaskRunner(max_workers=1), (
             "Ray is not installed (pip install 'ppo-pipeline[ray]'): trials run one at a time on Prefect's "
-            "local task runner")
+            "local task runner"
+        )
     return RayTaskRunner(init_kwargs={"include_dashboard": False, "log_to_driver": False}), None
 
 
@@ -42,11 +43,13 @@ def sweep_ppo_fn(sweep_path: str = "configs/sweep-cartpole.yaml") -> dict[str, A
     if note:
         print(note)
     plan = plan_sweep(sweep_path)
-    results = run_trial.map(plan["trials"], parent_run_id=unmapped(plan["parent_run_id"]),
-                            eval_episodes=unmapped(plan["eval_episodes"]))
+    results = run_trial.map(
+        plan["trials"],
+        parent_run_id=unmapped(plan["parent_run_id"]),
+        eval_episodes=unmapped(plan["eval_episodes"]),
+    )
     heldout = score_heldout(plan["parent_run_id"], results)
     return sweep_report(plan["parent_run_id"], results, plan["trials"], heldout, plan["eval_episodes"])
-
 
 
 @functools.cache

@@ -25,8 +25,11 @@ from tasks import (
 
 
 @flow(name="train-ppo", log_prints=True)
-def train_ppo(config_path: str | None = "configs/cartpole.yaml", overrides: dict[str, Any] | None = None,
-              retrain: bool = False) -> dict[str, Any]:
+def train_ppo(
+    config_path: str | None = "configs/cartpole.yaml",
+    overrides: dict[str, Any] | None = None,
+    retrain: bool = False,
+) -> dict[str, Any]:
     """Train a PPO agent from a config and carry it to the registry; returns a JSON summary."""
     validated = validate_config(config_path, overrides or {})
     config, config_hash, run_tags = validated["config"], validated["config_hash"], None
@@ -40,12 +43,22 @@ def train_ppo(config_path: str | None = "configs/cartpole.yaml", overrides: dict
     model_name = validated["model_name"]
     version = register(model_name, trained["run_id"], decision)
     promotion = promote(model_name, version, decision)
-    return {"outcome": outcome(decision, promotion), "run_id": trained["run_id"], "model_name": model_name,
-            "model_version": version, "seeds": config["train"]["seeds"],
-            "gate_passed": decision["passed"] if decision["status"] in ("passed", "failed") else None,
-            "gate_reason": decision["reason"], "iqm": decision["iqm"], "ci": [decision["ci_low"], decision["ci_high"]],
-            "champion": promotion["champion"], "promoted": promotion["promoted"], "converged": trained["converged"],
-            "env_steps": trained["env_steps"], "report": files["report_html"]}
+    return {
+        "outcome": outcome(decision, promotion),
+        "run_id": trained["run_id"],
+        "model_name": model_name,
+        "model_version": version,
+        "seeds": config["train"]["seeds"],
+        "gate_passed": decision["passed"] if decision["status"] in ("passed", "failed") else None,
+        "gate_reason": decision["reason"],
+        "iqm": decision["iqm"],
+        "ci": [decision["ci_low"], decision["ci_high"]],
+        "champion": promotion["champion"],
+        "promoted": promotion["promoted"],
+        "converged": trained["converged"],
+        "env_steps": trained["env_steps"],
+        "report": files["report_html"],
+    }
 
 
 if __name__ == "__main__":

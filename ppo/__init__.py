@@ -24,8 +24,16 @@ _EXPORTS = {
     "MLflowLogger": "ppo.tracking.logger",
 }
 
-__all__ = ["PPOTrainer", "PPOAgent", "CartPoleWrapper", "Config", "ConfigError", "load_config",
-           "NonFiniteLossError", "MLflowLogger"]
+__all__ = [
+    "PPOTrainer",
+    "PPOAgent",
+    "CartPoleWrapper",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "NonFiniteLossError",
+    "MLflowLogger",
+]
 
 
 def __getattr__(name: str) -> Any:

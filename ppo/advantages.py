@@ -11,9 +11,15 @@ import jax
 import jax.numpy as jnp
 
 
-def gae(rewards: jnp.ndarray, values: jnp.ndarray, next_values: jnp.ndarray,
-        terminated: jnp.ndarray, dones: jnp.ndarray, gamma: float, gae_lambda: float
-        ) -> tuple[jnp.ndarray, jnp.ndarray]:
+def gae(
+    rewards: jnp.ndarray,
+    values: jnp.ndarray,
+    next_values: jnp.ndarray,
+    terminated: jnp.ndarray,
+    dones: jnp.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Advantages and returns, time on axis 0.
 
     Args:

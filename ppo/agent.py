@@ -27,8 +27,14 @@ class PPOAgent:
         seed: initialises ``params`` (the trainer re-initialises from ``train.seeds``).
     """
 
-    def __init__(self, observation_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (64, 64),
-                 seed: int = 0, params: Any | None = None) -> None:
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        seed: int = 0,
+        params: Any | None = None,
+    ) -> None:
         from ppo.sharding import configure_cpu_devices
 
         configure_cpu_devices()  # the network is Flax (JAX): configure the CPU devices before JAX starts
@@ -64,8 +70,9 @@ class PPOAgent:
     def logits(self, observations: Any) -> np.ndarray:
         return numpy_logits(self._layers, self._check(observations))
 
-    def predict(self, observations: Any, deterministic: bool = True, rng: np.random.Generator | None = None
-                ) -> np.ndarray:
+    def predict(
+        self, observations: Any, deterministic: bool = True, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         """Actions (int64, shape (n,)) for float observations of shape (n, obs_dim)."""
         logits = self.logits(observations)
         if deterministic:
@@ -94,11 +101,20 @@ class PPOAgent:
         from ppo import atomic
 
         d = Path(directory)
-        atomic.write_bytes(d / "params.msgpack", serialization.msgpack_serialize(
-            serialization.to_state_dict(_to_numpy(self.params))))
-        atomic.write_text(d / "agent.json", json.dumps({"observation_dim": self.observation_dim,
-                                                        "action_dim": self.action_dim,
-                                                        "hidden_sizes": list(self.hidden_sizes)}))
+        atomic.write_bytes(
+            d / "params.msgpack",
+            serialization.msgpack_serialize(serialization.to_state_dict(_to_numpy(self.params))),
+        )
+        atomic.write_text(
+            d / "agent.json",
+            json.dumps(
+                {
+                    "observation_dim": self.observation_dim,
+                    "action_dim": self.action_dim,
+                    "hidden_sizes": list(self.hidden_sizes),
+                }
+            ),
+        )
         return d
 
     @classmethod

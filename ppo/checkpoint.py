@@ -30,8 +30,11 @@ def save_checkpoint(directory: str | os.PathLike[str], state: Any, meta: dict[st
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = serialization.msgpack_serialize(
-        {"state": serialization.to_state_dict(jax.device_get(state)), "meta": json.dumps(meta)})
-    blob = serialization.msgpack_serialize({"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload})
+        {"state": serialization.to_state_dict(jax.device_get(state)), "meta": json.dumps(meta)}
+    )
+    blob = serialization.msgpack_serialize(
+        {"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
+    )
     return atomic.write_bytes(directory / CHECKPOINT_NAME, blob)
 
 

@@ -19,12 +19,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="PPO in JAX: train, evaluate and serve agents.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="PPO in JAX: train, evaluate and serve agents.",
+)
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. ppo.learning_rate=1e-3")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="override, e.g. ppo.learning_rate=1e-3")
+]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -56,14 +62,22 @@ def summary_table(result: dict[str, Any], title: str = "Training summary") -> Ta
     table = Table(title=title, show_header=False)
     fe = result.get("final_eval") or {}
     rows = [
-        ("converged", result.get("converged")), ("stop reason", result.get("stop_reason")),
-        ("episodes (min over seeds)", result.get("episodes")), ("env steps / seed", result.get("env_steps")),
+        ("converged", result.get("converged")),
+        ("stop reason", result.get("stop_reason")),
+        ("episodes (min over seeds)", result.get("episodes")),
+        ("env steps / seed", result.get("env_steps")),
         ("best window avg reward", result.get("best_avg_reward")),
-        ("final eval avg ± std", f"{fe.get('avg_reward', float('nan')):.1f} ± {fe.get('std_reward', float('nan')):.1f}"),
+        (
+            "final eval avg ± std",
+            f"{fe.get('avg_reward', float('nan')):.1f} ± {fe.get('std_reward', float('nan')):.1f}",
+        ),
         ("final eval per seed", ", ".join(f"{x:.1f}" for x in fe.get("per_seed_avg", []))),
-        ("compile s", result.get("compile_s")), ("train s (jitted chunks)", result.get("train_time_s")),
-        ("env steps / s", result.get("env_steps_per_s")), ("wall s", result.get("wall_time_s")),
-        ("checkpoint", result.get("checkpoint_dir")), ("mlflow run", result.get("run_id")),
+        ("compile s", result.get("compile_s")),
+        ("train s (jitted chunks)", result.get("train_time_s")),
+        ("env steps / s", result.get("env_steps_per_s")),
+        ("wall s", result.get("wall_time_s")),
+        ("checkpoint", result.get("checkpoint_dir")),
+        ("mlflow run", result.get("run_id")),
     ]
     for k, v in rows:
         if v is not None:
@@ -72,33 +86,57 @@ def summary_table(result: dict[str, Any], title: str = "Training summary") -> Ta
 
 
 @app.command()
-def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool, typer.Option(
-        "--resume", help="continue from the latest checkpoint of this config")] = False,
-          mlflow: Annotated[bool | None, typer.Option("--mlflow/--no-mlflow", help="default: tracking.enabled")] = None,
-          json_out: Annotated[Path | None, typer.Option("--json", help="write the result (no history) here")] = None,
-          ) -> None:
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the latest checkpoint of this config")
+    ] = False,
+    mlflow: Annotated[
+        bool | None, typer.Option("--mlflow/--no-mlflow", help="default: tracking.enabled")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the result (no history) here")
+    ] = None,
+) -> None:
     """Train PPO on a config; progress bar while training, summary table at the end."""
     cfg = load_or_exit(config, set_)
     from ppo.trainer import NonFiniteLossError, PPOTrainer
 
     enable = cfg.tracking.enabled if mlflow is None else mlflow
     trainer = PPOTrainer(config=cfg, enable_mlflow=enable)
-    console.print(f"[bold]training[/] {cfg.env.id}, seeds {list(cfg.train.seeds)}, {cfg.env.num_envs} envs x "
-                  f"{cfg.num_steps} steps per update, config {cfg.config_hash()}", highlight=False)
-    progress = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
-                        TextColumn("ep {task.completed:.0f}/{task.total:.0f}"),
-                        TextColumn("{task.fields[steps]} steps"), TextColumn("avg {task.fields[avg]}"),
-                        TextColumn("{task.fields[sps]} steps/s"), TimeElapsedColumn(), console=console)
+    console.print(
+        f"[bold]training[/] {cfg.env.id}, seeds {list(cfg.train.seeds)}, {cfg.env.num_envs} envs x "
+        f"{cfg.num_steps} steps per update, config {cfg.config_hash()}",
+        highlight=False,
+    )
+    progress = Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        TextColumn("ep {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[steps]} steps"),
+        TextColumn("avg {task.fields[avg]}"),
+        TextColumn("{task.fields[sps]} steps/s"),
+        TimeElapsedColumn(),
+        console=console,
+    )
     task = progress.add_task("train", total=cfg.train.max_episodes, steps=0, avg="-", sps="-")
 
     def on_chunk(info: dict[str, Any]) -> None:
         m = info["step_metrics"]
-        progress.update(task, completed=min(info["episode"], cfg.train.max_episodes), steps=f"{info['env_steps']:,}",
-                        avg=fmt(m.get("avg_reward")), sps=fmt(m.get("env_steps_per_s")))
+        progress.update(
+            task,
+            completed=min(info["episode"], cfg.train.max_episodes),
+            steps=f"{info['env_steps']:,}",
+            avg=fmt(m.get("avg_reward")),
+            sps=fmt(m.get("env_steps_per_s")),
+        )
         if "eval_metrics" in info:
             e = info["eval_metrics"]
-            progress.console.print(f"  eval @ episode {info['episode']}: {e['avg_reward']:.1f} ± {e['std_reward']:.1f}",
-                                   highlight=False)
+            progress.console.print(
+                f"  eval @ episode {info['episode']}: {e['avg_reward']:.1f} ± {e['std_reward']:.1f}",
+                highlight=False,
+            )
 
     from ppo.checkpoint import CheckpointError
     from ppo.tracking.probe import ServiceUnavailableError
@@ -118,10 +156,14 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, resume: Annotated[bool,
 
 
 @app.command()
-def evaluate(config: ConfigOpt = None, set_: SetOpt = None,
-             episodes: Annotated[int, typer.Option(min=1, help="episodes per seed")] = 100,
-             backend: Annotated[str, typer.Option(help="gymnasium (real env) or jax (gymnax twin)")] = "gymnasium",
-             seed: int = 0, all_seeds: Annotated[bool, typer.Option("--all-seeds")] = False) -> None:
+def evaluate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    episodes: Annotated[int, typer.Option(min=1, help="episodes per seed")] = 100,
+    backend: Annotated[str, typer.Option(help="gymnasium (real env) or jax (gymnax twin)")] = "gymnasium",
+    seed: int = 0,
+    all_seeds: Annotated[bool, typer.Option("--all-seeds")] = False,
+) -> None:
     """Evaluate the latest checkpoint of a config (greedy policy); prints JSON."""
     cfg = load_or_exit(config, set_)
     if backend not in ("gymnasium", "jax"):
@@ -139,9 +181,12 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None,
 
 
 @app.command()
-def serve(model: Annotated[str | None, typer.Option(help="model URI; default models:/<model>@champion")] = None,
-          config: ConfigOpt = None, host: str = "127.0.0.1",
-          port: Annotated[int, typer.Option(min=1, max=65535)] = 5001) -> None:
+def serve(
+    model: Annotated[str | None, typer.Option(help="model URI; default models:/<model>@champion")] = None,
+    config: ConfigOpt = None,
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 5001,
+) -> None:
     """Serve a registered model over HTTP (``mlflow models serve --env-manager local``)."""
     import os
     import shutil
@@ -156,11 +201,18 @@ def serve(model: Annotated[str | None, typer.Option(help="model URI; default mod
     except RuntimeError as e:
         fail(str(e), code=1)
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
     mlflow_bin = shutil.which("mlflow", path=env["PATH"]) or "mlflow"
     console.print(f"serving {uri} on http://{host}:{port}/invocations (store {tracking})", highlight=False)
-    os.execvpe(mlflow_bin, [mlflow_bin, "models", "serve", "-m", uri, "--env-manager", "local",
-                            "-h", host, "-p", str(port)], env)
+    os.execvpe(
+        mlflow_bin,
+        [mlflow_bin, "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)],
+        env,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -61,8 +61,12 @@ class PPOConfig(_Section):
     epochs_per_update: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=1 << 24, description="env steps per update, all envs of a seed")
     minibatch_size: int = Field(64, ge=1, le=1 << 24)
-    anneal_lr: bool = Field(False, description="linear decay to 0 over the updates train.max_env_steps allows")
-    normalize_advantages: bool = Field(True, description="advantages normalised per minibatch (mean 0, std 1)")
+    anneal_lr: bool = Field(
+        False, description="linear decay to 0 over the updates train.max_env_steps allows"
+    )
+    normalize_advantages: bool = Field(
+        True, description="advantages normalised per minibatch (mean 0, std 1)"
+    )
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, max_length=8)
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0)
 
@@ -92,8 +96,13 @@ class TrainConfig(_Section):
     """Episode budget, convergence, evaluation cadence and how the hot path is chunked."""
 
     max_episodes: int = Field(1000, ge=1, le=10**9)
-    target_reward: float | None = Field(None, ge=-1e9, le=1e9, description="convergence threshold; default the "
-                                        "env's gymnasium reward_threshold (CartPole-v1 475, Acrobot-v1 -100)")
+    target_reward: float | None = Field(
+        None,
+        ge=-1e9,
+        le=1e9,
+        description="convergence threshold; default the "
+        "env's gymnasium reward_threshold (CartPole-v1 475, Acrobot-v1 -100)",
+    )
     convergence_window: int = Field(100, ge=1, le=100_000)
     early_stopping_patience: int = Field(10, ge=0, le=10**9)
     eval_frequency: int = Field(50, ge=1, le=10**9, description="episodes between evaluations")
@@ -103,9 +112,12 @@ class TrainConfig(_Section):
     max_env_steps: int | None = Field(None, ge=1, le=10**12, description="hard cap per seed")
     updates_per_chunk: int = Field(20, ge=1, le=100_000, description="updates in one jitted call")
     checkpoint_every: int = Field(10, ge=0, le=10**6, description="chunks between checkpoints; 0 = end only")
-    checkpoint_dir: str | None = Field(None, description="inside $PPO_HOME (relative paths are taken from it); "
-                                       "default $PPO_HOME/checkpoints/<config hash>; the pipeline's train "
-                                       "task uses a <config hash>-<code version> folder inside it")
+    checkpoint_dir: str | None = Field(
+        None,
+        description="inside $PPO_HOME (relative paths are taken from it); "
+        "default $PPO_HOME/checkpoints/<config hash>; the pipeline's train "
+        "task uses a <config hash>-<code version> folder inside it",
+    )
 
     @field_validator("checkpoint_dir")
     @classmethod
@@ -130,18 +142,27 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 def _name(value: str | None) -> str | None:
     if value is not None and (not NAME_PATTERN.fullmatch(value) or ".." in value):
-        raise ValueError(f"{excerpt(value)} is not allowed; a name is 1-100 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit (no '/', '..', quotes or spaces)")
+        raise ValueError(
+            f"{excerpt(value)} is not allowed; a name is 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '/', '..', quotes or spaces)"
+        )
     return value
 
 
 class TrackingConfig(_Section):
     enabled: bool = True
     experiment: str | None = Field(None, description="default ppo-<env slug>")
-    tracking_uri: str | None = Field(None, description="default $MLFLOW_TRACKING_URI or sqlite in $PPO_HOME; "
-                                     "a local store (sqlite:/// or file:) must be inside $PPO_HOME")
-    outage_tolerance_s: float = Field(60.0, ge=0.0, le=86_400.0, description="how long training goes on "
-                                      "(buffering metrics) while the tracking server is unreachable")
+    tracking_uri: str | None = Field(
+        None,
+        description="default $MLFLOW_TRACKING_URI or sqlite in $PPO_HOME; "
+        "a local store (sqlite:/// or file:) must be inside $PPO_HOME",
+    )
+    outage_tolerance_s: float = Field(
+        60.0,
+        ge=0.0,
+        le=86_400.0,
+        description="how long training goes on (buffering metrics) while the tracking server is unreachable",
+    )
 
     @field_validator("tracking_uri")
     @classmethod
@@ -173,11 +194,19 @@ class GateConfig(_Section):
     fresh held-out start states drawn per candidate, plus a recipe check over the training seeds."""
 
     episodes: int = Field(100, ge=1, le=10_000, description="fresh gymnasium episodes each policy plays")
-    min_return: float | None = Field(None, ge=-1e9, le=1e9, description="default the env's gymnasium "
-                                     "reward_threshold (CartPole-v1 475, Acrobot-v1 -100)")
+    min_return: float | None = Field(
+        None,
+        ge=-1e9,
+        le=1e9,
+        description="default the env's gymnasium reward_threshold (CartPole-v1 475, Acrobot-v1 -100)",
+    )
     min_seeds: int = Field(5, ge=1, le=1024, description="training seeds that must reach min_return")
-    margin: float = Field(0.02, ge=0.0, description="non-inferiority margin, a fraction of the env's "
-                          "return range (CartPole-v1 0..500: 0.02 = 10)")
+    margin: float = Field(
+        0.02,
+        ge=0.0,
+        description="non-inferiority margin, a fraction of the env's "
+        "return range (CartPole-v1 0..500: 0.02 = 10)",
+    )
     mode: Literal["non_inferior", "superior"] = "non_inferior"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     bootstrap_samples: int = Field(2000, ge=100, le=1_000_000)
@@ -213,8 +242,10 @@ class Config(_Section):
     @classmethod
     def _relative_margin(cls, gate: GateConfig) -> GateConfig:
         if gate.margin > 1.0:
-            raise ValueError(f"gate.margin: {gate.margin} is a fraction of the env's return range (allowed: 0 .. 1); "
-                             "an absolute margin of 10 on CartPole-v1 (returns 0..500) is 0.02")
+            raise ValueError(
+                f"gate.margin: {gate.margin} is a fraction of the env's return range (allowed: 0 .. 1); "
+                "an absolute margin of 10 on CartPole-v1 (returns 0..500) is 0.02"
+            )
         return gate
 
     @model_validator(mode="after")
@@ -254,8 +285,12 @@ class Config(_Section):
         weights = sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
         params = 2 * weights + sizes[-1] * (spec.action_dim + 1)
         width = 2 * sum(self.ppo.hidden_sizes)  # activations of both networks per sample
-        per_seed = 4 * (6 * params + self.ppo.batch_size * (2 * spec.observation_dim + 8)
-                        + self.env.num_envs * width + 3 * self.ppo.minibatch_size * width)
+        per_seed = 4 * (
+            6 * params
+            + self.ppo.batch_size * (2 * spec.observation_dim + 8)
+            + self.env.num_envs * width
+            + 3 * self.ppo.minibatch_size * width
+        )
         return 2 * per_seed * len(self.train.seeds)
 
     # ---- derived values (never stored, so they cannot disagree with the fields) ----
@@ -335,7 +370,9 @@ def _section_model(path: str) -> type[BaseModel] | None:
     model: type[BaseModel] = Config
     for part in [p for p in path.split(".") if p]:
         field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
             return None
         model = field.annotation
     return model
@@ -371,7 +408,9 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
         )
     section, field = parts
     if section not in Config.model_fields:
-        raise ConfigError(f"override {key!r}: unknown section {section!r}; allowed: {', '.join(Config.model_fields)}")
+        raise ConfigError(
+            f"override {key!r}: unknown section {section!r}; allowed: {', '.join(Config.model_fields)}"
+        )
     if field not in _field_names(section):
         raise ConfigError(
             f"override {key!r}: unknown field {field!r} in {section}; allowed: {', '.join(_field_names(section))}"
@@ -390,13 +429,16 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"override {excerpt(item)}: expected key=value, e.g. ppo.learning_rate=1e-3")
         if len(raw) > MAX_OVERRIDE_CHARS:
-            raise ConfigError(f"override {excerpt(key.strip())}: the value is longer than {MAX_OVERRIDE_CHARS} "
-                              f"characters ({len(raw)}); put long values in a config file")
+            raise ConfigError(
+                f"override {excerpt(key.strip())}: the value is longer than {MAX_OVERRIDE_CHARS} "
+                f"characters ({len(raw)}); put long values in a config file"
+            )
         try:
             out[key.strip()] = safe_yaml(raw, f"override {excerpt(key.strip())}") if raw.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {excerpt(item)}: value is not valid YAML "
-                              f"({excerpt(str(e).splitlines()[0], 120)})") from None
+            raise ConfigError(
+                f"override {excerpt(item)}: value is not valid YAML ({excerpt(str(e).splitlines()[0], 120)})"
+            ) from None
     return out
 
 
@@ -420,8 +462,9 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> dict[s
         raise ConfigError(f"{what} {str(p)!r} does not exist or is not a file")
     size = p.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{what} {str(p)!r} is larger than {MAX_CONFIG_BYTES >> 10} KiB ({size:,} bytes): "
-                          "not a config")
+        raise ConfigError(
+            f"{what} {str(p)!r} is larger than {MAX_CONFIG_BYTES >> 10} KiB ({size:,} bytes): not a config"
+        )
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -435,7 +478,9 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> dict[s
     return data
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
     """Read a YAML file (or nothing: all defaults) and apply dotted overrides."""
     return build_config({} if path is None else read_yaml(path), overrides)
 
@@ -457,8 +502,10 @@ def safe_yaml(text: str, what: str) -> Any:
     to gigabytes while loading, before any validation could look at the result."""
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            raise ConfigError(f"{what}: YAML anchors and aliases are not allowed in configs (nested aliases "
-                              "expand to gigabytes); write the values out")
+            raise ConfigError(
+                f"{what}: YAML anchors and aliases are not allowed in configs (nested aliases "
+                "expand to gigabytes); write the values out"
+            )
     return yaml.safe_load(text)
 
 
@@ -498,8 +545,10 @@ def local_store_path(uri: str) -> str | None:
         return rest[2:] if rest.startswith("//") else rest
     if base in REMOTE_STORE_SCHEMES:
         return None
-    raise ValueError(f"{excerpt(uri)}: store scheme {excerpt(scheme)} is not allowed; allowed: sqlite, file, "
-                     f"{', '.join(REMOTE_STORE_SCHEMES)} (or a path inside $PPO_HOME)")
+    raise ValueError(
+        f"{excerpt(uri)}: store scheme {excerpt(scheme)} is not allowed; allowed: sqlite, file, "
+        f"{', '.join(REMOTE_STORE_SCHEMES)} (or a path inside $PPO_HOME)"
+    )
 
 
 def confined_path(path: str | os.PathLike[str]) -> Path:
@@ -512,8 +561,10 @@ def confined_path(path: str | os.PathLike[str]) -> Path:
     home = ppo_home()
     target = (home / Path(path).expanduser()).resolve()
     if not target.is_relative_to(home):
-        raise ValueError(f"{str(path)!r} is outside $PPO_HOME ({home}); allowed: a path inside $PPO_HOME "
-                         "(relative paths are taken from it)")
+        raise ValueError(
+            f"{str(path)!r} is outside $PPO_HOME ({home}); allowed: a path inside $PPO_HOME "
+            "(relative paths are taken from it)"
+        )
     return target
 
 

@@ -96,8 +96,12 @@ class CartPoleWrapper:
     terminated, truncated, info), all as gymnasium defines them.
     """
 
-    def __init__(self, env_id: str = "CartPole-v1", max_steps_per_episode: int | None = None,
-                 render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        env_id: str = "CartPole-v1",
+        max_steps_per_episode: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
         import gymnasium as gym
 
         spec = env_spec(env_id)

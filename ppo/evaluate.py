@@ -60,8 +60,9 @@ def gate_seed(candidate_run_id: str, episodes: int) -> int:
     return stream_seed("gate", draw, episodes)
 
 
-def evaluate_gymnasium(params: Any, env_id: str, num_episodes: int, seed: int = 0,
-                       max_steps_per_episode: int | None = None) -> np.ndarray:
+def evaluate_gymnasium(
+    params: Any, env_id: str, num_episodes: int, seed: int = 0, max_steps_per_episode: int | None = None
+) -> np.ndarray:
     """Return the greedy policy's undiscounted return of ``num_episodes`` episodes (float64 array)."""
     import gymnasium as gym
 
@@ -72,8 +73,9 @@ def evaluate_gymnasium(params: Any, env_id: str, num_episodes: int, seed: int = 
     returns = np.zeros(n)
     alive = np.ones(n, bool)
     if spec.vector_entry_point is not None:
-        venv = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point",
-                            max_episode_steps=limit)
+        venv = gym.make_vec(
+            env_id, num_envs=n, vectorization_mode="vector_entry_point", max_episode_steps=limit
+        )
         venv.reset(seed=seed)
         # start env j where gymnasium.make(env_id).reset(seed=seed + j) starts (the vector env draws all
         # its start states from one generator, which would tie every episode to (seed, n))
@@ -123,7 +125,8 @@ def make_jax_evaluator(network: Any, env: Any, env_params: Any, num_episodes: in
             logits, _ = network.apply(params, obs)
             actions = jnp.argmax(logits, axis=-1)
             obs, state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                jax.random.split(k, num_episodes), state, actions, env_params)
+                jax.random.split(k, num_episodes), state, actions, env_params
+            )
             ret = ret + jnp.where(alive, reward, 0.0)
             alive = alive & ~(terminated | truncated)
             return (obs, state, alive, ret), None
@@ -138,8 +141,13 @@ def make_jax_evaluator(network: Any, env: Any, env_params: Any, num_episodes: in
 def summarize(returns: np.ndarray) -> dict[str, Any]:
     """The reference's evaluation dict."""
     r = np.asarray(returns, dtype=float)
-    return {"avg_reward": float(r.mean()), "std_reward": float(r.std()), "min_reward": float(r.min()),
-            "max_reward": float(r.max()), "returns": r.tolist()}
+    return {
+        "avg_reward": float(r.mean()),
+        "std_reward": float(r.std()),
+        "min_reward": float(r.min()),
+        "max_reward": float(r.max()),
+        "returns": r.tolist(),
+    }
 
 
 def summarize_seeds(returns: np.ndarray) -> dict[str, Any]:
@@ -148,8 +156,13 @@ def summarize_seeds(returns: np.ndarray) -> dict[str, Any]:
     return {**summarize(r.ravel()), "per_seed_avg": [float(x) for x in r.mean(axis=1)]}
 
 
-def evaluate_params_list(params_list: list[Any], env_id: str, episodes: int, seed: int,
-                         max_steps_per_episode: int | None = None) -> np.ndarray:
+def evaluate_params_list(
+    params_list: list[Any], env_id: str, episodes: int, seed: int, max_steps_per_episode: int | None = None
+) -> np.ndarray:
     """``[len(params_list), episodes]`` greedy returns; every policy faces the same episodes."""
-    return np.stack([evaluate_gymnasium(p, env_id, episodes, seed=seed, max_steps_per_episode=max_steps_per_episode)
-                     for p in params_list])
+    return np.stack(
+        [
+            evaluate_gymnasium(p, env_id, episodes, seed=seed, max_steps_per_episode=max_steps_per_episode)
+            for p in params_list
+        ]
+    )

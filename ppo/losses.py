@@ -34,9 +34,18 @@ class LossInfo(NamedTuple):
     clip_fraction: jnp.ndarray
 
 
-def ppo_loss(logits: jnp.ndarray, values: jnp.ndarray, actions: jnp.ndarray, old_log_probs: jnp.ndarray,
-             advantages: jnp.ndarray, returns: jnp.ndarray, clip_eps: float, value_coef: float,
-             entropy_coef: float, normalize_advantages: bool = True) -> LossInfo:
+def ppo_loss(
+    logits: jnp.ndarray,
+    values: jnp.ndarray,
+    actions: jnp.ndarray,
+    old_log_probs: jnp.ndarray,
+    advantages: jnp.ndarray,
+    returns: jnp.ndarray,
+    clip_eps: float,
+    value_coef: float,
+    entropy_coef: float,
+    normalize_advantages: bool = True,
+) -> LossInfo:
     """``L = −L^CLIP + c1·L^VF − c2·H`` on one minibatch (advantages normalised per minibatch)."""
     log_probs_all = jax.nn.log_softmax(logits)
     log_probs = jnp.take_along_axis(log_probs_all, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]

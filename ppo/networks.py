@@ -21,8 +21,9 @@ import numpy as np
 
 
 def _dense(features: int, gain: float) -> nn.Dense:
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(gain),
-                    bias_init=nn.initializers.constant(0.0))
+    return nn.Dense(
+        features, kernel_init=nn.initializers.orthogonal(gain), bias_init=nn.initializers.constant(0.0)
+    )
 
 
 class ActorNetwork(nn.Module):

@@ -12,8 +12,9 @@ def actor_layers(params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     """The actor's (kernel, bias) pairs in order (``Dense_0``, ``Dense_1``, ...) as float32 arrays."""
     actor = params["params"]["actor"] if "params" in params else params["actor"]
     names = sorted(actor, key=lambda n: int(n.rsplit("_", 1)[1]))
-    return [(np.asarray(actor[n]["kernel"], np.float32), np.asarray(actor[n]["bias"], np.float32))
-            for n in names]
+    return [
+        (np.asarray(actor[n]["kernel"], np.float32), np.asarray(actor[n]["bias"], np.float32)) for n in names
+    ]
 
 
 def numpy_logits(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray) -> np.ndarray:

@@ -60,7 +60,9 @@ class UpdateMetrics(NamedTuple):
 
 
 def make_network(config: Config) -> PPONetwork:
-    return PPONetwork(action_dim=env_spec(config.env.id).action_dim, hidden_sizes=tuple(config.ppo.hidden_sizes))
+    return PPONetwork(
+        action_dim=env_spec(config.env.id).action_dim, hidden_sizes=tuple(config.ppo.hidden_sizes)
+    )
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -91,8 +93,13 @@ def make_program(config: Config) -> Program:
         key = jax.random.PRNGKey(seed)
         key, _, k_env = jax.random.split(key, 3)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, num_envs), env_params)
-        stats = EpisodeStats(jnp.zeros(num_envs, jnp.float32), jnp.zeros(window, jnp.float32),
-                             jnp.int32(0), jnp.int32(0), jnp.float32(0.0))
+        stats = EpisodeStats(
+            jnp.zeros(num_envs, jnp.float32),
+            jnp.zeros(window, jnp.float32),
+            jnp.int32(0),
+            jnp.int32(0),
+            jnp.float32(0.0),
+        )
         return TrainState(params, tx.init(params), env_state, obs, key, stats, jnp.int32(0))
 
     def minibatch_step(carry, minibatch):
@@ -101,8 +108,18 @@ def make_program(config: Config) -> Program:
 
         def loss_fn(p):
             logits, values = network.apply(p, obs)
-            info = ppo_loss(logits, values, actions, old_log_probs, advantages, returns,
-                            ppo.clip_epsilon, ppo.value_coef, ppo.entropy_coef, ppo.normalize_advantages)
+            info = ppo_loss(
+                logits,
+                values,
+                actions,
+                old_log_probs,
+                advantages,
+                returns,
+                ppo.clip_epsilon,
+                ppo.value_coef,
+                ppo.entropy_coef,
+                ppo.normalize_advantages,
+            )
             return info.total, info
 
         (_, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -132,25 +149,39 @@ def make_program(config: Config) -> Program:
         stats = state.stats._replace(completed=jnp.int32(0), completed_return=jnp.float32(0.0))
         env_state, obs, stats, key, traj = rollout(state.params, state.env_state, state.obs, stats, state.key)
         next_values = network.apply(state.params, traj.next_obs, method=PPONetwork.value)
-        advantages, returns = gae(traj.rewards, traj.values, next_values, traj.terminated, traj.dones,
-                                  ppo.gamma, ppo.gae_lambda)
-        flat = jax.tree.map(lambda x: x.reshape((batch,) + x.shape[2:]),
-                            (traj.obs, traj.actions, traj.log_probs, advantages, returns))
+        advantages, returns = gae(
+            traj.rewards, traj.values, next_values, traj.terminated, traj.dones, ppo.gamma, ppo.gae_lambda
+        )
+        flat = jax.tree.map(
+            lambda x: x.reshape((batch,) + x.shape[2:]),
+            (traj.obs, traj.actions, traj.log_probs, advantages, returns),
+        )
 
         def epoch(carry, _):
             params, opt_state, key = carry
             key, k_perm = jax.random.split(key)
             perm = jax.random.permutation(k_perm, batch)
             minibatches = jax.tree.map(
-                lambda x: x[perm].reshape((num_minibatches, batch // num_minibatches) + x.shape[1:]), flat)
+                lambda x: x[perm].reshape((num_minibatches, batch // num_minibatches) + x.shape[1:]), flat
+            )
             (params, opt_state), out = jax.lax.scan(minibatch_step, (params, opt_state), minibatches)
             return (params, opt_state, key), out
 
         (params, opt_state, key), (info, grad_norm) = jax.lax.scan(
-            epoch, (state.params, state.opt_state, key), None, length=ppo.epochs_per_update)
-        metrics = UpdateMetrics(info.policy.mean(), info.value.mean(), info.entropy.mean(),
-                                info.approx_kl.mean(), info.clip_fraction.mean(), grad_norm.mean(),
-                                info.total.mean(), stats.completed, stats.completed_return, jnp.bool_(True))
+            epoch, (state.params, state.opt_state, key), None, length=ppo.epochs_per_update
+        )
+        metrics = UpdateMetrics(
+            info.policy.mean(),
+            info.value.mean(),
+            info.entropy.mean(),
+            info.approx_kl.mean(),
+            info.clip_fraction.mean(),
+            grad_norm.mean(),
+            info.total.mean(),
+            stats.completed,
+            stats.completed_return,
+            jnp.bool_(True),
+        )
         new_state = TrainState(params, opt_state, env_state, obs, key, stats, state.update + 1)
         return new_state, metrics
 
@@ -169,13 +200,19 @@ def make_program(config: Config) -> Program:
 
     def init(seeds: jnp.ndarray) -> TrainState:
         # the weights come from the host (ppo.networks.init_params: no initialiser to compile)
-        states = jax.device_get([init_single(seed, init_params(network, spec.observation_dim, int(seed)))
-                                 for seed in np.asarray(seeds)])
+        states = jax.device_get(
+            [
+                init_single(seed, init_params(network, spec.observation_dim, int(seed)))
+                for seed in np.asarray(seeds)
+            ]
+        )
         # stack on the host: jnp.stack would compile a small program per leaf shape (~2 s cold)
         return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *states))
 
     def state_shapes(n_seeds: int) -> Any:
-        one = jax.eval_shape(init_one, jax.ShapeDtypeStruct((), jnp.uint32), param_shapes(network, spec.observation_dim))
+        one = jax.eval_shape(
+            init_one, jax.ShapeDtypeStruct((), jnp.uint32), param_shapes(network, spec.observation_dim)
+        )
         # concrete states come from NumPy stacking: never weak-typed, so neither are these
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype), one)
 

@@ -41,16 +41,29 @@ class Books:
 
     @classmethod
     def new(cls, n_seeds: int, eval_frequency: int, config_hash: str) -> Books:
-        return cls(chunk=0, converged_since=[None] * n_seeds, converged=[False] * n_seeds,
-                   best_avg=[None] * n_seeds, next_eval_at=[eval_frequency] * n_seeds, history=[], evals=[],
-                   config_hash=config_hash)
+        return cls(
+            chunk=0,
+            converged_since=[None] * n_seeds,
+            converged=[False] * n_seeds,
+            best_avg=[None] * n_seeds,
+            next_eval_at=[eval_frequency] * n_seeds,
+            history=[],
+            evals=[],
+            config_hash=config_hash,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint's JSON metadata (the same keys, in the same order, as before the books were typed)."""
         out: dict[str, Any] = {
-            "chunk": self.chunk, "converged_since": self.converged_since, "converged": self.converged,
-            "best_avg": self.best_avg, "next_eval_at": self.next_eval_at, "history": self.history,
-            "evals": self.evals, "config_hash": self.config_hash, "stopped_by_callback": self.stopped_by_callback,
+            "chunk": self.chunk,
+            "converged_since": self.converged_since,
+            "converged": self.converged,
+            "best_avg": self.best_avg,
+            "next_eval_at": self.next_eval_at,
+            "history": self.history,
+            "evals": self.evals,
+            "config_hash": self.config_hash,
+            "stopped_by_callback": self.stopped_by_callback,
         }
         out.update(self.extra)
         for key in _FINAL_KEYS:
@@ -67,20 +80,40 @@ class Books:
         next_eval_at = data.pop("next_eval_at")
         if not isinstance(next_eval_at, list):
             next_eval_at = [next_eval_at] * n
-        known = {"chunk", "converged_since", "converged", "best_avg", "history", "evals", "config_hash",
-                 "stopped_by_callback", *_FINAL_KEYS}
+        known = {
+            "chunk",
+            "converged_since",
+            "converged",
+            "best_avg",
+            "history",
+            "evals",
+            "config_hash",
+            "stopped_by_callback",
+            *_FINAL_KEYS,
+        }
         extra = {k: v for k, v in data.items() if k not in known}
-        return cls(chunk=data["chunk"], converged_since=list(data["converged_since"]),
-                   converged=list(data["converged"]), best_avg=list(data["best_avg"]),
-                   next_eval_at=list(next_eval_at), history=list(data["history"]), evals=list(data["evals"]),
-                   config_hash=data["config_hash"], stopped_by_callback=bool(data.get("stopped_by_callback", False)),
-                   best_seed_index=data.get("best_seed_index"), final_eval=data.get("final_eval"),
-                   finished=data.get("finished"), stop_reason=data.get("stop_reason"), extra=extra)
+        return cls(
+            chunk=data["chunk"],
+            converged_since=list(data["converged_since"]),
+            converged=list(data["converged"]),
+            best_avg=list(data["best_avg"]),
+            next_eval_at=list(next_eval_at),
+            history=list(data["history"]),
+            evals=list(data["evals"]),
+            config_hash=data["config_hash"],
+            stopped_by_callback=bool(data.get("stopped_by_callback", False)),
+            best_seed_index=data.get("best_seed_index"),
+            final_eval=data.get("final_eval"),
+            finished=data.get("finished"),
+            stop_reason=data.get("stop_reason"),
+            extra=extra,
+        )
 
 
 # ---------------------------------------------------------------------- budgets and convergence
-def active_seeds(books: Books, episodes: np.ndarray, updates: np.ndarray, max_episodes: int,
-                 total_updates: int | None) -> np.ndarray:
+def active_seeds(
+    books: Books, episodes: np.ndarray, updates: np.ndarray, max_episodes: int, total_updates: int | None
+) -> np.ndarray:
     """Seeds that may train on: not converged, and neither budget (episodes, env steps) spent."""
     out_of_episodes = np.asarray(episodes) >= max_episodes
     n = len(books.converged)
@@ -90,11 +123,18 @@ def active_seeds(books: Books, episodes: np.ndarray, updates: np.ndarray, max_ep
 
 def window_means(window: np.ndarray, episodes: np.ndarray, size: int) -> list[float | None]:
     """Each seed's mean return over its last ``size`` episodes (fewer while it has fewer; None with none)."""
-    return [float(window[i, :min(int(e), size)].mean()) if e > 0 else None for i, e in enumerate(episodes)]
+    return [float(window[i, : min(int(e), size)].mean()) if e > 0 else None for i, e in enumerate(episodes)]
 
 
-def update_convergence(books: Books, means: list[float | None], episodes: np.ndarray, trained: np.ndarray,
-                       window: int, target_reward: float, patience: int) -> None:
+def update_convergence(
+    books: Books,
+    means: list[float | None],
+    episodes: np.ndarray,
+    trained: np.ndarray,
+    window: int,
+    target_reward: float,
+    patience: int,
+) -> None:
     """After a chunk: best window mean, and convergence (the window mean at or above ``target_reward``
     for ``patience`` more episodes), for each seed that trained in it and has not converged yet."""
     for i, m in enumerate(means):
@@ -111,8 +151,9 @@ def update_convergence(books: Books, means: list[float | None], episodes: np.nda
             books.converged_since[i] = None
 
 
-def seed_stop_reason(converged: bool, episodes: int, updates: int, max_episodes: int,
-                     total_updates: int | None) -> str:
+def seed_stop_reason(
+    converged: bool, episodes: int, updates: int, max_episodes: int, total_updates: int | None
+) -> str:
     """Why a seed stopped: converged, max_episodes, max_env_steps, or running (stopped by the callback)."""
     if converged:
         return "converged"
@@ -123,11 +164,14 @@ def seed_stop_reason(converged: bool, episodes: int, updates: int, max_episodes:
     return "running"
 
 
-def stop_reasons(books: Books, episodes: np.ndarray, updates: np.ndarray, max_episodes: int,
-                 total_updates: int | None) -> tuple[str, list[str]]:
+def stop_reasons(
+    books: Books, episodes: np.ndarray, updates: np.ndarray, max_episodes: int, total_updates: int | None
+) -> tuple[str, list[str]]:
     """(the run's stop reason, each seed's)."""
-    per_seed = [seed_stop_reason(books.converged[i], episodes[i], updates[i], max_episodes, total_updates)
-                for i in range(len(books.converged))]
+    per_seed = [
+        seed_stop_reason(books.converged[i], episodes[i], updates[i], max_episodes, total_updates)
+        for i in range(len(books.converged))
+    ]
     if books.stopped_by_callback and "running" in per_seed:
         stop_reason = "callback"
     elif all(r == "converged" for r in per_seed):
@@ -154,8 +198,17 @@ def masked_mean(values: np.ndarray, mask: np.ndarray) -> float | None:
     return float(picked.mean()) if picked.size else None
 
 
-def build_row(books: Books, metrics: Any, episodes: np.ndarray, means: list[float | None], seeds: list[int],
-              env_steps: int, batch: int, dt: float, wall_s: float) -> dict[str, Any]:
+def build_row(
+    books: Books,
+    metrics: Any,
+    episodes: np.ndarray,
+    means: list[float | None],
+    seeds: list[int],
+    env_steps: int,
+    batch: int,
+    dt: float,
+    wall_s: float,
+) -> dict[str, Any]:
     """One history row after a chunk (before its evaluation columns).
 
     ``metrics`` holds the chunk's per-seed, per-update arrays (``ran``, losses, ``episodes_completed``,
@@ -167,8 +220,10 @@ def build_row(books: Books, metrics: Any, episodes: np.ndarray, means: list[floa
     trained = ran.any(axis=1)
     steps_this_chunk = int(ran.sum()) * batch
     completed = np.where(ran, metrics.episodes_completed, 0).sum(axis=1)
-    seed_returns = [float(metrics.completed_return[i].sum() / completed[i]) if trained[i] and completed[i]
-                    else None for i in range(len(seeds))]
+    seed_returns = [
+        float(metrics.completed_return[i].sum() / completed[i]) if trained[i] and completed[i] else None
+        for i in range(len(seeds))
+    ]
     valid_returns = [r for r in seed_returns if r is not None]
     valid_windows = [m for i, m in enumerate(means) if m is not None and trained[i]]
     row: dict[str, Any] = {
@@ -207,8 +262,15 @@ def due_for_eval(books: Books, episodes: np.ndarray, trained: np.ndarray) -> lis
     return [i for i in range(len(books.next_eval_at)) if trained[i] and episodes[i] >= books.next_eval_at[i]]
 
 
-def record_eval(books: Books, row: dict[str, Any], eval_metrics: dict[str, Any], due: list[int],
-                episodes: np.ndarray, eval_frequency: int, seeds: list[int]) -> None:
+def record_eval(
+    books: Books,
+    row: dict[str, Any],
+    eval_metrics: dict[str, Any],
+    due: list[int],
+    episodes: np.ndarray,
+    eval_frequency: int,
+    seeds: list[int],
+) -> None:
     """Keep a periodic evaluation, move each evaluated seed's next point past its episodes, add the
     evaluation columns to ``row``."""
     books.evals.append(eval_metrics)
@@ -223,16 +285,28 @@ def record_eval(books: Books, row: dict[str, Any], eval_metrics: dict[str, Any],
 
 def callback_info(row: dict[str, Any], eval_metrics: dict[str, Any] | None) -> dict[str, Any]:
     """What the training callback gets for one row."""
-    info: dict[str, Any] = {"episode": row["episodes"], "env_steps": row["env_steps"],
-                            "step_metrics": {k: v for k, v in row.items() if "/seed_" not in k}}
+    info: dict[str, Any] = {
+        "episode": row["episodes"],
+        "env_steps": row["env_steps"],
+        "step_metrics": {k: v for k, v in row.items() if "/seed_" not in k},
+    }
     if eval_metrics is not None:
         info["eval_metrics"] = {k: v for k, v in eval_metrics.items() if k != "returns"}
     return info
 
 
 # ---------------------------------------------------------------------- the result
-def summary(books: Books, seeds: list[int], episodes: np.ndarray, updates: np.ndarray, batch: int,
-            per_seed: list[str], stop_reason: str, final_eval: dict[str, Any], best: int) -> dict[str, Any]:
+def summary(
+    books: Books,
+    seeds: list[int],
+    episodes: np.ndarray,
+    updates: np.ndarray,
+    batch: int,
+    per_seed: list[str],
+    stop_reason: str,
+    final_eval: dict[str, Any],
+    best: int,
+) -> dict[str, Any]:
     """The result's bookkeeping fields (the trainer adds times, the checkpoint folder and the run id)."""
     best_avg = [b for b in books.best_avg if b is not None]
     return {

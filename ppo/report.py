@@ -25,15 +25,33 @@ def _plt():
 
 
 def _seed_columns(history: list[dict[str, Any]], prefix: str) -> dict[str, np.ndarray]:
-    keys = sorted({k for row in history for k in row if k.startswith(prefix + "/seed_")},
-                  key=lambda k: int(k.rsplit("_", 1)[1]))
-    return {k.rsplit("/", 1)[1]: np.array([np.nan if row.get(k) is None else row[k] for row in history], float)
-            for k in keys}
+    keys = sorted(
+        {k for row in history for k in row if k.startswith(prefix + "/seed_")},
+        key=lambda k: int(k.rsplit("_", 1)[1]),
+    )
+    return {
+        k.rsplit("/", 1)[1]: np.array([np.nan if row.get(k) is None else row[k] for row in history], float)
+        for k in keys
+    }
 
 
 # two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1); 1.96 beyond the table
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 
 def t975(df: int) -> float:
@@ -49,11 +67,17 @@ def learning_curve(history: list[dict[str, Any]], target: float | None, path: Pa
     if per_seed:
         data = np.vstack(list(per_seed.values()))
         for name, ys in per_seed.items():
-            ax.plot(steps, ys, lw=0.8, alpha=0.35, label=name.replace("_", " ") if len(per_seed) <= 4 else None)
+            ax.plot(
+                steps, ys, lw=0.8, alpha=0.35, label=name.replace("_", " ") if len(per_seed) <= 4 else None
+            )
         with np.errstate(all="ignore"):
             m = np.nanmean(data, axis=0)
             n = np.sum(~np.isnan(data), axis=0)
-            sem = np.nanstd(data, axis=0, ddof=1) / np.sqrt(np.maximum(n, 1)) if data.shape[0] > 1 else np.zeros_like(m)
+            sem = (
+                np.nanstd(data, axis=0, ddof=1) / np.sqrt(np.maximum(n, 1))
+                if data.shape[0] > 1
+                else np.zeros_like(m)
+            )
         ax.plot(steps, m, lw=2.2, color="C0", label=f"mean over {data.shape[0]} seed(s)")
         if data.shape[0] > 1:
             q = t975(data.shape[0] - 1)
@@ -77,8 +101,14 @@ def learning_curve(history: list[dict[str, Any]], target: float | None, path: Pa
 def losses_plot(history: list[dict[str, Any]], path: Path) -> Path:
     plt = _plt()
     steps = np.array([row["env_steps"] for row in history], float)
-    keys = [("loss/policy", "policy loss"), ("loss/value", "value loss"), ("loss/entropy", "entropy"),
-            ("loss/approx_kl", "approx. KL"), ("loss/clip_fraction", "clip fraction"), ("grad_norm", "grad norm")]
+    keys = [
+        ("loss/policy", "policy loss"),
+        ("loss/value", "value loss"),
+        ("loss/entropy", "entropy"),
+        ("loss/approx_kl", "approx. KL"),
+        ("loss/clip_fraction", "clip fraction"),
+        ("grad_norm", "grad norm"),
+    ]
     fig, axes = plt.subplots(2, 3, figsize=(11, 5.5), dpi=110)
     for ax, (key, label) in zip(axes.flat, keys, strict=True):
         ax.plot(steps, [row.get(key, np.nan) for row in history], color="C1")
@@ -94,8 +124,13 @@ def losses_plot(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def eval_returns_plot(candidate: np.ndarray, champion: np.ndarray | None, path: Path,
-                      min_return: float | None = None, labels: tuple[str, str] = ("candidate", "champion")) -> Path:
+def eval_returns_plot(
+    candidate: np.ndarray,
+    champion: np.ndarray | None,
+    path: Path,
+    min_return: float | None = None,
+    labels: tuple[str, str] = ("candidate", "champion"),
+) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     data = [np.asarray(candidate, float).ravel()]
@@ -121,7 +156,9 @@ def eval_returns_plot(candidate: np.ndarray, champion: np.ndarray | None, path: 
     return path
 
 
-def policy_gif(agent: Any, env_id: str, path: Path, seed: int = 0, max_frames: int = 250, every: int = 2) -> Path:
+def policy_gif(
+    agent: Any, env_id: str, path: Path, seed: int = 0, max_frames: int = 250, every: int = 2
+) -> Path:
     """Render the greedy policy in the real gymnasium env (``rgb_array``) into an animated GIF."""
     import os
 
@@ -155,48 +192,81 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_report(directory: Path, *, config: Any, result: dict[str, Any], gate: dict[str, Any] | None,
-                 candidate_returns: np.ndarray | None, champion_returns: np.ndarray | None,
-                 agent: Any | None, run_id: str | None = None, mlflow_url: str | None = None) -> dict[str, str]:
+def write_report(
+    directory: Path,
+    *,
+    config: Any,
+    result: dict[str, Any],
+    gate: dict[str, Any] | None,
+    candidate_returns: np.ndarray | None,
+    champion_returns: np.ndarray | None,
+    agent: Any | None,
+    run_id: str | None = None,
+    mlflow_url: str | None = None,
+) -> dict[str, str]:
     """Write all report files into ``directory``; return ``{name: path}``."""
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     history = result.get("history") or []
     if history:
-        files["learning_curve"] = learning_curve(history, config.train.target_reward,
-                                                 directory / "learning_curve.png", config.env.id)
+        files["learning_curve"] = learning_curve(
+            history, config.train.target_reward, directory / "learning_curve.png", config.env.id
+        )
         files["losses"] = losses_plot(history, directory / "losses.png")
     if candidate_returns is not None:
         min_return = gate["min_return"] if gate and "min_return" in gate else config.gate.min_return
-        files["eval_returns"] = eval_returns_plot(candidate_returns, champion_returns, directory / "eval_returns.png",
-                                                  min_return)
+        files["eval_returns"] = eval_returns_plot(
+            candidate_returns, champion_returns, directory / "eval_returns.png", min_return
+        )
     if agent is not None:
         files["policy"] = policy_gif(agent, config.env.id, directory / "policy.gif")
 
     fe = result.get("final_eval") or {}
-    summary = [("env", config.env.id), ("seeds", list(config.train.seeds)), ("config hash", config.config_hash()),
-               ("MLflow run", run_id or "-"), ("converged", result.get("converged")),
-               ("stop reason", result.get("stop_reason")), ("episodes", result.get("episodes")),
-               ("env steps / seed", result.get("env_steps")), ("best window avg", _fmt(result.get("best_avg_reward"))),
-               ("final eval avg", _fmt(fe.get("avg_reward"))), ("wall time s", _fmt(result.get("wall_time_s")))]
+    summary = [
+        ("env", config.env.id),
+        ("seeds", list(config.train.seeds)),
+        ("config hash", config.config_hash()),
+        ("MLflow run", run_id or "-"),
+        ("converged", result.get("converged")),
+        ("stop reason", result.get("stop_reason")),
+        ("episodes", result.get("episodes")),
+        ("env steps / seed", result.get("env_steps")),
+        ("best window avg", _fmt(result.get("best_avg_reward"))),
+        ("final eval avg", _fmt(fe.get("avg_reward"))),
+        ("wall time s", _fmt(result.get("wall_time_s"))),
+    ]
     gate_rows: list[tuple[str, Any]] = []
     if gate:
+
         def ci(low: str, high: str) -> str:
             return f"[{_fmt(gate.get(low))}, {_fmt(gate.get(high))}]" if gate.get(low) is not None else "-"
 
-        gate_rows = [("decision", "PASSED" if gate["passed"] else "FAILED"), ("outcome", gate.get("status")),
-                     ("reason", gate.get("reason")), ("mode", gate.get("mode")),
-                     ("deployed policy: IQM", _fmt(gate.get("iqm"))), ("IQM 95% CI", ci("ci_low", "ci_high")),
-                     ("deployed policy: mean", _fmt(gate.get("mean"))),
-                     ("mean 95% CI", ci("mean_ci_low", "mean_ci_high")), ("min_return", gate.get("min_return")),
-                     ("recipe: seeds reaching min_return",
-                      f"{gate.get('seeds_reaching', '-')} of {gate.get('seeds')} (needs {gate.get('min_seeds', '-')})"),
-                     ("champion version", gate.get("champion_version") or "none"),
-                     ("diff to champion (mean)", _fmt(gate.get("diff", "-"))),
-                     ("diff 95% CI", ci("diff_ci_low", "diff_ci_high")), ("margin", _fmt(gate.get("margin"))),
-                     ("episodes (fresh, per policy)", gate.get("episodes")),
-                     ("gymnasium seeds", f"{gate.get('eval_seed')} .. {gate.get('eval_seed', 0) + (gate.get('episodes') or 1) - 1}"
-                      if gate.get("eval_seed") is not None else "-")]
+        gate_rows = [
+            ("decision", "PASSED" if gate["passed"] else "FAILED"),
+            ("outcome", gate.get("status")),
+            ("reason", gate.get("reason")),
+            ("mode", gate.get("mode")),
+            ("deployed policy: IQM", _fmt(gate.get("iqm"))),
+            ("IQM 95% CI", ci("ci_low", "ci_high")),
+            ("deployed policy: mean", _fmt(gate.get("mean"))),
+            ("mean 95% CI", ci("mean_ci_low", "mean_ci_high")),
+            ("min_return", gate.get("min_return")),
+            (
+                "recipe: seeds reaching min_return",
+                f"{gate.get('seeds_reaching', '-')} of {gate.get('seeds')} (needs {gate.get('min_seeds', '-')})",
+            ),
+            ("champion version", gate.get("champion_version") or "none"),
+            ("diff to champion (mean)", _fmt(gate.get("diff", "-"))),
+            ("diff 95% CI", ci("diff_ci_low", "diff_ci_high")),
+            ("margin", _fmt(gate.get("margin"))),
+            ("episodes (fresh, per policy)", gate.get("episodes")),
+            (
+                "gymnasium seeds",
+                f"{gate.get('eval_seed')} .. {gate.get('eval_seed', 0) + (gate.get('episodes') or 1) - 1}"
+                if gate.get("eval_seed") is not None
+                else "-",
+            ),
+        ]
     import yaml
 
     cfg_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
@@ -208,7 +278,9 @@ def write_report(directory: Path, *, config: Any, result: dict[str, Any], gate: 
     (directory / "report.md").write_text("\n".join(md))
 
     def table_html(rows: list[tuple[str, Any]], table_id: str) -> str:
-        body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        body = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+        )
         return f'<table id="{table_id}">{body}</table>'
 
     def img(name: str, p: Path) -> str:
@@ -216,7 +288,11 @@ def write_report(directory: Path, *, config: Any, result: dict[str, Any], gate: 
         data = base64.b64encode(p.read_bytes()).decode()
         return f'<figure><img alt="{name}" src="data:{mime};base64,{data}"><figcaption>{name}</figcaption></figure>'
 
-    link = f'<p><a href="{html.escape(mlflow_url)}">MLflow run {html.escape(run_id or "")}</a></p>' if mlflow_url else ""
+    link = (
+        f'<p><a href="{html.escape(mlflow_url)}">MLflow run {html.escape(run_id or "")}</a></p>'
+        if mlflow_url
+        else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PPO report {html.escape(config.env.id)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
 th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f4f4f4}}img{{max-width:100%}}

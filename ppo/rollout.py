@@ -76,15 +76,25 @@ def make_rollout(network: Any, env: Any, env_params: Any, num_envs: int, num_ste
             actions = jax.random.categorical(k_action, logits)
             log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), actions[:, None], axis=-1)[:, 0]
             next_obs, env_state, rewards, terminated, truncated, info = step_envs(
-                jax.random.split(k_step, num_envs), env_state, actions, env_params)
+                jax.random.split(k_step, num_envs), env_state, actions, env_params
+            )
             dones = jnp.logical_or(terminated, truncated)
             stats = record_episodes(stats, rewards, dones)
-            transition = Transition(obs, actions, log_probs, values, rewards.astype(jnp.float32),
-                                    terminated, dones, info["final_observation"])
+            transition = Transition(
+                obs,
+                actions,
+                log_probs,
+                values,
+                rewards.astype(jnp.float32),
+                terminated,
+                dones,
+                info["final_observation"],
+            )
             return (env_state, next_obs, stats, key), transition
 
         (env_state, obs, stats, key), traj = jax.lax.scan(
-            one_step, (env_state, obs, stats, key), None, length=num_steps)
+            one_step, (env_state, obs, stats, key), None, length=num_steps
+        )
         return env_state, obs, stats, key, traj
 
     return rollout

@@ -109,8 +109,12 @@ class Runtime:
         fn, plan = self.program.run_chunk, self.plan
         if plan is not None:  # same program, laid out on the mesh; outputs stay where inputs are
             state_sh = plan.state(state, self.config.env.num_envs)
-            fn = jax.jit(fn.__wrapped__, static_argnums=2, in_shardings=(state_sh, plan.per_seed()),
-                         out_shardings=(state_sh, plan.per_seed()))
+            fn = jax.jit(
+                fn.__wrapped__,
+                static_argnums=2,
+                in_shardings=(state_sh, plan.per_seed()),
+                out_shardings=(state_sh, plan.per_seed()),
+            )
         compiled = fn.lower(state, active, num_updates).compile()
         self.timings["compile_s"] = self.timings.get("compile_s", 0.0) + time.perf_counter() - t
         return compiled

@@ -79,9 +79,13 @@ def plan_for(config: Config, devices: list[Any] | None = None) -> Plan | None:
         return None  # one seed: its envs stay on one CPU device (see the module docstring)
     if envs % n == 0:
         return Plan(Mesh(np.array(devices), ("env",)), "env")
-    warnings.warn(f"{n} devices but neither the {seeds} seeds nor the {envs} envs divide among them: "
-                  "training runs on one device (choose train.seeds or env.num_envs as a multiple of the "
-                  "device count)", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"{n} devices but neither the {seeds} seeds nor the {envs} envs divide among them: "
+        "training runs on one device (choose train.seeds or env.num_envs as a multiple of the "
+        "device count)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
     return None
 
 

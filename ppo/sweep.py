@@ -89,8 +89,10 @@ class SweepSpec(BaseModel):
         if self.method == "grid":
             ranges = [k for k, v in self.space.items() if isinstance(v, Range)]
             if ranges:
-                raise ValueError(f"grid search needs lists of values; {', '.join(ranges)} are ranges (use "
-                                 "method: random, or list the values)")
+                raise ValueError(
+                    f"grid search needs lists of values; {', '.join(ranges)} are ranges (use "
+                    "method: random, or list the values)"
+                )
         elif self.trials is None:
             raise ValueError("random search needs trials: N")
         for key, values in self.space.items():
@@ -118,7 +120,9 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     for _ in range(spec.trials or 0):
         point = {}
         for key, values in spec.space.items():
-            point[key] = values.draw(rng) if isinstance(values, Range) else values[int(rng.integers(len(values)))]
+            point[key] = (
+                values.draw(rng) if isinstance(values, Range) else values[int(rng.integers(len(values)))]
+            )
         trials.append(point)
     return trials
 
@@ -150,10 +154,12 @@ def eval_seeds(episodes: int) -> dict[str, tuple[int, int]]:
 def seeds_note(episodes: int) -> str:
     """One sentence saying which episodes each score column of the comparison table comes from."""
     seeds = eval_seeds(episodes)
-    return (f"score_selection: every trial, gymnasium seeds [{seeds['selection'][0]}, {seeds['selection'][1]}) "
-            f"per trained seed (stream sweep_select; chose the best trial); score_heldout: the chosen trial "
-            f"only, seeds [{seeds['heldout'][0]}, {seeds['heldout'][1]}) (stream sweep_heldout; the reported "
-            "score, on episodes that did not choose it)")
+    return (
+        f"score_selection: every trial, gymnasium seeds [{seeds['selection'][0]}, {seeds['selection'][1]}) "
+        f"per trained seed (stream sweep_select; chose the best trial); score_heldout: the chosen trial "
+        f"only, seeds [{seeds['heldout'][0]}, {seeds['heldout'][1]}) (stream sweep_heldout; the reported "
+        "score, on episodes that did not choose it)"
+    )
 
 
 def trial_score(evaluation: dict[str, Any]) -> tuple[float, float]:
@@ -171,28 +177,47 @@ def best_trial(results: list[dict[str, Any]]) -> dict[str, Any]:
     return max(_finished(results), key=lambda r: (r["score_selection"], -r["env_steps"]))
 
 
-def comparison_table(results: list[dict[str, Any]],
-                     heldout: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def comparison_table(
+    results: list[dict[str, Any]], heldout: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """One row per trial, best first, diverged trials last: swept values, scores, env steps, wall time.
 
     ``score_selection`` ranks the trials; ``score_heldout`` (from ``heldout``, the chosen trial's held-out
     evaluation) is filled for the chosen trial only: :func:`seeds_note` says which episodes each is on.
     """
+
     def held(r: dict[str, Any], key: str) -> float | None:
         return round(heldout[key], 2) if heldout and heldout["trial"] == r["trial"] else None
 
-    rows = [{"trial": r["trial"], **r["params"], "status": "diverged" if r.get("error") else "ok",
-             "score_selection": round(r["score_selection"], 2), "std_selection": round(r["std_selection"], 2),
-             "score_heldout": held(r, "score_heldout"), "std_heldout": held(r, "std_heldout"),
-             "env_steps": r["env_steps"], "converged": r["converged"], "wall_s": round(r["wall_s"], 1),
-             "mlflow_run": r.get("run_id")}
-            for r in results]
-    return sorted(rows, key=lambda row: (row["status"] != "ok", -row["score_selection"] if row["status"] == "ok"
-                                         else 0, row["env_steps"]))
+    rows = [
+        {
+            "trial": r["trial"],
+            **r["params"],
+            "status": "diverged" if r.get("error") else "ok",
+            "score_selection": round(r["score_selection"], 2),
+            "std_selection": round(r["std_selection"], 2),
+            "score_heldout": held(r, "score_heldout"),
+            "std_heldout": held(r, "std_heldout"),
+            "env_steps": r["env_steps"],
+            "converged": r["converged"],
+            "wall_s": round(r["wall_s"], 1),
+            "mlflow_run": r.get("run_id"),
+        }
+        for r in results
+    ]
+    return sorted(
+        rows,
+        key=lambda row: (
+            row["status"] != "ok",
+            -row["score_selection"] if row["status"] == "ok" else 0,
+            row["env_steps"],
+        ),
+    )
 
 
-def plot_sweep(results: list[dict[str, Any]], path: Path, title: str = "PPO sweep",
-               heldout: dict[str, Any] | None = None) -> Path:
+def plot_sweep(
+    results: list[dict[str, Any]], path: Path, title: str = "PPO sweep", heldout: dict[str, Any] | None = None
+) -> Path:
     """Selection score per trial (with the chosen trial's held-out score beside it), and selection score
     against each swept parameter (log x where the values span 10x+)."""
     import matplotlib
@@ -206,11 +231,24 @@ def plot_sweep(results: list[dict[str, Any]], path: Path, title: str = "PPO swee
     axes = axes[0]
     best = best_trial(results)["trial"]
     trials = [r["trial"] for r in results]
-    axes[0].bar(trials, [r["score_selection"] for r in results], yerr=[r["std_selection"] for r in results],
-                color=["tab:orange" if t == best else "tab:blue" for t in trials], capsize=3, label="selection")
+    axes[0].bar(
+        trials,
+        [r["score_selection"] for r in results],
+        yerr=[r["std_selection"] for r in results],
+        color=["tab:orange" if t == best else "tab:blue" for t in trials],
+        capsize=3,
+        label="selection",
+    )
     if heldout is not None:
-        axes[0].errorbar([heldout["trial"]], [heldout["score_heldout"]], yerr=[heldout["std_heldout"]], fmt="D",
-                         color="black", capsize=3, label="held-out (reported)")
+        axes[0].errorbar(
+            [heldout["trial"]],
+            [heldout["score_heldout"]],
+            yerr=[heldout["std_heldout"]],
+            fmt="D",
+            color="black",
+            capsize=3,
+            label="held-out (reported)",
+        )
         axes[0].legend(fontsize=8, loc="best")
     axes[0].set_xticks(trials)
     axes[0].set_xlabel("trial (error bar: std over episodes)")

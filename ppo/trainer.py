@@ -68,8 +68,15 @@ class PPOTrainer:
         **params: any config field by its reference name (``max_episodes=...``) or dotted name.
     """
 
-    def __init__(self, agent: Any = None, env: Any = None, config: Config | str | os.PathLike[str] | None = None,
-                 enable_mlflow: bool = False, logger: RunLogger | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        agent: Any = None,
+        env: Any = None,
+        config: Config | str | os.PathLike[str] | None = None,
+        enable_mlflow: bool = False,
+        logger: RunLogger | None = None,
+        **params: Any,
+    ) -> None:
         from ppo.sharding import configure_cpu_devices
 
         configure_cpu_devices()  # before anything starts JAX: one CPU device per core
@@ -87,9 +94,14 @@ class PPOTrainer:
         from ppo.envs import env_spec
 
         spec = env_spec(self.config.env.id)
-        if agent is not None and (agent.observation_dim, agent.action_dim) != (spec.observation_dim, spec.action_dim):
-            raise ValueError(f"agent dims ({agent.observation_dim}, {agent.action_dim}) do not match "
-                             f"{spec.env_id} ({spec.observation_dim}, {spec.action_dim})")
+        if agent is not None and (agent.observation_dim, agent.action_dim) != (
+            spec.observation_dim,
+            spec.action_dim,
+        ):
+            raise ValueError(
+                f"agent dims ({agent.observation_dim}, {agent.action_dim}) do not match "
+                f"{spec.env_id} ({spec.observation_dim}, {spec.action_dim})"
+            )
         self.env = env
         self.agent = agent
         self.enable_mlflow = enable_mlflow
@@ -99,11 +111,14 @@ class PPOTrainer:
         self.timings: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str] | None = None, enable_mlflow: bool | None = None,
-                    **overrides: Any) -> PPOTrainer:
+    def from_config(
+        cls, path: str | os.PathLike[str] | None = None, enable_mlflow: bool | None = None, **overrides: Any
+    ) -> PPOTrainer:
         """Build from a YAML file plus overrides (reference names or dotted names)."""
         config = load_config(path, flat_kwargs_to_overrides(overrides))
-        return cls(config=config, enable_mlflow=config.tracking.enabled if enable_mlflow is None else enable_mlflow)
+        return cls(
+            config=config, enable_mlflow=config.tracking.enabled if enable_mlflow is None else enable_mlflow
+        )
 
     # ------------------------------------------------------------------ paths and program
     @property
@@ -176,7 +191,9 @@ class PPOTrainer:
         except BaseException as e:
             if logger is not None:
                 try:
-                    logger.end(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=repr(e))
+                    logger.end(
+                        status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=repr(e)
+                    )
                 except Exception as end_error:  # the tracking server may be what failed: keep the first error
                     e.add_note(f"(the MLflow run could not be marked FAILED: {end_error})")
             raise
@@ -198,8 +215,15 @@ class PPOTrainer:
         self.logger.start(self.config, resumed=resumed, run_dir=self.checkpoint_dir)
         return self.logger
 
-    def _loop(self, runtime: Runtime, state: Any, books: Books, callback: Callback | None,
-              logger: RunLogger | None, started: float) -> dict[str, Any]:
+    def _loop(
+        self,
+        runtime: Runtime,
+        state: Any,
+        books: Books,
+        callback: Callback | None,
+        logger: RunLogger | None,
+        started: float,
+    ) -> dict[str, Any]:
         """Chunks until every seed is frozen (converged, or a budget spent) or the callback says stop."""
         import jax
 
@@ -235,16 +259,33 @@ class PPOTrainer:
                 raise NonFiniteLossError(
                     f"non-finite loss at update {int(updates[bad[0]]) + bad[1] + 1} (seed {seeds[bad[0]]}): "
                     f"policy={metrics.policy[bad]}, value={metrics.value[bad]}; "
-                    "training aborted, nothing will be registered")
+                    "training aborted, nothing will be registered"
+                )
 
             episodes = np.asarray(stats.episodes)
             trained = ran.any(axis=1)  # seeds that took at least one update in this chunk
             means = progress.window_means(stats.window, episodes, tr.convergence_window)
-            progress.update_convergence(books, means, episodes, trained, tr.convergence_window, tr.target_reward,
-                                        tr.early_stopping_patience)
+            progress.update_convergence(
+                books,
+                means,
+                episodes,
+                trained,
+                tr.convergence_window,
+                tr.target_reward,
+                tr.early_stopping_patience,
+            )
             env_steps = int(np.asarray(jax.device_get(state.update)).max()) * batch
-            row = progress.build_row(books, metrics, episodes, means, seeds, env_steps, batch, dt,
-                                     wall_s=time.perf_counter() - started)
+            row = progress.build_row(
+                books,
+                metrics,
+                episodes,
+                means,
+                seeds,
+                env_steps,
+                batch,
+                dt,
+                wall_s=time.perf_counter() - started,
+            )
 
             # periodic evaluation, per seed: each seed that trained in this chunk and passed its next
             # evaluation point is evaluated on a fresh block of the periodic stream
@@ -253,7 +294,9 @@ class PPOTrainer:
             if due:
                 k, n = len(books.evals), tr.eval_episodes
                 eval_metrics = self._evaluate_seeds(state, n, stream_seed("periodic", k * n, n), only=due)
-                eval_metrics.update(episode=row["episodes"], env_steps=env_steps, seeds=[seeds[i] for i in due])
+                eval_metrics.update(
+                    episode=row["episodes"], env_steps=env_steps, seeds=[seeds[i] for i in due]
+                )
                 progress.record_eval(books, row, eval_metrics, due, episodes, tr.eval_frequency, seeds)
             books.history.append(row)
 
@@ -267,17 +310,26 @@ class PPOTrainer:
 
         episodes = np.asarray(jax.device_get(state.stats.episodes))
         updates = np.asarray(jax.device_get(state.update))
-        stop_reason, per_seed = progress.stop_reasons(books, episodes, updates, tr.max_episodes, total_updates)
+        stop_reason, per_seed = progress.stop_reasons(
+            books, episodes, updates, tr.max_episodes, total_updates
+        )
         self.state = state
         n = tr.eval_episodes
         final_eval = self._evaluate_seeds(state, n, stream_seed("final", 0, n))
         best = int(np.argmax(final_eval["per_seed_avg"]))
-        books.best_seed_index, books.final_eval, books.finished, books.stop_reason = best, final_eval, True, stop_reason
+        books.best_seed_index, books.final_eval, books.finished, books.stop_reason = (
+            best,
+            final_eval,
+            True,
+            stop_reason,
+        )
         save_checkpoint(self.checkpoint_dir, state, books.to_dict())
         self._set_agent(best)
         wall = time.perf_counter() - started
         return {
-            **progress.summary(books, seeds, episodes, updates, batch, per_seed, stop_reason, final_eval, best),
+            **progress.summary(
+                books, seeds, episodes, updates, batch, per_seed, stop_reason, final_eval, best
+            ),
             "wall_time_s": wall,
             "train_time_s": train_time,
             "env_steps_per_s": train_steps / train_time if train_time > 0 else None,
@@ -293,8 +345,12 @@ class PPOTrainer:
             from ppo.envs import env_spec
 
             spec = env_spec(self.config.env.id)
-            self.agent = PPOAgent(spec.observation_dim, spec.action_dim, self.config.ppo.hidden_sizes,
-                                  params=self.seed_params[best])
+            self.agent = PPOAgent(
+                spec.observation_dim,
+                spec.action_dim,
+                self.config.ppo.hidden_sizes,
+                params=self.seed_params[best],
+            )
         else:
             self.agent.params = self.seed_params[best]
 
@@ -323,24 +379,30 @@ class PPOTrainer:
         import jax
 
         params = jax.device_get(state.params)
-        self.seed_params = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), params)
-                            for i in range(len(self.config.train.seeds))]
+        self.seed_params = [
+            jax.tree.map(lambda x, i=i: np.asarray(x[i]), params) for i in range(len(self.config.train.seeds))
+        ]
         return self.seed_params
 
-    def _evaluate_seeds(self, state: Any, num_episodes: int, seed: int, only: list[int] | None = None
-                        ) -> dict[str, Any]:
+    def _evaluate_seeds(
+        self, state: Any, num_episodes: int, seed: int, only: list[int] | None = None
+    ) -> dict[str, Any]:
         """Greedy gymnasium returns of every trained seed (or the seed indices in ``only``)."""
         from ppo.evaluate import evaluate_params_list, summarize_seeds
 
         params = self._split_seeds(state)
         if only is not None:
             params = [params[i] for i in only]
-        out = summarize_seeds(evaluate_params_list(params, self.config.env.id, num_episodes, seed,
-                                                   self.config.env.max_steps_per_episode))
+        out = summarize_seeds(
+            evaluate_params_list(
+                params, self.config.env.id, num_episodes, seed, self.config.env.max_steps_per_episode
+            )
+        )
         return {**out, "gym_seeds": [seed, seed + num_episodes]}  # the [start, stop) of the episodes played
 
-    def evaluate(self, num_episodes: int = 10, backend: str = "gymnasium", seed: int = 0,
-                 all_seeds: bool = False) -> dict[str, Any]:
+    def evaluate(
+        self, num_episodes: int = 10, backend: str = "gymnasium", seed: int = 0, all_seeds: bool = False
+    ) -> dict[str, Any]:
         """Greedy evaluation of the trained agent (or, with ``all_seeds``, of every trained seed).
 
         ``backend="gymnasium"`` runs the real env; ``"jax"`` runs the gymnax twin, jitted.
@@ -355,8 +417,9 @@ class PPOTrainer:
             raise RuntimeError("no trained agent: call train() first or pass agent=")
         params_list = self.seed_params if all_seeds and self.seed_params else [self.agent.params]
         if backend == "gymnasium":
-            returns = evaluate_params_list(params_list, self.config.env.id, num_episodes, seed,
-                                           self.config.env.max_steps_per_episode)
+            returns = evaluate_params_list(
+                params_list, self.config.env.id, num_episodes, seed, self.config.env.max_steps_per_episode
+            )
         else:
             import jax
 

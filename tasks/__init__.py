@@ -11,8 +11,20 @@ from tasks._cache import code_version
 from tasks.promotion import fetch_version, gate, outcome, promote, register
 from tasks.train import challenger, evaluate_candidate, report, train, validate_config
 
-__all__ = ["CODE_VERSION", "code_version", "validate_config", "challenger", "train", "evaluate_candidate",
-           "fetch_version", "gate", "report", "register", "promote", "outcome"]
+__all__ = [
+    "CODE_VERSION",
+    "code_version",
+    "validate_config",
+    "challenger",
+    "train",
+    "evaluate_candidate",
+    "fetch_version",
+    "gate",
+    "report",
+    "register",
+    "promote",
+    "outcome",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -34,10 +34,17 @@ def fetch_version(model_name: str, version: str, env_id: str) -> dict[str, Any]:
 
     fetched = tracking.fetch_version_run(model_name, version)
     if fetched["config"]["env"]["id"] != env_id:  # the gate's thresholds are the given config's env's
-        raise ConfigError(f"{model_name} version {version} was trained on {fetched['config']['env']['id']}, but "
-                          f"the gate config is for {env_id}: pass the config of the version's env (-c)")
-    get_run_logger().info("%s version %s: run %s, checkpoint in %s", model_name, version, fetched["run_id"],
-                          fetched["checkpoint_dir"])
+        raise ConfigError(
+            f"{model_name} version {version} was trained on {fetched['config']['env']['id']}, but "
+            f"the gate config is for {env_id}: pass the config of the version's env (-c)"
+        )
+    get_run_logger().info(
+        "%s version %s: run %s, checkpoint in %s",
+        model_name,
+        version,
+        fetched["run_id"],
+        fetched["checkpoint_dir"],
+    )
     return fetched
 
 
@@ -63,32 +70,72 @@ def gate(config: dict[str, Any], evaluation: dict[str, Any], run_id: str) -> dic
     margin = g.margin * env_spec(cfg.env.id).return_range(cfg.env.max_steps_per_episode)
     champion = tracking.champion_info(cfg.model_name)
     seed, returns = evaluation["eval_seed"], np.asarray(evaluation["returns"])
-    base = {"mode": g.mode, "min_return": g.min_return, "margin": margin, "eval_seed": seed,
-            "champion_version": champion["version"] if champion else None}
+    base = {
+        "mode": g.mode,
+        "min_return": g.min_return,
+        "margin": margin,
+        "eval_seed": seed,
+        "champion_version": champion["version"] if champion else None,
+    }
     if champion is not None and champion["run_id"] == run_id:
         log.info("the candidate is the champion's own run (version %s): nothing to gate", champion["version"])
-        return {**base, **_figures(returns, evaluation["candidate_index"]), "passed": False, "status": "is_champion",
-                "reason": f"the candidate is already the champion (version {champion['version']})"}
+        return {
+            **base,
+            **_figures(returns, evaluation["candidate_index"]),
+            "passed": False,
+            "status": "is_champion",
+            "reason": f"the candidate is already the champion (version {champion['version']})",
+        }
     if champion is not None and tracking.run_start_ms(run_id) < tracking.run_start_ms(champion["run_id"]):
-        reason = (f"the candidate's run {run_id} is older than the champion's (version {champion['version']}, run "
-                  f"{champion['run_id']}): the champion never moves to an older run")
+        reason = (
+            f"the candidate's run {run_id} is older than the champion's (version {champion['version']}, run "
+            f"{champion['run_id']}): the champion never moves to an older run"
+        )
         log.warning("not gated: %s", reason)
-        return {**base, **_figures(returns, evaluation["candidate_index"]), "passed": False,
-                "status": "older_than_champion", "reason": reason}
+        return {
+            **base,
+            **_figures(returns, evaluation["candidate_index"]),
+            "passed": False,
+            "status": "older_than_champion",
+            "reason": reason,
+        }
     champion_returns = None
     if champion is not None:
         params, _ = tracking.version_params(cfg.model_name, champion["version"])
-        champion_returns = evaluate_params_list([params], cfg.env.id, g.episodes, seed,
-                                                cfg.env.max_steps_per_episode)[0]
-    decision = gate_decision(returns, evaluation["candidate_index"], champion_returns, min_return=g.min_return,
-                             margin=margin, mode=g.mode, min_seeds=g.min_seeds, confidence=g.confidence,
-                             n_boot=g.bootstrap_samples, seed=seed)
-    decision.update({**base, "status": "passed" if decision["passed"] else "failed",
-                     "champion_returns": None if champion_returns is None else champion_returns.tolist()})
-    log.info("gate %s: deployed IQM %.1f CI [%.1f, %.1f], mean CI low %.1f, %d/%d seeds reach %g%s",
-             "passed" if decision["passed"] else "FAILED", decision["iqm"], decision["ci_low"], decision["ci_high"],
-             decision["mean_ci_low"], decision["seeds_reaching"], decision["seeds"], g.min_return,
-             "" if decision["passed"] else f" ({decision['reason']})")
+        champion_returns = evaluate_params_list(
+            [params], cfg.env.id, g.episodes, seed, cfg.env.max_steps_per_episode
+        )[0]
+    decision = gate_decision(
+        returns,
+        evaluation["candidate_index"],
+        champion_returns,
+        min_return=g.min_return,
+        margin=margin,
+        mode=g.mode,
+        min_seeds=g.min_seeds,
+        confidence=g.confidence,
+        n_boot=g.bootstrap_samples,
+        seed=seed,
+    )
+    decision.update(
+        {
+            **base,
+            "status": "passed" if decision["passed"] else "failed",
+            "champion_returns": None if champion_returns is None else champion_returns.tolist(),
+        }
+    )
+    log.info(
+        "gate %s: deployed IQM %.1f CI [%.1f, %.1f], mean CI low %.1f, %d/%d seeds reach %g%s",
+        "passed" if decision["passed"] else "FAILED",
+        decision["iqm"],
+        decision["ci_low"],
+        decision["ci_high"],
+        decision["mean_ci_low"],
+        decision["seeds_reaching"],
+        decision["seeds"],
+        g.min_return,
+        "" if decision["passed"] else f" ({decision['reason']})",
+    )
     return decision
 
 
@@ -99,17 +146,27 @@ def _figures(returns: Any, candidate_index: int) -> dict[str, Any]:
     from ppo.stats import iqm
 
     deployed = np.asarray(returns)[candidate_index]
-    return {"iqm": float(iqm(deployed)), "mean": float(deployed.mean()), "ci_low": None, "ci_high": None,
-            "episodes": int(deployed.size), "seeds": int(np.asarray(returns).shape[0]),
-            "candidate_index": int(candidate_index)}
+    return {
+        "iqm": float(iqm(deployed)),
+        "mean": float(deployed.mean()),
+        "ci_low": None,
+        "ci_high": None,
+        "episodes": int(deployed.size),
+        "seeds": int(np.asarray(returns).shape[0]),
+        "candidate_index": int(candidate_index),
+    }
 
 
 def _round(value: Any) -> Any:
     return round(value, 3) if isinstance(value, float) else ("none" if value is None else value)
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
-def register(model_name: str, run_id: str, decision: dict[str, Any], version: str | None = None) -> str | None:
+@task(
+    name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS
+)
+def register(
+    model_name: str, run_id: str, decision: dict[str, Any], version: str | None = None
+) -> str | None:
     """Register the run's model (idempotent per run id) with the gate's figures as version tags.
 
     The only place that writes model versions. ``version``: the existing version that was re-gated
@@ -125,9 +182,28 @@ def register(model_name: str, run_id: str, decision: dict[str, Any], version: st
         log.info("not registered again (%s); its version: %s", decision["reason"], version or "none")
         return version
     version = version or tracking.register_model(run_id, model_name)
-    keys = ("passed", "status", "reason", "mode", "iqm", "ci_low", "ci_high", "mean", "mean_ci_low", "min_return",
-            "margin", "seeds", "seeds_reaching", "min_seeds", "episodes", "eval_seed", "champion_version", "diff",
-            "diff_ci_low", "diff_ci_high")
+    keys = (
+        "passed",
+        "status",
+        "reason",
+        "mode",
+        "iqm",
+        "ci_low",
+        "ci_high",
+        "mean",
+        "mean_ci_low",
+        "min_return",
+        "margin",
+        "seeds",
+        "seeds_reaching",
+        "min_seeds",
+        "episodes",
+        "eval_seed",
+        "champion_version",
+        "diff",
+        "diff_ci_low",
+        "diff_ci_high",
+    )
     tracking.tag_version(model_name, version, {f"gate.{k}": _round(decision.get(k)) for k in keys})
     log.info("registered %s version %s (gate %s)", model_name, version, decision["status"])
     return version
@@ -171,8 +247,12 @@ def promote(model_name: str, version: str | None, decision: dict[str, Any]) -> d
         if decision.get("status") == "is_champion":
             log.info("%s@champion stays at version %s (this run)", model_name, before)
         else:
-            log.warning("not promoted (%s): %s@champion stays at %s", decision["reason"], model_name,
-                        before or "none (no champion yet)")
+            log.warning(
+                "not promoted (%s): %s@champion stays at %s",
+                decision["reason"],
+                model_name,
+                before or "none (no champion yet)",
+            )
         return {"promoted": False, "champion": before, "lost_race": False}
     # the champion the gate compared against; None: there was none
     expected = decision.get("champion_version")
@@ -182,9 +262,14 @@ def promote(model_name: str, version: str | None, decision: dict[str, Any]) -> d
         if before == str(version):  # a concurrent run of the same promotion, or a retry after it succeeded
             return {"promoted": False, "champion": before, "lost_race": False, "already": True}
         if before != expected:
-            log.warning("lost the race: %s@champion moved from %s to %s while version %s was gated; "
-                        "run promote-model again to gate it against the new champion",
-                        model_name, expected, before, version)
+            log.warning(
+                "lost the race: %s@champion moved from %s to %s while version %s was gated; "
+                "run promote-model again to gate it against the new champion",
+                model_name,
+                expected,
+                before,
+                version,
+            )
             tracking.tag_version(model_name, version, {"promote.lost_race_to": before})
             return {"promoted": False, "champion": before, "lost_race": True}
         tracking.set_champion(model_name, version)

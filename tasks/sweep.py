@@ -31,18 +31,26 @@ def plan_sweep(sweep_path: str) -> dict[str, Any]:
     first = trials[0][1]
     client = tracking.client()
     experiment_id = tracking.get_or_create_experiment(client, first.experiment_name)
-    parent = client.create_run(experiment_id, run_name=f"sweep-{Path(sweep_path).stem}",
-                               tags={"sweep": "true", "sweep.method": spec.method})
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"sweep-{Path(sweep_path).stem}",
+        tags={"sweep": "true", "sweep.method": spec.method},
+    )
     run_id = parent.info.run_id
     client.log_param(run_id, "sweep.trials", len(trials))
     client.log_param(run_id, "sweep.space", json.dumps(spec.model_dump(mode="json")["space"])[:6000])
     client.log_artifact(run_id, sweep_path)
     client.log_param(run_id, "sweep.eval_seeds", json.dumps(eval_seeds(spec.eval_episodes)))
-    get_run_logger().info("sweep %s: %d trials (%s), MLflow parent run %s", sweep_path, len(trials), spec.method,
-                          run_id)
-    return {"parent_run_id": run_id, "eval_episodes": spec.eval_episodes,
-            "trials": [{"trial": i, "params": point, "config": cfg.to_dict()}
-                       for i, (point, cfg) in enumerate(trials)]}
+    get_run_logger().info(
+        "sweep %s: %d trials (%s), MLflow parent run %s", sweep_path, len(trials), spec.method, run_id
+    )
+    return {
+        "parent_run_id": run_id,
+        "eval_episodes": spec.eval_episodes,
+        "trials": [
+            {"trial": i, "params": point, "config": cfg.to_dict()} for i, (point, cfg) in enumerate(trials)
+        ],
+    }
 
 
 def _trial_config(trial: dict[str, Any], parent_run_id: str) -> Config:
@@ -76,22 +84,55 @@ def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> 
         result = trainer.train()
     except NonFiniteLossError as e:  # the run is already marked FAILED in MLflow
         get_run_logger().warning("trial %d %s diverged: %s", trial["trial"], trial["params"], e)
-        return {"trial": trial["trial"], "params": trial["params"], "score_selection": float("nan"),
-                "std_selection": float("nan"), "env_steps": 0, "converged": False, "wall_s": 0.0,
-                "run_id": logger.run_id, "pid": os.getpid(), "error": str(e)}
-    ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True,
-                          seed=eval_seeds(eval_episodes)["selection"][0])
+        return {
+            "trial": trial["trial"],
+            "params": trial["params"],
+            "score_selection": float("nan"),
+            "std_selection": float("nan"),
+            "env_steps": 0,
+            "converged": False,
+            "wall_s": 0.0,
+            "run_id": logger.run_id,
+            "pid": os.getpid(),
+            "error": str(e),
+        }
+    ev = trainer.evaluate(
+        num_episodes=eval_episodes,
+        backend="gymnasium",
+        all_seeds=True,
+        seed=eval_seeds(eval_episodes)["selection"][0],
+    )
     score, std = trial_score(ev)
-    held = trial_score(trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True,
-                                        seed=eval_seeds(eval_episodes)["heldout"][0]))
+    held = trial_score(
+        trainer.evaluate(
+            num_episodes=eval_episodes,
+            backend="gymnasium",
+            all_seeds=True,
+            seed=eval_seeds(eval_episodes)["heldout"][0],
+        )
+    )
     logger.client.log_metric(logger.run_id, "sweep/score_selection", score)
     for key, value in trial["params"].items():
         logger.client.set_tag(logger.run_id, f"sweep.{key}", value)
-    get_run_logger().info("trial %d %s: selection score %.1f after %d env steps", trial["trial"],
-                          trial["params"], score, result["env_steps"])
-    return {"trial": trial["trial"], "params": trial["params"], "score_selection": score, "std_selection": std,
-            "env_steps": result["env_steps"], "converged": result["converged"], "wall_s": result["wall_time_s"],
-            "run_id": logger.run_id, "pid": os.getpid(), "heldout": {"score": held[0], "std": held[1]}}
+    get_run_logger().info(
+        "trial %d %s: selection score %.1f after %d env steps",
+        trial["trial"],
+        trial["params"],
+        score,
+        result["env_steps"],
+    )
+    return {
+        "trial": trial["trial"],
+        "params": trial["params"],
+        "score_selection": score,
+        "std_selection": std,
+        "env_steps": result["env_steps"],
+        "converged": result["converged"],
+        "wall_s": result["wall_time_s"],
+        "run_id": logger.run_id,
+        "pid": os.getpid(),
+        "heldout": {"score": held[0], "std": held[1]},
+    }
 
 
 @task(name="heldout-score", retries=1, **RESULTS)
@@ -108,14 +149,24 @@ def score_heldout(parent_run_id: str, results: list[dict[str, Any]]) -> dict[str
     best = best_trial(results)
     score, std = best["heldout"]["score"], best["heldout"]["std"]
     tracking.client().log_metric(best["run_id"], "sweep/score_heldout", score)
-    get_run_logger().info("best trial %d %s: held-out score %.1f (selection score %.1f)", best["trial"],
-                          best["params"], score, best["score_selection"])
+    get_run_logger().info(
+        "best trial %d %s: held-out score %.1f (selection score %.1f)",
+        best["trial"],
+        best["params"],
+        score,
+        best["score_selection"],
+    )
     return {"trial": best["trial"], "score_heldout": score, "std_heldout": std}
 
 
 @task(name="sweep-report", retries=1, **RESULTS)
-def sweep_report(parent_run_id: str, results: list[dict[str, Any]], trials: list[dict[str, Any]],
-                 heldout: dict[str, Any], eval_episodes: int) -> dict[str, Any]:
+def sweep_report(
+    parent_run_id: str,
+    results: list[dict[str, Any]],
+    trials: list[dict[str, Any]],
+    heldout: dict[str, Any],
+    eval_episodes: int,
+) -> dict[str, Any]:
     """Comparison table (CSV + Prefect table), plot, and the best trial's full config, on the parent run.
 
     The best trial's reported score is its held-out one; its selection score is logged beside it, labelled.
@@ -144,12 +195,22 @@ def sweep_report(parent_run_id: str, results: list[dict[str, Any]], trials: list
     client.set_terminated(parent_run_id, "FINISHED")
     note = seeds_note(eval_episodes)
     create_table_artifact(rows, key="ppo-sweep", description=f"sweep trials, best first. {note}")
-    create_markdown_artifact(f"# PPO sweep\n\nBest trial {best['trial']} {best['params']}: held-out score "
-                             f"{heldout['score_heldout']:.1f} (selection score {best['score_selection']:.1f}, "
-                             f"which chose it).\n\n{note}.\n\nBest config: `{directory / 'best_config.yaml'}`"
-                             f"\n\nPlot: `{directory / 'sweep.png'}`\n", key="ppo-sweep-summary")
-    return {"parent_run_id": parent_run_id, "best_trial": best["trial"], "best_params": best["params"],
-            "best_score_heldout": heldout["score_heldout"], "best_score_selection": best["score_selection"],
-            "eval_seeds": {k: list(v) for k, v in eval_seeds(eval_episodes).items()},
-            "best_config": str(directory / "best_config.yaml"), "plot": str(directory / "sweep.png"),
-            "table": str(directory / "sweep.csv"), "trial_pids": sorted({r["pid"] for r in results})}
+    create_markdown_artifact(
+        f"# PPO sweep\n\nBest trial {best['trial']} {best['params']}: held-out score "
+        f"{heldout['score_heldout']:.1f} (selection score {best['score_selection']:.1f}, "
+        f"which chose it).\n\n{note}.\n\nBest config: `{directory / 'best_config.yaml'}`"
+        f"\n\nPlot: `{directory / 'sweep.png'}`\n",
+        key="ppo-sweep-summary",
+    )
+    return {
+        "parent_run_id": parent_run_id,
+        "best_trial": best["trial"],
+        "best_params": best["params"],
+        "best_score_heldout": heldout["score_heldout"],
+        "best_score_selection": best["score_selection"],
+        "eval_seeds": {k: list(v) for k, v in eval_seeds(eval_episodes).items()},
+        "best_config": str(directory / "best_config.yaml"),
+        "plot": str(directory / "sweep.png"),
+        "table": str(directory / "sweep.csv"),
+        "trial_pids": sorted({r["pid"] for r in results}),
+    }

@@ -29,7 +29,9 @@ def validate_config(config_path: str | None, overrides: dict[str, Any] | None = 
     from ppo.config import load_config
 
     cfg = load_config(config_path, overrides or {})
-    get_run_logger().info("config %s valid: %s, seeds %s", cfg.config_hash(), cfg.env.id, list(cfg.train.seeds))
+    get_run_logger().info(
+        "config %s valid: %s, seeds %s", cfg.config_hash(), cfg.env.id, list(cfg.train.seeds)
+    )
     return {"config": cfg.to_dict(), "config_hash": cfg.config_hash(), "model_name": cfg.model_name}
 
 
@@ -67,10 +69,18 @@ def challenger(config: dict[str, Any], flow_run_id: str) -> dict[str, Any]:
     data = cfg.to_dict()
     data["train"]["seeds"] = list(range(first, first + n))
     new = build_config(data)
-    get_run_logger().info("retraining: challenger seeds %s (from flow run %s)", list(new.train.seeds), flow_run_id)
-    return {"config": new.to_dict(), "config_hash": new.config_hash(),
-            "run_tags": {"challenger": "true", "challenger.flow_run_id": flow_run_id,
-                         "challenger.seeds": json.dumps(list(new.train.seeds))}}
+    get_run_logger().info(
+        "retraining: challenger seeds %s (from flow run %s)", list(new.train.seeds), flow_run_id
+    )
+    return {
+        "config": new.to_dict(),
+        "config_hash": new.config_hash(),
+        "run_tags": {
+            "challenger": "true",
+            "challenger.flow_run_id": flow_run_id,
+            "challenger.seeds": json.dumps(list(new.train.seeds)),
+        },
+    }
 
 
 @task(name="train", cache_policy=CACHED, retries=2, retry_delay_seconds=exponential_backoff(2), **RESULTS)
@@ -94,23 +104,48 @@ def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | N
     def progress(info: dict[str, Any]) -> None:
         m = info["step_metrics"]
         if m["chunk"] % every == 0 or "eval_metrics" in info:
-            log.info("episodes %d  env steps %d  avg reward %s  %s steps/s", info["episode"], info["env_steps"],
-                     None if m["avg_reward"] is None else round(m["avg_reward"], 1),
-                     None if m["env_steps_per_s"] is None else round(m["env_steps_per_s"]))
+            log.info(
+                "episodes %d  env steps %d  avg reward %s  %s steps/s",
+                info["episode"],
+                info["env_steps"],
+                None if m["avg_reward"] is None else round(m["avg_reward"], 1),
+                None if m["env_steps_per_s"] is None else round(m["env_steps_per_s"]),
+            )
 
     result = trainer.train(callback=progress, resume=True)
     if run_tags:
         tracking.set_run_tags(result["run_id"], run_tags)
-    log.info("trained: converged=%s episodes=%d env_steps=%d wall %.1f s (resumed from chunk %s)",
-             result["converged"], result["episodes"], result["env_steps"], result["wall_time_s"],
-             result.get("resumed_from_chunk"))
-    return {k: result.get(k) for k in ("run_id", "checkpoint_dir", "config_hash", "converged", "stop_reason",
-                                       "episodes", "env_steps", "best_avg_reward", "wall_time_s", "best_seed")} | {
-        "final_eval": {k: v for k, v in result["final_eval"].items() if k != "returns"}}
+    log.info(
+        "trained: converged=%s episodes=%d env_steps=%d wall %.1f s (resumed from chunk %s)",
+        result["converged"],
+        result["episodes"],
+        result["env_steps"],
+        result["wall_time_s"],
+        result.get("resumed_from_chunk"),
+    )
+    return {
+        k: result.get(k)
+        for k in (
+            "run_id",
+            "checkpoint_dir",
+            "config_hash",
+            "converged",
+            "stop_reason",
+            "episodes",
+            "env_steps",
+            "best_avg_reward",
+            "wall_time_s",
+            "best_seed",
+        )
+    } | {"final_eval": {k: v for k, v in result["final_eval"].items() if k != "returns"}}
 
 
-@task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=checkpoint_key) + TASK_SOURCE, retries=1,
-      **RESULTS)
+@task(
+    name="evaluate",
+    cache_policy=CacheKeyFnPolicy(cache_key_fn=checkpoint_key) + TASK_SOURCE,
+    retries=1,
+    **RESULTS,
+)
 def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str, run_id: str) -> dict[str, Any]:
     """Every trained seed on the gate's fresh held-out start states (drawn from the candidate's run id).
 
@@ -121,18 +156,30 @@ def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str, run_id: str)
 
     cfg, trainer, meta = _restored(config, checkpoint_dir)
     seed = gate_seed(run_id, cfg.gate.episodes)
-    returns = evaluate_params_list(trainer.seed_params, cfg.env.id, cfg.gate.episodes, seed,
-                                   cfg.env.max_steps_per_episode)
+    returns = evaluate_params_list(
+        trainer.seed_params, cfg.env.id, cfg.gate.episodes, seed, cfg.env.max_steps_per_episode
+    )
     best = int(meta.get("best_seed_index", 0))
-    get_run_logger().info("evaluated %d seeds x %d fresh episodes (gymnasium seeds from %d): deployed seed %s, "
-                          "mean %.1f", *returns.shape, seed, cfg.train.seeds[best], returns[best].mean())
-    return {"returns": returns.tolist(), "seeds": list(cfg.train.seeds), "candidate_index": best,
-            "eval_seed": seed, "run_id": run_id}
+    get_run_logger().info(
+        "evaluated %d seeds x %d fresh episodes (gymnasium seeds from %d): deployed seed %s, mean %.1f",
+        *returns.shape,
+        seed,
+        cfg.train.seeds[best],
+        returns[best].mean(),
+    )
+    return {
+        "returns": returns.tolist(),
+        "seeds": list(cfg.train.seeds),
+        "candidate_index": best,
+        "eval_seed": seed,
+        "run_id": run_id,
+    }
 
 
 @task(name="report", cache_policy=CACHED, retries=1, **RESULTS)
-def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any],
-           decision: dict[str, Any]) -> dict[str, str]:
+def report(
+    config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any], decision: dict[str, Any]
+) -> dict[str, str]:
     """Plots, GIF, report.md/.html → $PPO_HOME/reports/<run id>/, the MLflow run, and Prefect artifacts."""
     import numpy as np
 
@@ -145,23 +192,47 @@ def report(config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str
     if decision.get("status") in NO_OP:
         # not a gate (the run is the champion, or older): its report stays the one written at its own gate
         # (here, or in the MLflow run's report/ folder when this $PPO_HOME never had it)
-        get_run_logger().info("report of run %s kept as written at its gate: %s", run_id, directory / "report.html")
+        get_run_logger().info(
+            "report of run %s kept as written at its gate: %s", run_id, directory / "report.html"
+        )
         return {"report_md": str(directory / "report.md"), "report_html": str(directory / "report.html")}
     cfg, trainer, full = _restored(config, trained["checkpoint_dir"])
     result = {**trained, "history": full.get("history", [])}
     champion = decision.get("champion_returns")
     url = tracking.run_url(run_id)
-    files = write_report(directory, config=cfg, result=result, gate=decision,
-                         candidate_returns=np.asarray(evaluation["returns"]),
-                         champion_returns=None if champion is None else np.asarray(champion),
-                         agent=trainer.agent, run_id=run_id, mlflow_url=url)
+    files = write_report(
+        directory,
+        config=cfg,
+        result=result,
+        gate=decision,
+        candidate_returns=np.asarray(evaluation["returns"]),
+        champion_returns=None if champion is None else np.asarray(champion),
+        agent=trainer.agent,
+        run_id=run_id,
+        mlflow_url=url,
+    )
     tracking.log_report(run_id, directory)
     md = Path(files["report_md"]).read_text().split("## Config")[0]
-    create_markdown_artifact(md + f"\n\nFull report: `{files['report_html']}`", key="ppo-report",
-                             description=f"PPO report for run {run_id}")
-    rows = [{"seed": s, "mean": round(float(np.mean(r)), 2), "min": float(np.min(r)), "max": float(np.max(r)),
-             "episodes": len(r)} for s, r in zip(evaluation["seeds"], evaluation["returns"], strict=True)]
+    create_markdown_artifact(
+        md + f"\n\nFull report: `{files['report_html']}`",
+        key="ppo-report",
+        description=f"PPO report for run {run_id}",
+    )
+    rows = [
+        {
+            "seed": s,
+            "mean": round(float(np.mean(r)), 2),
+            "min": float(np.min(r)),
+            "max": float(np.max(r)),
+            "episodes": len(r),
+        }
+        for s, r in zip(evaluation["seeds"], evaluation["returns"], strict=True)
+    ]
     create_table_artifact(rows, key="ppo-eval-per-seed", description="greedy evaluation per trained seed")
-    create_link_artifact(url, link_text=f"MLflow run {run_id}", key="ppo-mlflow-run",
-                         description=f"MLflow store: {tracking.default_tracking_uri()}")
+    create_link_artifact(
+        url,
+        link_text=f"MLflow run {run_id}",
+        key="ppo-mlflow-run",
+        description=f"MLflow store: {tracking.default_tracking_uri()}",
+    )
     return files

@@ -36,9 +36,17 @@ def small_config(**overrides):
     base = {
         "env": {"id": "CartPole-v1", "num_envs": 8},
         "ppo": {"batch_size": 128, "minibatch_size": 64, "epochs_per_update": 2, "learning_rate": 1e-3},
-        "train": {"max_episodes": 10**6, "max_env_steps": 128 * 5 * 6, "target_reward": 1e9,
-                  "convergence_window": 10, "eval_frequency": 40, "eval_episodes": 3,
-                  "updates_per_chunk": 5, "checkpoint_every": 1, "seeds": [0, 1]},
+        "train": {
+            "max_episodes": 10**6,
+            "max_env_steps": 128 * 5 * 6,
+            "target_reward": 1e9,
+            "convergence_window": 10,
+            "eval_frequency": 40,
+            "eval_episodes": 3,
+            "updates_per_chunk": 5,
+            "checkpoint_every": 1,
+            "seeds": [0, 1],
+        },
         "tracking": {"enabled": False},
     }
     return build_config(base, overrides)
@@ -84,8 +92,14 @@ class Background:
         import subprocess
 
         self.log = open(log, "w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env or venv_env(),
-                                     cwd=cwd, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env or venv_env(),
+            cwd=cwd,
+            start_new_session=True,
+        )
         self.log_path = log
 
     def stop(self) -> None:
@@ -110,10 +124,25 @@ def start_mlflow_server(directory: Path, port: int | None = None) -> tuple[Backg
     import sys
 
     port = port or free_port()
-    server = Background([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                         "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-                         "--artifacts-destination", str(directory / "artifacts"), "--workers", "1"],
-                        directory / f"server-{port}.log")
+    server = Background(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{directory / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(directory / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        directory / f"server-{port}.log",
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", proc=server.proc)
@@ -129,12 +158,18 @@ def serve_team(home: Path, **extra: str) -> dict[str, str]:
     import subprocess
     import sys
 
-    env = venv_env(PPO_HOME=str(home), PREFECT_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
-                   PPO_BIN=str(Path(sys.executable).parent), **extra)
+    env = venv_env(
+        PPO_HOME=str(home),
+        PREFECT_PORT=str(free_port()),
+        MLFLOW_PORT=str(free_port()),
+        PPO_BIN=str(Path(sys.executable).parent),
+        **extra,
+    )
     env.pop("PREFECT_HOME", None)
     env.pop("PPO_FAULTS", None)
-    up = subprocess.run(["bash", str(ROOT / "scripts" / "serve.sh")], env=env, capture_output=True, text=True,
-                        timeout=300)
+    up = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "serve.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     for line in (home / "run" / "serve.env").read_text().splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
@@ -147,8 +182,9 @@ def stop_team(home: Path, env: dict[str, str] | None) -> None:
     """``scripts/stop.sh``; asserts that everything serve.sh started is gone."""
     import subprocess
 
-    subprocess.run(["bash", str(ROOT / "scripts" / "stop.sh")], env=env or venv_env(PPO_HOME=str(home)),
-                   timeout=120)
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "stop.sh")], env=env or venv_env(PPO_HOME=str(home)), timeout=120
+    )
     for name in ("worker", "mlflow-server", "prefect-server"):
         assert not (home / "run" / f"{name}.pid").exists()
 
@@ -157,8 +193,14 @@ def prefect_cli(env: dict[str, str], *args: str, timeout: float = 420):
     import subprocess
     import sys
 
-    return subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def register_passed(run_id: str, model_name: str = "ppo-cartpole") -> str:

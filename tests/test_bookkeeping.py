@@ -30,8 +30,9 @@ def _freeze_seed0(cfg, poison: bool = False) -> int:
 
 
 def test_a_frozen_seed_does_not_stop_the_others_evaluating_and_counting(ppo_home):
-    cfg = small_config(**{"train.checkpoint_dir": "frozen", "train.max_env_steps": 128 * 5 * 8,
-                          "train.eval_frequency": 40})
+    cfg = small_config(
+        **{"train.checkpoint_dir": "frozen", "train.max_env_steps": 128 * 5 * 8, "train.eval_frequency": 40}
+    )
     frozen_at = _freeze_seed0(cfg)
     calls = []
     out = PPOTrainer(config=cfg).train(callback=calls.append, resume=True)
@@ -62,7 +63,9 @@ def test_a_frozen_seeds_discarded_updates_report_nothing(ppo_home):
 
 def test_max_episodes_holds_to_one_update(ppo_home):
     # 20 updates per chunk complete ~100 episodes: a check between chunks overshoots 40 by far
-    cfg = small_config(**{"train.max_episodes": 40, "train.updates_per_chunk": 20, "train.max_env_steps": 10**6})
+    cfg = small_config(
+        **{"train.max_episodes": 40, "train.updates_per_chunk": 20, "train.max_env_steps": 10**6}
+    )
     out = PPOTrainer(config=cfg).train()
     # 8 envs x 16 steps per update, a CartPole episode lasts >= 8 steps: <= 16 episodes end per update
     for episodes in out["episodes_per_seed"]:
@@ -71,8 +74,11 @@ def test_max_episodes_holds_to_one_update(ppo_home):
 
 
 def _count(opt_state) -> int:
-    counts = {int(np.asarray(leaf).reshape(-1)[0]) for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state)
-              if "count" in jax.tree_util.keystr(path)}
+    counts = {
+        int(np.asarray(leaf).reshape(-1)[0])
+        for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state)
+        if "count" in jax.tree_util.keystr(path)
+    }
     assert len(counts) == 1, counts
     return counts.pop()
 
@@ -101,7 +107,7 @@ def test_evaluations_use_disjoint_episode_streams(ppo_home):
     gate = gate_seed("some-run-id", 3)
     blocks.append((gate, gate + 3))
     for i, (a0, a1) in enumerate(blocks):
-        for b0, b1 in blocks[i + 1:]:
+        for b0, b1 in blocks[i + 1 :]:
             assert a1 <= b0 or b1 <= a0, blocks
     assert out["final_eval"]["gym_seeds"][0] == stream_seed("final", 0, 3)
     assert all(e["gym_seeds"][1] <= STREAM_SPAN for e in out["evaluations"])  # periodic stream's range
@@ -111,9 +117,15 @@ def test_evaluations_use_disjoint_episode_streams(ppo_home):
 @pytest.mark.parametrize("patience", [0, 30])
 def test_convergence_needs_the_window_held_for_patience_episodes(ppo_home, patience):
     # a random CartPole policy already averages ~20: every seed converges, after `patience` more episodes
-    cfg = small_config(**{"train.target_reward": 12.0, "train.convergence_window": 10,
-                          "train.early_stopping_patience": patience, "train.updates_per_chunk": 1,
-                          "train.max_env_steps": 128 * 200})
+    cfg = small_config(
+        **{
+            "train.target_reward": 12.0,
+            "train.convergence_window": 10,
+            "train.early_stopping_patience": patience,
+            "train.updates_per_chunk": 1,
+            "train.max_env_steps": 128 * 200,
+        }
+    )
     calls = []
     out = PPOTrainer(config=cfg).train(callback=calls.append)
     assert out["converged"] and out["stop_reason"] == "converged"

@@ -33,7 +33,9 @@ def test_seed_defaults_yaml_is_the_builtin_default():
     # except target_reward: the reference's 195 is written there; built in, it is the env's threshold (475)
     seed = load_config(ROOT / "configs" / "seed-defaults.yaml")
     assert seed.train.target_reward == 195.0 and Config().train.target_reward == 475.0
-    assert seed.model_copy(update={"train": seed.train.model_copy(update={"target_reward": 475.0})}) == Config()
+    assert (
+        seed.model_copy(update={"train": seed.train.model_copy(update={"target_reward": 475.0})}) == Config()
+    )
 
 
 @pytest.mark.parametrize("name", ["cartpole.yaml", "acrobot.yaml", "seed-defaults.yaml"])
@@ -43,10 +45,13 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_overrides_and_reference_keyword_names():
-    cfg = load_config(ROOT / "configs" / "cartpole.yaml", parse_overrides(["ppo.learning_rate=2e-3", "train.seeds=[1, 2]"]))
+    cfg = load_config(
+        ROOT / "configs" / "cartpole.yaml", parse_overrides(["ppo.learning_rate=2e-3", "train.seeds=[1, 2]"])
+    )
     assert cfg.ppo.learning_rate == 2e-3 and cfg.train.seeds == (1, 2)
-    assert flat_kwargs_to_overrides({"max_episodes": 5, "clip_epsilon": 0.1, "max_steps_per_episode": 200}) == {
-        "train.max_episodes": 5, "ppo.clip_epsilon": 0.1, "env.max_steps_per_episode": 200}
+    assert flat_kwargs_to_overrides(
+        {"max_episodes": 5, "clip_epsilon": 0.1, "max_steps_per_episode": 200}
+    ) == {"train.max_episodes": 5, "ppo.clip_epsilon": 0.1, "env.max_steps_per_episode": 200}
     assert cfg.config_hash() != load_config(ROOT / "configs" / "cartpole.yaml").config_hash()
     assert cfg.model_name == "ppo-cartpole" and cfg.experiment_name == "ppo-cartpole"
     assert build_config({"env": {"id": "Acrobot-v1", "num_envs": 4}}).model_name == "ppo-acrobot"
@@ -84,10 +89,15 @@ def test_bad_config_names_the_field(data, expected):
         assert piece in str(e.value), (piece, str(e.value))
 
 
-@pytest.mark.parametrize("item,expected", [
-    ("ppo.nope=1", "unknown field 'nope' in ppo"), ("nope.lr=1", "unknown section 'nope'"),
-    ("learning_rate", "expected key=value"), ("ppo=1", "expected <section>.<field>"),
-])
+@pytest.mark.parametrize(
+    "item,expected",
+    [
+        ("ppo.nope=1", "unknown field 'nope' in ppo"),
+        ("nope.lr=1", "unknown section 'nope'"),
+        ("learning_rate", "expected key=value"),
+        ("ppo=1", "expected <section>.<field>"),
+    ],
+)
 def test_bad_override(item, expected):
     with pytest.raises(ConfigError, match=expected):
         build_config({}, parse_overrides([item]))
@@ -109,8 +119,12 @@ def test_cli_rejects_bad_config_before_training(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"ppo": {"learning_rate": 5.0}}))
     home = tmp_path / "home"
-    proc = subprocess.run([sys.executable, "-m", "ppo.cli", "train", "-c", str(cfg), "--no-mlflow"],
-                          capture_output=True, text=True, env={**__import__("os").environ, "PPO_HOME": str(home)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppo.cli", "train", "-c", str(cfg), "--no-mlflow"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PPO_HOME": str(home)},
+    )
     assert proc.returncode == 2
     assert "ppo.learning_rate" in proc.stderr and "5.0" in proc.stderr
     assert not (home / "checkpoints").exists()
@@ -124,7 +138,9 @@ def test_gate_and_target_default_to_the_envs_reward_threshold(env_id, threshold)
     cfg = build_config({"env": {"id": env_id, "num_envs": 4}})
     assert cfg.gate.min_return == threshold and cfg.train.target_reward == threshold
     # set explicitly, they win
-    cfg = build_config({"env": {"id": env_id, "num_envs": 4}, "gate": {"min_return": 1.0}, "train": {"target_reward": 2.0}})
+    cfg = build_config(
+        {"env": {"id": env_id, "num_envs": 4}, "gate": {"min_return": 1.0}, "train": {"target_reward": 2.0}}
+    )
     assert (cfg.gate.min_return, cfg.train.target_reward) == (1.0, 2.0)
     # the reference table's target (seed-defaults.yaml) is kept where it is written
     assert load_config(ROOT / "configs" / "seed-defaults.yaml").train.target_reward == 195.0

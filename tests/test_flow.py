@@ -41,8 +41,9 @@ def harness(tmp_path_factory):
 
 def _task_states(flow_state) -> dict[str, list[str]]:
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+        )
     out: dict[str, list[str]] = {}
     for r in runs:
         out.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
@@ -62,12 +63,30 @@ def test_flow_completes_registers_and_promotes_then_second_run_is_cached(harness
     assert summary["outcome"] == "promoted"
     assert tracking.get_champion("ppo-cartpole") == "1"
     tags = _tags("1")
-    for tag in ("gate.passed", "gate.iqm", "gate.ci_low", "gate.ci_high", "gate.mean_ci_low", "gate.champion_version",
-                "gate.seeds_reaching", "gate.eval_seed", "gate.episodes", "gate.mode", "gate.status"):
+    for tag in (
+        "gate.passed",
+        "gate.iqm",
+        "gate.ci_low",
+        "gate.ci_high",
+        "gate.mean_ci_low",
+        "gate.champion_version",
+        "gate.seeds_reaching",
+        "gate.eval_seed",
+        "gate.episodes",
+        "gate.mode",
+        "gate.status",
+    ):
         assert tag in tags, tag
     assert tags["gate.passed"] == "true" and tags["gate.seeds"] == "2" and tags["gate.episodes"] == "10"
     report_dir = home / "reports" / summary["run_id"]
-    for name in ("learning_curve.png", "losses.png", "eval_returns.png", "policy.gif", "report.md", "report.html"):
+    for name in (
+        "learning_curve.png",
+        "losses.png",
+        "eval_returns.png",
+        "policy.gif",
+        "report.md",
+        "report.html",
+    ):
         assert (report_dir / name).stat().st_size > 0, name
 
     again = train_ppo(config_path=str(path), return_state=True)
@@ -108,7 +127,9 @@ def test_retraining_trains_a_challenger_on_fresh_seeds_and_gates_it(harness):
     out = first.result()
     assert out["seeds"] != [0, 1] and len(out["seeds"]) == 2
     run = tracking.client().get_run(out["run_id"])
-    assert run.data.tags["challenger"] == "true" and json.loads(run.data.params["train.seeds"]) == out["seeds"]
+    assert (
+        run.data.tags["challenger"] == "true" and json.loads(run.data.params["train.seeds"]) == out["seeds"]
+    )
     assert run.data.tags["challenger.flow_run_id"] == str(first.state_details.flow_run_id)
     version = out["model_version"]
     assert _tags(version)["gate.champion_version"] == champion  # gated against the champion (paired)
@@ -124,8 +145,9 @@ def test_transient_fault_is_retried_and_flow_completes(harness, monkeypatch):
     assert state.is_completed(), state
     assert (home / "faults" / "train").read_text() == "1"
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     train_run = next(r for r in runs if r.name.startswith("train-"))
     assert train_run.run_count == 2
 
@@ -191,8 +213,14 @@ def test_pipeline_exit_code_tells_gated_out_from_promoted(harness, tmp_path):
     path, home = harness
     env = {**os.environ, "PPO_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "pipeline", "-c", str(path), "--set",
-                          "gate.min_return=100000"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "pipeline", "-c", str(path), "--set", "gate.min_return=100000"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert out.returncode == 4, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["outcome"] == "gated_out" and not summary["promoted"] and summary["champion"] is None

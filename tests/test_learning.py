@@ -28,8 +28,14 @@ def test_every_shipped_config_passes_its_own_gate(ppo_home, tmp_path, name, thre
     import sys
 
     env = {**os.environ, "PPO_HOME": str(ppo_home), "PREFECT_HOME": str(tmp_path / "prefect")}
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "pipeline", "-c", str(ROOT / "configs" / name)],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "pipeline", "-c", str(ROOT / "configs" / name)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["outcome"] == "promoted" and summary["ci"][0] >= threshold, summary
@@ -43,13 +49,7 @@ def test_reference_usage_examples_run_as_written(ppo_home, capsys):
     env = CartPoleWrapper()
 
     # Create trainer
-    trainer = PPOTrainer(
-        agent=agent,
-        env=env,
-        max_episodes=1000,
-        target_reward=195.0,
-        enable_mlflow=True
-    )
+    trainer = PPOTrainer(agent=agent, env=env, max_episodes=1000, target_reward=195.0, enable_mlflow=True)
 
     # Run training
     results = trainer.train()
@@ -57,9 +57,9 @@ def test_reference_usage_examples_run_as_written(ppo_home, capsys):
     seen = []  # (test only) what the callback was given, to check what it printed
 
     def custom_callback(metrics):
-        episode = metrics['episode']
-        step_metrics = metrics['step_metrics']
-        seen.append((episode, step_metrics['avg_reward']))
+        episode = metrics["episode"]
+        step_metrics = metrics["step_metrics"]
+        seen.append((episode, step_metrics["avg_reward"]))
 
         if episode % 100 == 0:
             print(f"Episode {episode}: Reward = {step_metrics['avg_reward']:.2f}")

@@ -16,8 +16,9 @@ def test_equal_advantages_normalise_to_zero_in_float32(value):
     np.testing.assert_array_equal(np.asarray(normalize(adv)), np.zeros(64))
     # so the policy loss of a minibatch with no advantage signal is exactly 0 whatever the ratios
     logits = jnp.stack([jnp.linspace(-1, 1, 64), jnp.zeros(64)], axis=1)
-    info = ppo_loss(logits, jnp.zeros(64), jnp.zeros(64, jnp.int32), jnp.full(64, -0.9), adv, jnp.zeros(64),
-                    0.2, 0.0, 0.0)
+    info = ppo_loss(
+        logits, jnp.zeros(64), jnp.zeros(64, jnp.int32), jnp.full(64, -0.9), adv, jnp.zeros(64), 0.2, 0.0, 0.0
+    )
     assert float(info.policy) == 0.0
 
 

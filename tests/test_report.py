@@ -35,9 +35,19 @@ def test_report_for_several_seeds_with_champion(trained, tmp_path):
     returns = trainer.evaluate(num_episodes=8, all_seeds=True, seed=5)["returns"]
     cand = np.asarray(returns).reshape(2, 8)
     champ = np.full(8, 30.0)
-    decision = gate_decision(cand, 0, champ, min_return=0.0, margin=10.0, min_seeds=2) | {"champion_version": "3"}
-    files = write_report(tmp_path, config=trainer.config, result=result, gate=decision, candidate_returns=cand,
-                         champion_returns=champ, agent=trainer.agent, run_id="abc123")
+    decision = gate_decision(cand, 0, champ, min_return=0.0, margin=10.0, min_seeds=2) | {
+        "champion_version": "3"
+    }
+    files = write_report(
+        tmp_path,
+        config=trainer.config,
+        result=result,
+        gate=decision,
+        candidate_returns=cand,
+        champion_returns=champ,
+        agent=trainer.agent,
+        run_id="abc123",
+    )
     _check(files)
     md = open(files["report_md"]).read()
     assert "## Promotion gate" in md and "champion version | 3" in md and "abc123" in md
@@ -48,12 +58,25 @@ def test_report_for_several_seeds_with_champion(trained, tmp_path):
 
 def test_report_for_acrobot(tmp_path, monkeypatch):
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
-    cfg = small_config(**{"env.id": "Acrobot-v1", "train.seeds": [0], "train.max_env_steps": 128 * 5 * 2,
-                          "train.eval_episodes": 2, "env.max_steps_per_episode": 100})
+    cfg = small_config(
+        **{
+            "env.id": "Acrobot-v1",
+            "train.seeds": [0],
+            "train.max_env_steps": 128 * 5 * 2,
+            "train.eval_episodes": 2,
+            "env.max_steps_per_episode": 100,
+        }
+    )
     trainer = PPOTrainer(config=cfg)
     result = trainer.train()
-    files = write_report(tmp_path / "r", config=cfg, result=result, gate=None,
-                         candidate_returns=np.asarray(result["final_eval"]["returns"]), champion_returns=None,
-                         agent=trainer.agent)
+    files = write_report(
+        tmp_path / "r",
+        config=cfg,
+        result=result,
+        gate=None,
+        candidate_returns=np.asarray(result["final_eval"]["returns"]),
+        champion_returns=None,
+        agent=trainer.agent,
+    )
     _check(files)
     assert "Acrobot-v1" in open(files["report_html"]).read()

@@ -44,16 +44,19 @@ def test_loading_and_predicting_with_the_logged_model_imports_no_jax(tracked_run
     model_uri = MlflowClient(uri).get_run(result["run_id"]).data.tags["model_uri"]
     obs = np.random.default_rng(5).normal(size=(32, 4)).astype(np.float32)
     np.save(tmp_path / "obs.npy", obs)
-    code = ("import json, sys\nimport mlflow, numpy as np\n"
-            f"m = mlflow.pyfunc.load_model({model_uri!r})\n"
-            f"actions = m.predict(np.load({str(tmp_path / 'obs.npy')!r}))\n"
-            "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('jax', 'jaxlib', 'flax', 'optax'))\n"
-            "assert 'jax' not in sys.modules and 'flax' not in sys.modules, loaded[:10]\n"
-            "assert not loaded, loaded[:10]\n"
-            "print(json.dumps(actions.tolist()))\n")
+    code = (
+        "import json, sys\nimport mlflow, numpy as np\n"
+        f"m = mlflow.pyfunc.load_model({model_uri!r})\n"
+        f"actions = m.predict(np.load({str(tmp_path / 'obs.npy')!r}))\n"
+        "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('jax', 'jaxlib', 'flax', 'optax'))\n"
+        "assert 'jax' not in sys.modules and 'flax' not in sys.modules, loaded[:10]\n"
+        "assert not loaded, loaded[:10]\n"
+        "print(json.dumps(actions.tolist()))\n"
+    )
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "MLFLOW_TRACKING_URI": uri}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     served = json.loads(out.stdout.strip().splitlines()[-1])
     assert served == trainer.agent.predict(obs, deterministic=True).tolist()
@@ -133,18 +136,24 @@ def test_the_reader_matches_flax_on_every_encoded_type(monkeypatch):
     assert b"__msgpack_chunked_array__" in encoded
     _assert_same_tree(params_io.msgpack_restore(encoded), serialization.msgpack_restore(encoded))
     unknown = msgpack.packb({"x": msgpack.ExtType(42, b"opaque")})
-    assert params_io.msgpack_restore(unknown) == serialization.msgpack_restore(unknown) \
+    assert (
+        params_io.msgpack_restore(unknown)
+        == serialization.msgpack_restore(unknown)
         == {"x": msgpack.ExtType(42, b"opaque")}
+    )
     chunked_root = serialization.msgpack_serialize(rng.normal(size=(40,)).astype(np.float32))
     _assert_same_tree(params_io.msgpack_restore(chunked_root), serialization.msgpack_restore(chunked_root))
 
 
 def test_the_reader_imports_no_jax():
-    code = ("import sys\nimport numpy as np\nimport msgpack\nfrom ppo import params_io\n"
-            "tree = params_io.msgpack_restore(msgpack.packb({'a': 1}))\n"
-            "assert tree == {'a': 1}\n"
-            "assert 'jax' not in sys.modules and 'flax' not in sys.modules\n")
+    code = (
+        "import sys\nimport numpy as np\nimport msgpack\nfrom ppo import params_io\n"
+        "tree = params_io.msgpack_restore(msgpack.packb({'a': 1}))\n"
+        "assert tree == {'a': 1}\n"
+        "assert 'jax' not in sys.modules and 'flax' not in sys.modules\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -44,8 +44,14 @@ print(json.dumps(out))
 def test_sharded_training_follows_the_single_device_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PPO_HOME", str(tmp_path))
     env = {**os.environ, "PPO_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES), str(tmp_path)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(CASES), str(tmp_path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert jax.device_count() == 1
@@ -77,5 +83,17 @@ def test_layouts():
     assert plan_for(small_config(**{"train.seeds": [0]}), [cpu, cpu]) is None
     gpus = [SimpleNamespace(platform="gpu")] * 2
     with pytest.warns(RuntimeWarning, match="neither the 3 seeds nor the 5 envs divide"):
-        assert plan_for(small_config(**{"train.seeds": [0, 1, 2], "env.num_envs": 5,
-                                        "ppo.batch_size": 640, "ppo.minibatch_size": 64}), gpus) is None
+        assert (
+            plan_for(
+                small_config(
+                    **{
+                        "train.seeds": [0, 1, 2],
+                        "env.num_envs": 5,
+                        "ppo.batch_size": 640,
+                        "ppo.minibatch_size": 64,
+                    }
+                ),
+                gpus,
+            )
+            is None
+        )

@@ -24,25 +24,45 @@ def _spec(tmp_path, data):
 
 def test_grid_and_random_expansion():
     grid = SweepSpec(space={"ppo.learning_rate": [1e-3, 3e-3], "ppo.epochs_per_update": [2, 4, 8]})
-    assert len(expand(grid)) == 6 and expand(grid)[0] == {"ppo.learning_rate": 1e-3, "ppo.epochs_per_update": 2}
-    rnd = SweepSpec(method="random", trials=50, seed=3, space={
-        "ppo.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "env.num_envs": {"low": 2, "high": 8, "int": True},
-        "ppo.gae_lambda": [0.9, 0.95]})
+    assert len(expand(grid)) == 6 and expand(grid)[0] == {
+        "ppo.learning_rate": 1e-3,
+        "ppo.epochs_per_update": 2,
+    }
+    rnd = SweepSpec(
+        method="random",
+        trials=50,
+        seed=3,
+        space={
+            "ppo.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+            "env.num_envs": {"low": 2, "high": 8, "int": True},
+            "ppo.gae_lambda": [0.9, 0.95],
+        },
+    )
     points = expand(rnd)
     assert points == expand(rnd)  # seeded
     assert all(1e-4 <= p["ppo.learning_rate"] <= 1e-2 for p in points)
-    assert {p["env.num_envs"] for p in points} <= set(range(2, 9)) and all(isinstance(p["env.num_envs"], int)
-                                                                         for p in points)
+    assert {p["env.num_envs"] for p in points} <= set(range(2, 9)) and all(
+        isinstance(p["env.num_envs"], int) for p in points
+    )
     assert {p["ppo.gae_lambda"] for p in points} == {0.9, 0.95}
 
 
-@pytest.mark.parametrize("data,expected", [
-    ({"method": "grid", "space": {"ppo.learning_rate": {"low": 1e-4, "high": 1e-2}}}, "grid search needs lists"),
-    ({"method": "random", "space": {"ppo.gamma": [0.9]}}, "random search needs trials"),
-    ({"space": {}}, "space"),
-    ({"method": "random", "trials": 2, "space": {"ppo.learning_rate": {"low": 1, "high": 0.1}}}, "must be < high"),
-    ({"space": {"ppo.gamma": [0.9]}, "budget": 3}, "budget"),
-])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (
+            {"method": "grid", "space": {"ppo.learning_rate": {"low": 1e-4, "high": 1e-2}}},
+            "grid search needs lists",
+        ),
+        ({"method": "random", "space": {"ppo.gamma": [0.9]}}, "random search needs trials"),
+        ({"space": {}}, "space"),
+        (
+            {"method": "random", "trials": 2, "space": {"ppo.learning_rate": {"low": 1, "high": 0.1}}},
+            "must be < high",
+        ),
+        ({"space": {"ppo.gamma": [0.9]}, "budget": 3}, "budget"),
+    ],
+)
 def test_bad_sweep_files_are_named(tmp_path, data, expected):
     with pytest.raises(ConfigError, match=expected):
         load_sweep(_spec(tmp_path, data))
@@ -68,10 +88,14 @@ def test_selection_and_heldout_episodes_are_disjoint_documented_ranges():
 
     for episodes in (1, 3, 20, 10_000):
         seeds = eval_seeds(episodes)
-        assert seeds["selection"] == (stream_seed("sweep_select", 0, episodes),
-                                      stream_seed("sweep_select", 0, episodes) + episodes)
-        assert seeds["heldout"] == (stream_seed("sweep_heldout", 0, episodes),
-                                    stream_seed("sweep_heldout", 0, episodes) + episodes)
+        assert seeds["selection"] == (
+            stream_seed("sweep_select", 0, episodes),
+            stream_seed("sweep_select", 0, episodes) + episodes,
+        )
+        assert seeds["heldout"] == (
+            stream_seed("sweep_heldout", 0, episodes),
+            stream_seed("sweep_heldout", 0, episodes) + episodes,
+        )
         assert not set(range(*seeds["selection"])) & set(range(*seeds["heldout"]))
         for start, stop in seeds.values():  # inside its own stream's range: no other evaluation's episodes
             assert start // STREAM_SPAN == (stop - 1) // STREAM_SPAN
@@ -121,9 +145,18 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     assert type(RUNNER).__name__ == "RayTaskRunner"
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0, 1]}).to_dict()))
-    path = _spec(tmp_path, {"base": str(base), "eval_episodes": 3, "fixed": {"train.max_env_steps": 1280},
-                            "space": {"ppo.learning_rate": [1e-3, 3e-3]}})
+    base.write_text(
+        yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0, 1]}).to_dict())
+    )
+    path = _spec(
+        tmp_path,
+        {
+            "base": str(base),
+            "eval_episodes": 3,
+            "fixed": {"train.max_env_steps": 1280},
+            "space": {"ppo.learning_rate": [1e-3, 3e-3]},
+        },
+    )
     with prefect_test_harness(server_startup_timeout=120):
         state = sweep_ppo(str(path), return_state=True)
     assert state.is_completed(), state
@@ -134,8 +167,9 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     client = tracking.client()
     parent = client.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.best_trial"] == str(out["best_trial"])
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(c.info.run_name for c in children) == ["trial-0", "trial-1"]
     assert all(c.info.status == "FINISHED" and "sweep/score_selection" in c.data.metrics for c in children)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -148,8 +182,11 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     selection, heldout = stream_seed("sweep_select", 0, 3), stream_seed("sweep_heldout", 0, 3)
     assert not set(range(selection, selection + 3)) & set(range(heldout, heldout + 3))
     assert out["eval_seeds"] == {"selection": [selection, selection + 3], "heldout": [heldout, heldout + 3]}
-    trainer = PPOTrainer(config=build_config(best.to_dict(), {
-        "train.checkpoint_dir": f"sweeps/{parent.info.run_id}/trial-{out['best_trial']}"}))
+    trainer = PPOTrainer(
+        config=build_config(
+            best.to_dict(), {"train.checkpoint_dir": f"sweeps/{parent.info.run_id}/trial-{out['best_trial']}"}
+        )
+    )
     trainer.restore()  # the best trial's trained seeds, from its checkpoint
     assert len(trainer.seed_params) == 2
 
@@ -160,7 +197,9 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     assert out["best_score_selection"] == pytest.approx(score(selection))
     assert parent.data.metrics["sweep/best_score_heldout"] == pytest.approx(score(heldout))
     assert parent.data.metrics["sweep/best_score_selection"] == pytest.approx(score(selection))
-    assert "sweep/best_score" not in parent.data.metrics  # no unlabelled score to mistake for the held-out one
+    assert (
+        "sweep/best_score" not in parent.data.metrics
+    )  # no unlabelled score to mistake for the held-out one
     by_name = {c.info.run_name: c for c in children}
     chosen = by_name[f"trial-{out['best_trial']}"].data.metrics
     assert chosen["sweep/score_heldout"] == pytest.approx(score(heldout))
@@ -176,11 +215,26 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
 def test_diverged_trials_are_reported_and_never_best():
     from ppo.sweep import best_trial, comparison_table
 
-    ok = {"trial": 0, "params": {"ppo.learning_rate": 1e-3}, "score_selection": 120.0, "std_selection": 3.0,
-          "env_steps": 100, "converged": False, "wall_s": 1.0}
+    ok = {
+        "trial": 0,
+        "params": {"ppo.learning_rate": 1e-3},
+        "score_selection": 120.0,
+        "std_selection": 3.0,
+        "env_steps": 100,
+        "converged": False,
+        "wall_s": 1.0,
+    }
     nan = float("nan")
-    bad = {"trial": 1, "params": {"ppo.learning_rate": 1.0}, "score_selection": nan, "std_selection": nan,
-           "env_steps": 0, "converged": False, "wall_s": 0.0, "error": "non-finite loss at update 3 (seed 0)"}
+    bad = {
+        "trial": 1,
+        "params": {"ppo.learning_rate": 1.0},
+        "score_selection": nan,
+        "std_selection": nan,
+        "env_steps": 0,
+        "converged": False,
+        "wall_s": 0.0,
+        "error": "non-finite loss at update 3 (seed 0)",
+    }
     assert best_trial([bad, ok])["trial"] == 0
     rows = comparison_table([bad, ok], {"trial": 0, "score_heldout": 110.0, "std_heldout": 4.0})
     assert [(r["trial"], r["status"]) for r in rows] == [(0, "ok"), (1, "diverged")]

@@ -36,9 +36,21 @@ def test_run_has_params_metrics_tags_and_artifacts(tracked_run):
     params = run.data.params
     assert set(trainer.config.flat()) <= set(params)
     assert params["ppo.learning_rate"] == "0.001" and params["train.seeds"] == "[0, 1]"
-    for key in ("train/episode_return", "train/episodes", "train/env_steps", "loss/policy", "loss/value",
-                "loss/entropy", "loss/approx_kl", "loss/clip_fraction", "grad_norm", "eval/return_mean",
-                "eval/return_std", "perf/env_steps_per_s", "train/episode_return/seed_1"):
+    for key in (
+        "train/episode_return",
+        "train/episodes",
+        "train/env_steps",
+        "loss/policy",
+        "loss/value",
+        "loss/entropy",
+        "loss/approx_kl",
+        "loss/clip_fraction",
+        "grad_norm",
+        "eval/return_mean",
+        "eval/return_std",
+        "perf/env_steps_per_s",
+        "train/episode_return/seed_1",
+    ):
         assert key in run.data.metrics, key
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/policy")]
     assert steps == [640 * (i + 1) for i in range(6)]
@@ -67,11 +79,18 @@ def test_model_is_code_not_pickle_and_loads_in_fresh_process(tracked_run, tmp_pa
     assert "python_model.pkl" not in open(os.path.join(local, "MLmodel")).read()
     obs = np.random.default_rng(3).normal(size=(64, 4)).astype(np.float32)
     np.save(tmp_path / "obs.npy", obs)
-    code = ("import mlflow, numpy as np, json, sys;"
-            f"m = mlflow.pyfunc.load_model('models:/ppo-cartpole@champion');"
-            f"print(json.dumps(m.predict(np.load(r'{tmp_path / 'obs.npy'}')).tolist()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "MLFLOW_TRACKING_URI": tracking.default_tracking_uri()})
+    code = (
+        "import mlflow, numpy as np, json, sys;"
+        f"m = mlflow.pyfunc.load_model('models:/ppo-cartpole@champion');"
+        f"print(json.dumps(m.predict(np.load(r'{tmp_path / 'obs.npy'}')).tolist()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking.default_tracking_uri()},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     served = json.loads(out.stdout.strip().splitlines()[-1])
     assert served == trainer.agent.predict(obs, deterministic=True).tolist()
@@ -88,8 +107,11 @@ def test_crashed_run_is_marked_failed(tracked_run):
         trainer.train(callback=boom)
     run = MlflowClient().get_run(trainer.logger.run_id)
     assert run.info.status == "FAILED" and "exploded" in run.data.tags["error"]
-    assert not [v for v in MlflowClient().search_model_versions("name='ppo-cartpole'")
-                if v.run_id == trainer.logger.run_id]
+    assert not [
+        v
+        for v in MlflowClient().search_model_versions("name='ppo-cartpole'")
+        if v.run_id == trainer.logger.run_id
+    ]
 
 
 def test_training_logs_the_model_but_never_registers_it(tracked_run):

@@ -33,7 +33,15 @@ def reference_run(tmp_path_factory):
 
 def test_result_and_callback_contract(reference_run):
     trainer, result, calls = reference_run
-    for key in ("converged", "episodes", "env_steps", "best_avg_reward", "final_eval", "wall_time_s", "history"):
+    for key in (
+        "converged",
+        "episodes",
+        "env_steps",
+        "best_avg_reward",
+        "final_eval",
+        "wall_time_s",
+        "history",
+    ):
         assert key in result
     assert result["env_steps"] == 128 * 5 * 6 and result["stop_reason"] == "max_env_steps"
     assert len(result["history"]) == 6 and not result["converged"]
@@ -44,7 +52,14 @@ def test_result_and_callback_contract(reference_run):
     assert any("eval_metrics" in c for c in calls), "eval_frequency=40 episodes must trigger evaluations"
     assert [c["env_steps"] for c in calls] == [640 * (i + 1) for i in range(6)]
     row = result["history"][-1]
-    for key in ("loss/policy", "loss/value", "loss/entropy", "loss/approx_kl", "loss/clip_fraction", "grad_norm"):
+    for key in (
+        "loss/policy",
+        "loss/value",
+        "loss/entropy",
+        "loss/approx_kl",
+        "loss/clip_fraction",
+        "grad_norm",
+    ):
         assert np.isfinite(row[key])
     assert row["episodes"] > 0
 
@@ -132,8 +147,12 @@ def test_the_trainer_talks_to_its_logger_through_the_run_logger_protocol(ppo_hom
     trainer = PPOTrainer(config=small_config(**{"train.checkpoint_dir": "recorded"}), logger=Recorder())
     result = trainer.train()
     h = trainer.config.config_hash()
-    assert calls == [("start", h, False, trainer.checkpoint_dir), *[("row", i + 1) for i in range(6)],
-                     ("result", "max_env_steps", trainer.agent, h), ("end", "FINISHED", None)]
+    assert calls == [
+        ("start", h, False, trainer.checkpoint_dir),
+        *[("row", i + 1) for i in range(6)],
+        ("result", "max_env_steps", trainer.agent, h),
+        ("end", "FINISHED", None),
+    ]
     assert result["run_id"] == "run-1"
 
 
@@ -151,7 +170,9 @@ def test_restore_loads_into_the_states_shapes_without_running_init(reference_run
         assert np.asarray(a).dtype == np.asarray(b).dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     best = expected_meta["best_seed_index"]
-    for a, b in zip(jax.tree.leaves(restored.agent.params), jax.tree.leaves(expected_state.params), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(restored.agent.params), jax.tree.leaves(expected_state.params), strict=True
+    ):
         np.testing.assert_array_equal(a, np.asarray(b)[best])
     other = PPOTrainer(config=small_config(**{"ppo.hidden_sizes": [8]}))
     with pytest.raises(CheckpointError, match="shapes"):

@@ -45,8 +45,16 @@ METRIC_KEYS = {
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -70,9 +78,16 @@ class MLflowLogger:
     ``flush_every_metrics`` metrics, and at the end, so tracking costs little next to training.
     """
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "ppo-cartpole",
-                 run_name: str | None = None, flush_every_s: float = 5.0, flush_every_metrics: int = 900,
-                 outage_tolerance_s: float = 60.0, parent_run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "ppo-cartpole",
+        run_name: str | None = None,
+        flush_every_s: float = 5.0,
+        flush_every_metrics: int = 900,
+        outage_tolerance_s: float = 60.0,
+        parent_run_id: str | None = None,
+    ) -> None:
         self.client = connect(tracking_uri)
         self.tracking_uri = self.client._tracking_client.tracking_uri
         self.experiment = experiment
@@ -99,7 +114,9 @@ class MLflowLogger:
         if uri is not None and local is not None:  # relative local stores are taken from $PPO_HOME
             path = confined_path(local)
             uri = f"sqlite:///{path}" if uri.startswith("sqlite") else path.as_uri()
-        return cls(uri, config.experiment_name, outage_tolerance_s=config.tracking.outage_tolerance_s, **kwargs)
+        return cls(
+            uri, config.experiment_name, outage_tolerance_s=config.tracking.outage_tolerance_s, **kwargs
+        )
 
     # ---- run lifecycle ----
     def start(self, config: Config, resumed: bool = False, run_dir: Path | None = None) -> str:
@@ -117,18 +134,27 @@ class MLflowLogger:
         if self.run_id is None:
             import jax
 
-            tags = {"config_hash": config.config_hash(), "git_commit": _git_commit(), "env_id": config.env.id,
-                    "seeds": json.dumps(list(config.train.seeds)), "device": jax.devices()[0].device_kind,
-                    "platform": jax.devices()[0].platform, "device_count": str(jax.device_count()),
-                    "host": platform.node(), **_versions()}
+            tags = {
+                "config_hash": config.config_hash(),
+                "git_commit": _git_commit(),
+                "env_id": config.env.id,
+                "seeds": json.dumps(list(config.train.seeds)),
+                "device": jax.devices()[0].device_kind,
+                "platform": jax.devices()[0].platform,
+                "device_count": str(jax.device_count()),
+                "host": platform.node(),
+                **_versions(),
+            }
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
-            params = [Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v))
-                      for k, v in config.flat().items()]
+            params = [
+                Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v))
+                for k, v in config.flat().items()
+            ]
             for i in range(0, len(params), 100):
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+                self.client.log_batch(self.run_id, params=params[i : i + 100])
         if marker is not None:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.tracking_uri}))
@@ -149,7 +175,10 @@ class MLflowLogger:
                 name = f"{METRIC_KEYS.get(base, base)}/seed_{seed}"
             if name is not None:
                 self._buffer.append(Metric(name, float(value), ts, step))
-        if len(self._buffer) >= self.flush_every_metrics or time.monotonic() - self._last_flush >= self.flush_every_s:
+        if (
+            len(self._buffer) >= self.flush_every_metrics
+            or time.monotonic() - self._last_flush >= self.flush_every_s
+        ):
             self.flush()
         self.logging_s += time.perf_counter() - t
 
@@ -188,8 +217,12 @@ class MLflowLogger:
             raise error
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            warnings.warn(f"MLflow tracking server {self.tracking_uri} is unreachable; training goes on and "
-                          f"metrics are kept for up to {self.outage_tolerance_s:.0f} s", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"MLflow tracking server {self.tracking_uri} is unreachable; training goes on and "
+                f"metrics are kept for up to {self.outage_tolerance_s:.0f} s",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self._outage_error = error
         self._next_probe = time.monotonic() + 1.0
         self._raise_if_outage_too_long()
@@ -212,7 +245,8 @@ class MLflowLogger:
                 f"MLflow tracking server {self.tracking_uri} has been unreachable for {down:.0f} s during training "
                 f"(tracking.outage_tolerance_s = {self.outage_tolerance_s:g}); training stopped, nothing was "
                 "registered, the last checkpoint is kept. Bring the server back and resume "
-                "(ppo train --resume, or re-run the flow).")
+                "(ppo train --resume, or re-run the flow)."
+            )
 
     def wait_until_reachable(self) -> None:
         """Before end-of-run writes: wait out an ongoing outage (within the tolerance) and flush."""
@@ -241,18 +275,31 @@ class MLflowLogger:
             raise ServiceUnavailableError(
                 f"MLflow tracking server {self.tracking_uri} went away while the run's final artifacts and model "
                 f"were being logged ({type(e).__name__}); nothing was registered. Bring the server back and "
-                "resume (ppo train --resume, or re-run the flow): the run is reopened and logged again.") from e
+                "resume (ppo train --resume, or re-run the flow): the run is reopened and logged again."
+            ) from e
         self.final_logging_s = time.perf_counter() - t
         self.logging_s += self.final_logging_s
 
     def _log_final(self, result: dict[str, Any], agent: Any, config: Config) -> None:
         fe = result["final_eval"]
-        self.log_metrics({"eval/return_mean": fe["avg_reward"], "eval/return_std": fe["std_reward"],
-                          "final/best_avg_reward": result.get("best_avg_reward"),
-                          "final/episodes": result["episodes"], "final/wall_time_s": result["wall_time_s"],
-                          "final/compile_s": result.get("compile_s")}, step=result["env_steps"])
-        self.set_tags({"converged": result["converged"], "stop_reason": result["stop_reason"],
-                       "best_seed": result["best_seed"]})
+        self.log_metrics(
+            {
+                "eval/return_mean": fe["avg_reward"],
+                "eval/return_std": fe["std_reward"],
+                "final/best_avg_reward": result.get("best_avg_reward"),
+                "final/episodes": result["episodes"],
+                "final/wall_time_s": result["wall_time_s"],
+                "final/compile_s": result.get("compile_s"),
+            },
+            step=result["env_steps"],
+        )
+        self.set_tags(
+            {
+                "converged": result["converged"],
+                "stop_reason": result["stop_reason"],
+                "best_seed": result["best_seed"],
+            }
+        )
         with tempfile.TemporaryDirectory() as tmp:
             import yaml
 
@@ -263,7 +310,9 @@ class MLflowLogger:
             hist.write_text(history_csv(result["history"]))
             self.client.log_artifact(self.run_id, str(hist))
             summary = Path(tmp) / "result.json"
-            summary.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
+            summary.write_text(
+                json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str)
+            )
             self.client.log_artifact(self.run_id, str(summary))
         ckpt = Path(result["checkpoint_dir"]) / "checkpoint.msgpack"
         if ckpt.is_file():
@@ -296,4 +345,3 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(history)
     return buf.getvalue()
-

@@ -58,7 +58,8 @@ with warnings.catch_warnings():
             if obs.ndim != 2 or obs.shape[1] != self.observation_dim:
                 raise MlflowException(
                     f"observations must have shape (n, {self.observation_dim}), got {obs.shape}",
-                    INVALID_PARAMETER_VALUE)
+                    INVALID_PARAMETER_VALUE,
+                )
             if not np.isfinite(obs).all():
                 raise MlflowException("observations must be finite (no NaN or inf)", INVALID_PARAMETER_VALUE)
             return greedy_actions(self.layers, obs)
@@ -71,20 +72,31 @@ def model_artifacts(agent: Any, config: Any, directory: Path) -> dict[str, str]:
 
     params = serialization.to_state_dict(_numpy_tree(agent.params))
     (directory / "params.msgpack").write_bytes(serialization.msgpack_serialize(params))
-    (directory / "policy.json").write_text(json.dumps({
-        "observation_dim": agent.observation_dim, "action_dim": agent.action_dim,
-        "hidden_sizes": list(agent.hidden_sizes), "env_id": config.env.id}))
+    (directory / "policy.json").write_text(
+        json.dumps(
+            {
+                "observation_dim": agent.observation_dim,
+                "action_dim": agent.action_dim,
+                "hidden_sizes": list(agent.hidden_sizes),
+                "env_id": config.env.id,
+            }
+        )
+    )
     (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return {name: str(directory / file) for name, file in
-            (("params", "params.msgpack"), ("policy", "policy.json"), ("config", "config.yaml"))}
+    return {
+        name: str(directory / file)
+        for name, file in (("params", "params.msgpack"), ("policy", "policy.json"), ("config", "config.yaml"))
+    }
 
 
 def model_signature(observation_dim: int) -> tuple[Any, np.ndarray]:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, observation_dim))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, observation_dim))]),
+        outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
+    )
     return signature, np.zeros((2, observation_dim), np.float32)
 
 
@@ -111,8 +123,13 @@ def log_policy_model(run_id: str, agent: Any, config: Any, uri: str | None = Non
         c = client(uri)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("model_code.py")),
-                artifacts=artifacts, signature=signature, input_example=example,
-                pip_requirements=pip_requirements(), code_paths=[str(_PPO_PACKAGE)])
+                name="model",
+                python_model=str(Path(__file__).with_name("model_code.py")),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements(),
+                code_paths=[str(_PPO_PACKAGE)],
+            )
     c.set_tag(run_id, "model_uri", info.model_uri)
     return info.model_uri

@@ -12,7 +12,9 @@ class ServiceUnavailableError(RuntimeError):
     """A server the run depends on cannot be reached."""
 
 
-def probe(url: str, what: str, hint: str, attempts: int = 3, delay_s: float = 1.0, timeout_s: float = 3.0) -> None:
+def probe(
+    url: str, what: str, hint: str, attempts: int = 3, delay_s: float = 1.0, timeout_s: float = 3.0
+) -> None:
     """GET ``url`` up to ``attempts`` times (linear back-off); raise :class:`ServiceUnavailableError` if it never answers."""
     last: Exception | None = None
     start = time.monotonic()
@@ -27,4 +29,5 @@ def probe(url: str, what: str, hint: str, attempts: int = 3, delay_s: float = 1.
             time.sleep(delay_s * (attempt + 1))
     raise ServiceUnavailableError(
         f"{what} is unreachable after {attempts} attempts ({time.monotonic() - start:.1f} s): "
-        f"{getattr(last, 'reason', last)}. {hint}")
+        f"{getattr(last, 'reason', last)}. {hint}"
+    )

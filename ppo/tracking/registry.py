@@ -27,7 +27,9 @@ def find_version(model_name: str, run_id: str, uri: str | None = None) -> str | 
     return str(min(int(v.version) for v in existing)) if existing else None
 
 
-def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = None, uri: str | None = None) -> str:
+def register_model(
+    run_id: str, model_name: str, tags: dict[str, Any] | None = None, uri: str | None = None
+) -> str:
     """Register the run's model under ``model_name``; a second call for the same run returns the same version.
 
     Called by the pipeline's register task only (training never registers)."""
@@ -39,9 +41,15 @@ def register_model(run_id: str, model_name: str, tags: dict[str, Any] | None = N
     model_uri = run.data.tags.get("model_uri")
     if not model_uri:
         raise ValueError(f"run {run_id} has no logged model: nothing to register")
-    version = mlflow.register_model(model_uri, model_name, tags={
-        "run_id": run_id, "config_hash": run.data.tags.get("config_hash", ""),
-        **{k: str(v) for k, v in (tags or {}).items()}})
+    version = mlflow.register_model(
+        model_uri,
+        model_name,
+        tags={
+            "run_id": run_id,
+            "config_hash": run.data.tags.get("config_hash", ""),
+            **{k: str(v) for k, v in (tags or {}).items()},
+        },
+    )
     return str(version.version)
 
 
@@ -57,7 +65,8 @@ def set_champion(model_name: str, version: str | int, alias: str = CHAMPION) -> 
     if tags.get("gate.passed") != "true":
         raise UngatedVersionError(
             f"{model_name} version {version} has no passed gate (tag gate.passed={tags.get('gate.passed')!r}): "
-            "only a version gated by the pipeline (train-ppo or promote-model) can become champion")
+            "only a version gated by the pipeline (train-ppo or promote-model) can become champion"
+        )
     c.set_registered_model_alias(model_name, alias, str(version))
 
 
@@ -118,26 +127,38 @@ def fetch_version_run(model_name: str, version: str | int) -> dict[str, Any]:
     target = ppo_home() / "registry" / mv.run_id
     target.mkdir(parents=True, exist_ok=True)
     try:
-        cfg_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="config.yaml",
-                                                       dst_path=str(target))
+        cfg_file = mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, artifact_path="config.yaml", dst_path=str(target)
+        )
         (target / "checkpoint").mkdir(exist_ok=True)
-        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="checkpoint/checkpoint.msgpack",
-                                            dst_path=str(target / "checkpoint"))
+        mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id,
+            artifact_path="checkpoint/checkpoint.msgpack",
+            dst_path=str(target / "checkpoint"),
+        )
     except mlflow.exceptions.MlflowException as e:
-        raise FileNotFoundError(f"{model_name} version {version}: its run {mv.run_id} has no config.yaml or "
-                                f"checkpoint artifact to re-gate from ({e})") from None
+        raise FileNotFoundError(
+            f"{model_name} version {version}: its run {mv.run_id} has no config.yaml or "
+            f"checkpoint artifact to re-gate from ({e})"
+        ) from None
     data = yaml.safe_load(Path(cfg_file).read_text())
     # what was trained comes from the run; the gate and registry settings come from the caller (and runs
     # of older versions stored keys those sections no longer have)
     data = {k: v for k, v in data.items() if k not in ("gate", "registry")}
     data.setdefault("train", {})["checkpoint_dir"] = str(target / "checkpoint")
-    return {"run_id": mv.run_id, "config": build_config(data).to_dict(), "checkpoint_dir": str(target / "checkpoint")}
+    return {
+        "run_id": mv.run_id,
+        "config": build_config(data).to_dict(),
+        "checkpoint_dir": str(target / "checkpoint"),
+    }
 
 
 def tag_version(model_name: str, version: str | int, tags: dict[str, Any]) -> None:
     c = client()
     for k, v in tags.items():
-        c.set_model_version_tag(model_name, str(version), k, str(v).lower() if isinstance(v, bool) else str(v))
+        c.set_model_version_tag(
+            model_name, str(version), k, str(v).lower() if isinstance(v, bool) else str(v)
+        )
 
 
 def log_report(run_id: str, directory: Path) -> None:

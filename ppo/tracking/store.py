@@ -21,8 +21,11 @@ def _client_defaults() -> None:
     """Bounded HTTP retries for MLflow's own client: seconds, not the default minutes (unless the user set
     them). MLflow reads them per request; :func:`check_reachable`, which every connection starts with,
     sets them, so a ``mlflow`` process that ``ppo serve`` starts inherits them too."""
-    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+    for key, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+    ):
         os.environ.setdefault(key, value)
 
 
@@ -51,15 +54,19 @@ def check_reachable(uri: str, attempts: int = 3) -> None:
     """For an HTTP tracking URI, probe ``/health`` a few times; raise one readable error if it stays down."""
     _client_defaults()
     if uri.startswith(("http://", "https://")):
-        probe(uri.rstrip("/") + "/health", f"MLflow tracking server {uri}",
-              "Start it (make serve) or unset MLFLOW_TRACKING_URI to use the local store in $PPO_HOME.", attempts)
+        probe(
+            uri.rstrip("/") + "/health",
+            f"MLflow tracking server {uri}",
+            "Start it (make serve) or unset MLFLOW_TRACKING_URI to use the local store in $PPO_HOME.",
+            attempts,
+        )
 
 
 def connect(tracking_uri: str | None = None) -> MlflowClient:
     """Point MLflow at the store (checked reachable) and return a client."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     check_reachable(uri)
     _use(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -27,8 +27,15 @@ def test_servers_bind_loopback_only(served):
     import psutil
 
     env, _ = served
-    ports = {int(env["PREFECT_API_URL"].split(":")[2].split("/")[0]), int(env["MLFLOW_TRACKING_URI"].rsplit(":", 1)[1])}
-    listening = [c.laddr for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports]
+    ports = {
+        int(env["PREFECT_API_URL"].split(":")[2].split("/")[0]),
+        int(env["MLFLOW_TRACKING_URI"].rsplit(":", 1)[1]),
+    }
+    listening = [
+        c.laddr
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port in ports
+    ]
     assert {a.port for a in listening} == ports, listening
     assert all(a.ip == "127.0.0.1" for a in listening), listening
 
@@ -43,8 +50,9 @@ def test_deployment_runs_train_then_promote(served):
     # the weekly schedule retrains (a challenger on fresh seeds), it does not re-run a cached training
     inspect = prefect_cli(env, "deployment", "inspect", "train-ppo/train-ppo")
     assert "weekly-retrain" in inspect.stdout and "'retrain': True" in inspect.stdout, inspect.stdout[-3000:]
-    run = prefect_cli(env, "deployment", "run", "train-ppo/train-ppo", "-p",
-                   'overrides={"gate.episodes": 10}', "--watch")
+    run = prefect_cli(
+        env, "deployment", "run", "train-ppo/train-ppo", "-p", 'overrides={"gate.episodes": 10}', "--watch"
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "Completed" in run.stdout
 
@@ -55,14 +63,28 @@ def test_deployment_runs_train_then_promote(served):
     assert [v.version for v in versions] == ["1"]
     assert client.get_model_version_by_alias("ppo-cartpole", "champion").version == "1"
 
-    promo = prefect_cli(env, "deployment", "run", "promote-model/promote", "-p", "version=1", "-p",
-                     'overrides={"gate.episodes": 10}', "--watch")
+    promo = prefect_cli(
+        env,
+        "deployment",
+        "run",
+        "promote-model/promote",
+        "-p",
+        "version=1",
+        "-p",
+        'overrides={"gate.episodes": 10}',
+        "--watch",
+    )
     assert promo.returncode == 0, promo.stdout[-4000:] + promo.stderr[-2000:]
     assert client.get_model_version("ppo-cartpole", "1").tags["gate.passed"] == "true"
 
     # the same promotion without a worker, as a CI job would run it
-    cli = subprocess.run([sys.executable, "-m", "flows.cli", "promote", "--version", "1", "--set", "gate.episodes=10"],
-                         env={**env, "PREFECT_API_URL": env["PREFECT_API_URL"]}, capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    cli = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "promote", "--version", "1", "--set", "gate.episodes=10"],
+        env={**env, "PREFECT_API_URL": env["PREFECT_API_URL"]},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert json.loads(cli.stdout.strip().splitlines()[-1])["champion"] == "1"

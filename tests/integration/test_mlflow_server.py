@@ -36,7 +36,9 @@ def mlflow_server(tmp_path_factory):
 
 
 def _post(url: str, body: object) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -61,8 +63,11 @@ def test_log_register_alias_load_and_serve_over_http(mlflow_server, tmp_path, mo
     np.testing.assert_array_equal(model.predict(obs), expected)
 
     port = free_port()
-    serve = Background([sys.executable, "-m", "ppo.cli", "serve", "--port", str(port)], tmp_path / "serve.log",
-                       env=venv_env(MLFLOW_TRACKING_URI=mlflow_server, PPO_HOME=str(tmp_path / "home")))
+    serve = Background(
+        [sys.executable, "-m", "ppo.cli", "serve", "--port", str(port)],
+        tmp_path / "serve.log",
+        env=venv_env(MLFLOW_TRACKING_URI=mlflow_server, PPO_HOME=str(tmp_path / "home")),
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", timeout=120, proc=serve.proc)
         url = f"http://127.0.0.1:{port}/invocations"
@@ -80,8 +85,13 @@ def test_unreachable_server_fails_fast_with_one_message(tmp_path):
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     dead = f"http://127.0.0.1:{free_port()}"
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "ppo.cli", "train", "-c", str(path)], capture_output=True, text=True,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": dead, "PPO_HOME": str(tmp_path / "h")}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppo.cli", "train", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": dead, "PPO_HOME": str(tmp_path / "h")},
+        timeout=120,
+    )
     elapsed = time.time() - start
     assert proc.returncode == 1
     assert f"MLflow tracking server {dead} is unreachable after 3 attempts" in proc.stderr

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.integration
 def _sql(home: Path, db: str, query: str) -> str:
     port = (home / "run" / "postgres.port").read_text().strip()
     env = {**os.environ, "PGPASSWORD": (home / "run" / "postgres.pw").read_text().strip()}
-    return subprocess.run(["psql", "-h", "127.0.0.1", "-p", port, "-U", "ppo", "-d", db, "-tAqc", query], env=env,
-                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    return subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", port, "-U", "ppo", "-d", db, "-tAqc", query],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
 
 
 def test_train_deployment_on_postgres():
@@ -35,11 +41,21 @@ def test_train_deployment_on_postgres():
     env = None
     try:
         env = serve_team(home, PPO_DB="postgres", PG_PORT=str(pg_port))
-        listening = {c.laddr.ip for c in psutil.net_connections("tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr.port == pg_port}
+        listening = {
+            c.laddr.ip
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == pg_port
+        }
         assert listening == {"127.0.0.1"}
-        run = prefect_cli(env, "deployment", "run", "train-ppo/train-ppo", "-p", 'overrides={"gate.episodes": 10}',
-                          "--watch")
+        run = prefect_cli(
+            env,
+            "deployment",
+            "run",
+            "train-ppo/train-ppo",
+            "-p",
+            'overrides={"gate.episodes": 10}',
+            "--watch",
+        )
         assert run.returncode == 0 and "Completed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
         assert _sql(home, "mlflow", "SELECT name FROM registered_models") == "ppo-cartpole"
@@ -53,6 +69,8 @@ def test_train_deployment_on_postgres():
         stop_team(home, env)
         try:
             assert not (home / "run" / "postgres.started").exists()
-            assert not (home / "postgres" / "postmaster.pid").exists(), "PostgreSQL still running after make stop"
+            assert not (home / "postgres" / "postmaster.pid").exists(), (
+                "PostgreSQL still running after make stop"
+            )
         finally:
             shutil.rmtree(home, ignore_errors=True)

@@ -32,12 +32,24 @@ CONFIG_CASES = [
     ("range-steps", {"env": {"max_steps_per_episode": 0}}, [], ["env.max_steps_per_episode", "0"]),
     ("unknown-section", {"optimiser": {"lr": 1}}, [], ["optimiser", "unknown key", "allowed keys here"]),
     ("unknown-field", {"ppo": {"lr": 0.1}}, [], ["ppo.lr", "unknown key", "learning_rate"]),
-    ("sizes-minibatch", {"ppo": {"batch_size": 64, "minibatch_size": 48}}, [],
-     ["minibatch_size (48) must divide batch_size (64)"]),
-    ("sizes-envs", {"env": {"num_envs": 6}, "ppo": {"batch_size": 64, "minibatch_size": 64}}, [],
-     ["env.num_envs (6) must divide ppo.batch_size (64)"]),
-    ("sizes-minibatch-big", {"ppo": {"batch_size": 64, "minibatch_size": 128}}, [],
-     ["minibatch_size (128) must be <= batch_size (64)"]),
+    (
+        "sizes-minibatch",
+        {"ppo": {"batch_size": 64, "minibatch_size": 48}},
+        [],
+        ["minibatch_size (48) must divide batch_size (64)"],
+    ),
+    (
+        "sizes-envs",
+        {"env": {"num_envs": 6}, "ppo": {"batch_size": 64, "minibatch_size": 64}},
+        [],
+        ["env.num_envs (6) must divide ppo.batch_size (64)"],
+    ),
+    (
+        "sizes-minibatch-big",
+        {"ppo": {"batch_size": 64, "minibatch_size": 128}},
+        [],
+        ["minibatch_size (128) must be <= batch_size (64)"],
+    ),
     ("anneal-horizon", {"ppo": {"anneal_lr": True}}, [], ["anneal_lr needs train.max_env_steps"]),
     ("env-unknown", {"env": {"id": "Pong-v5"}}, [], ["env.id", "Pong-v5", "CartPole-v1"]),
     ("env-case", {"env": {"id": "cartpole-v1"}}, [], ["env.id", "cartpole-v1", "CartPole-v1"]),
@@ -46,11 +58,24 @@ CONFIG_CASES = [
     ("yaml-section-scalar", "ppo: 3\n", [], ["ppo", "3"]),
     ("yaml-binary", b"\xff\xfe\x00ppo", [], ["cannot be read"]),
     ("file-missing", None, [], ["does not exist"]),
-    ("escape-absolute", {"train": {"checkpoint_dir": "/etc/ppo"}}, [], ["train.checkpoint_dir", "/etc/ppo",
-                                                                        "outside $PPO_HOME"]),
-    ("escape-dotdot", {"train": {"checkpoint_dir": "../../outside"}}, [], ["train.checkpoint_dir", "outside $PPO_HOME"]),
-    ("escape-store", {"tracking": {"tracking_uri": "sqlite:////tmp/elsewhere.db"}}, [],
-     ["tracking.tracking_uri", "outside $PPO_HOME"]),
+    (
+        "escape-absolute",
+        {"train": {"checkpoint_dir": "/etc/ppo"}},
+        [],
+        ["train.checkpoint_dir", "/etc/ppo", "outside $PPO_HOME"],
+    ),
+    (
+        "escape-dotdot",
+        {"train": {"checkpoint_dir": "../../outside"}},
+        [],
+        ["train.checkpoint_dir", "outside $PPO_HOME"],
+    ),
+    (
+        "escape-store",
+        {"tracking": {"tracking_uri": "sqlite:////tmp/elsewhere.db"}},
+        [],
+        ["tracking.tracking_uri", "outside $PPO_HOME"],
+    ),
     ("set-unknown-field", {}, ["--set", "ppo.nope=1"], ["unknown field 'nope' in ppo", "learning_rate"]),
     ("set-unknown-section", {}, ["--set", "nope.lr=1"], ["unknown section 'nope'"]),
     ("set-no-equals", {}, ["--set", "learning_rate"], ["expected key=value"]),
@@ -70,8 +95,11 @@ ARG_CASES = [
     ("promote-version-zero", ["promote", "--version", "0"], ["--version", "greater than or equal to 1"]),
     ("promote-version-text", ["promote", "--version", "abc"], ["--version", "valid integer"]),
     ("promote-no-version", ["promote"], ["Missing option", "--version"]),
-    ("evaluate-untrained", ["evaluate", "-c", str(ROOT / "configs" / "cartpole.yaml")],
-     ["no checkpoint", "train this config first"]),
+    (
+        "evaluate-untrained",
+        ["evaluate", "-c", str(ROOT / "configs" / "cartpole.yaml")],
+        ["no checkpoint", "train this config first"],
+    ),
 ]
 
 
@@ -84,7 +112,8 @@ def _plain(text: str) -> str:
 def _invoke(argv: list[str], home) -> tuple[int, str]:
     result = CliRunner().invoke(app, argv, env={"PPO_HOME": str(home), "COLUMNS": "200"})
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
-        f"unhandled {type(result.exception).__name__}: {result.exception}")
+        f"unhandled {type(result.exception).__name__}: {result.exception}"
+    )
     return result.exit_code, _plain(result.output)
 
 
@@ -93,7 +122,9 @@ def _nothing_written(home) -> None:
     assert left == [], f"a rejected command wrote {left} (a run, a checkpoint or a registry)"
 
 
-@pytest.mark.parametrize("content,args,expected", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
+@pytest.mark.parametrize(
+    "content,args,expected", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
+)
 @pytest.mark.parametrize("command", ["train", "pipeline"])
 def test_bad_config_is_rejected_before_anything_runs(tmp_path, command, content, args, expected):
     home, path = tmp_path / "home", tmp_path / "config.yaml"

@@ -29,8 +29,14 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("PPO_HOME", str(home))
     # long enough (~40 chunks) that the kill lands mid-run; same config file for the killed and resumed run
-    cfg = small_config(**{"train.checkpoint_dir": "ck", "train.updates_per_chunk": 25,
-                          "train.max_env_steps": 128 * 25 * 40, "train.eval_frequency": 10**6})
+    cfg = small_config(
+        **{
+            "train.checkpoint_dir": "ck",
+            "train.updates_per_chunk": 25,
+            "train.max_env_steps": 128 * 25 * 40,
+            "train.eval_frequency": 10**6,
+        }
+    )
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     env = {**os.environ, "PPO_HOME": str(home)}
@@ -50,8 +56,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert rc.returncode == 0, rc.stderr[-2000:]
     resumed = PPOTrainer(config=cfg)
     resumed.restore()
-    uninterrupted = PPOTrainer(config=cfg.model_copy(update={"train": cfg.train.model_copy(
-        update={"checkpoint_dir": "ref"})}))
+    uninterrupted = PPOTrainer(
+        config=cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": "ref"})})
+    )
     uninterrupted.train()
     for a, b in zip(_leaves(uninterrupted), _leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -38,14 +38,23 @@ def _nothing_written(tmp_path, home):
     assert not (tmp_path / "mlruns").exists()
 
 
-@pytest.mark.parametrize("override,pieces", [
-    ("tracking.experiment=../../../../../outside", ["tracking.experiment", "not allowed"]),
-    ("tracking.experiment=a/b", ["tracking.experiment"]),
-    ("registry.model_name=x' OR name LIKE '%", ["registry.model_name", "not allowed"]),
-    ("tracking.tracking_uri=sqlite+pysqlite:////tmp/ppo-outside/b.db", ["tracking.tracking_uri", "outside $PPO_HOME"]),
-    ("tracking.tracking_uri=sqlite+pysqlite:///../../b.db", ["tracking.tracking_uri", "outside $PPO_HOME"]),
-    ("tracking.tracking_uri=gopher://x", ["tracking.tracking_uri", "gopher"]),
-])
+@pytest.mark.parametrize(
+    "override,pieces",
+    [
+        ("tracking.experiment=../../../../../outside", ["tracking.experiment", "not allowed"]),
+        ("tracking.experiment=a/b", ["tracking.experiment"]),
+        ("registry.model_name=x' OR name LIKE '%", ["registry.model_name", "not allowed"]),
+        (
+            "tracking.tracking_uri=sqlite+pysqlite:////tmp/ppo-outside/b.db",
+            ["tracking.tracking_uri", "outside $PPO_HOME"],
+        ),
+        (
+            "tracking.tracking_uri=sqlite+pysqlite:///../../b.db",
+            ["tracking.tracking_uri", "outside $PPO_HOME"],
+        ),
+        ("tracking.tracking_uri=gopher://x", ["tracking.tracking_uri", "gopher"]),
+    ],
+)
 def test_names_and_store_uris_are_confined(tmp_path, monkeypatch, override, pieces):
     code, output, _, home = _run(tmp_path, monkeypatch, ["--set", override])
     assert code == 2, output
@@ -86,9 +95,20 @@ def test_error_messages_echo_only_an_excerpt_of_the_input(tmp_path, monkeypatch)
 
 
 def test_a_config_that_cannot_fit_in_memory_is_refused_before_compiling(tmp_path, monkeypatch):
-    code, output, seconds, home = _run(tmp_path, monkeypatch, [
-        "--set", "env.num_envs=65536", "--set", "ppo.batch_size=65536", "--set", "ppo.minibatch_size=65536",
-        "--set", "ppo.hidden_sizes=[4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096]"])
+    code, output, seconds, home = _run(
+        tmp_path,
+        monkeypatch,
+        [
+            "--set",
+            "env.num_envs=65536",
+            "--set",
+            "ppo.batch_size=65536",
+            "--set",
+            "ppo.minibatch_size=65536",
+            "--set",
+            "ppo.hidden_sizes=[4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096]",
+        ],
+    )
     assert code == 2 and "memory" in output and "GiB" in output, output
     assert seconds < 10
     _nothing_written(tmp_path, home)
@@ -112,7 +132,12 @@ def test_make_treats_an_empty_ppo_home_as_unset(tmp_path):
 
     from conftest import ROOT
 
-    out = subprocess.run(["make", "-s", "-C", str(ROOT), "print-home"], env={"PATH": "/usr/bin:/bin", "PPO_HOME": ""},
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "print-home"],
+        env={"PATH": "/usr/bin:/bin", "PPO_HOME": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(ROOT / ".ppo")

@@ -44,7 +44,11 @@ def test_cli_exits_3_with_the_update_number(tmp_path, monkeypatch):
     _diverged_checkpoint(cfg)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
-    proc = subprocess.run([sys.executable, "-m", "ppo.cli", "train", "-c", str(path), "--resume", "--no-mlflow"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppo.cli", "train", "-c", str(path), "--resume", "--no-mlflow"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3
     assert "non-finite loss at update 6" in proc.stderr and "Traceback" not in proc.stderr

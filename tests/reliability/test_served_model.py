@@ -55,11 +55,24 @@ def served(tmp_path_factory):
         tracking.client()
         import mlflow
 
-        local = mlflow.artifacts.download_artifacts(f"models:/ppo-cartpole/{version}", dst_path=str(home / "model"))
+        local = mlflow.artifacts.download_artifacts(
+            f"models:/ppo-cartpole/{version}", dst_path=str(home / "model")
+        )
     port = free_port()
-    server = Background([__import__("sys").executable, "-m", "ppo.cli", "serve", "--model",
-                         f"models:/ppo-cartpole/{version}", "--port", str(port)], home / "serve.log",
-                        env=venv_env(PPO_HOME=str(home)))
+    server = Background(
+        [
+            __import__("sys").executable,
+            "-m",
+            "ppo.cli",
+            "serve",
+            "--model",
+            f"models:/ppo-cartpole/{version}",
+            "--port",
+            str(port),
+        ],
+        home / "serve.log",
+        env=venv_env(PPO_HOME=str(home)),
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", timeout=120, proc=server.proc)
         yield f"http://127.0.0.1:{port}", server, trainer, local
@@ -82,9 +95,17 @@ def test_listens_on_loopback_only_and_holds_no_pickle(served):
     url, server, _, local = served
     port = int(url.rsplit(":", 1)[1])
     procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
-    listening = {c.laddr.ip for p in procs for c in p.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    listening = {
+        c.laddr.ip
+        for p in procs
+        for c in p.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
     assert listening == {"127.0.0.1"}
     files = [p for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()]
     assert any(f.name == "params.msgpack" for f in files)
-    assert not [f for f in files if f.suffix in (".pkl", ".pickle") or f.read_bytes()[:2] in (b"\x80\x04", b"\x80\x05")]
+    assert not [
+        f
+        for f in files
+        if f.suffix in (".pkl", ".pickle") or f.read_bytes()[:2] in (b"\x80\x04", b"\x80\x05")
+    ]

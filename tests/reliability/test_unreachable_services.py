@@ -17,8 +17,14 @@ pytestmark = pytest.mark.reliability
 def test_unreachable_prefect_api(tmp_path, command):
     dead = f"http://127.0.0.1:{free_port()}/api"
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *command], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, env={**os.environ, "PREFECT_API_URL": dead, "PPO_HOME": str(tmp_path / "h")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": dead, "PPO_HOME": str(tmp_path / "h")},
+    )
     assert proc.returncode == 1
     assert f"Prefect API {dead} is unreachable after 3 attempts" in proc.stderr
     assert "Traceback" not in proc.stderr and time.time() - start < 60
