@@ -18,6 +18,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_API_URL="http://$HOST:$PREFECT_PORT/api"
 export MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT"
 export PPO_PROJECT_DIR="$ROOT"
+# No other web page may drive the API: cross-origin requests are answered only for the API's own origin
+# (Prefect answered `access-control-allow-origin: *`), and state-changing requests need a CSRF token that
+# Prefect's own UI and clients fetch first, so a cross-origin form POST is refused (403).
+export PREFECT_SERVER_CORS_ALLOWED_ORIGINS="${PREFECT_SERVER_CORS_ALLOWED_ORIGINS:-http://$HOST:$PREFECT_PORT,http://localhost:$PREFECT_PORT}"
+export PREFECT_SERVER_CSRF_PROTECTION_ENABLED="${PREFECT_SERVER_CSRF_PROTECTION_ENABLED:-true}"
 
 start() {  # name, command...
   local name=$1; shift

@@ -88,3 +88,46 @@ def test_deployment_runs_train_then_promote(served):
     )
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert json.loads(cli.stdout.strip().splitlines()[-1])["champion"] == "1"
+
+
+def test_another_web_page_cannot_drive_the_prefect_api(served):
+    import urllib.error
+    import urllib.request
+
+    env, _ = served
+    api = env["PREFECT_API_URL"]
+    evil = {"Origin": "http://evil.example", "Content-Type": "application/json"}
+    # a browser's preflight from another origin is not allowed
+    pre = urllib.request.Request(
+        f"{api}/deployments/filter",
+        method="OPTIONS",
+        headers={
+            **evil,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    try:
+        with urllib.request.urlopen(pre, timeout=10) as r:
+            allowed = r.headers.get("access-control-allow-origin")
+    except urllib.error.HTTPError as e:
+        allowed = e.headers.get("access-control-allow-origin")
+    assert allowed not in ("*", "http://evil.example"), allowed
+    # a cross-origin POST that creates a flow run of train-ppo (what a hostile page's form would send)
+    listed = urllib.request.Request(
+        f"{api}/deployments/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(listed, timeout=10)  # no CSRF token: even a local script is refused
+    assert refused.value.code == 403
+    run = urllib.request.Request(
+        f"{api}/flow_runs/",
+        data=json.dumps({"flow_id": "00000000-0000-0000-0000-000000000000"}).encode(),
+        method="POST",
+        headers=evil,
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(run, timeout=10)
+    assert e.value.code == 403
+    # Prefect's own client (CLI, worker) fetches the token and still works
+    assert prefect_cli(env, "deployment", "ls").returncode == 0
