@@ -168,6 +168,7 @@ def evaluate(
     cfg = load_or_exit(config, set_)
     if backend not in ("gymnasium", "jax"):
         fail(f"--backend: {backend!r} is not allowed; expected 'gymnasium' or 'jax'")
+    from ppo.checkpoint import CheckpointError
     from ppo.trainer import PPOTrainer
 
     trainer = PPOTrainer(config=cfg)
@@ -175,6 +176,8 @@ def evaluate(
         trainer.restore()
     except FileNotFoundError as e:
         fail(str(e), code=1)
+    except CheckpointError as e:
+        fail(f"{e}; train this config again (ppo train) or delete the file", code=1)
     out = trainer.evaluate(episodes, backend=backend, seed=seed, all_seeds=all_seeds)
     out.pop("returns")
     sys.stdout.write(json.dumps(out) + "\n")
