@@ -77,26 +77,24 @@ def gate(config: dict[str, Any], evaluation: dict[str, Any], run_id: str) -> dic
         "eval_seed": seed,
         "champion_version": champion["version"] if champion else None,
     }
+    not_gated = None  # (status, reason): the champion never moves to its own run or an older one
     if champion is not None and champion["run_id"] == run_id:
-        log.info("the candidate is the champion's own run (version %s): nothing to gate", champion["version"])
-        return {
-            **base,
-            **_figures(returns, evaluation["candidate_index"]),
-            "passed": False,
-            "status": "is_champion",
-            "reason": f"the candidate is already the champion (version {champion['version']})",
-        }
-    if champion is not None and tracking.run_start_ms(run_id) < tracking.run_start_ms(champion["run_id"]):
-        reason = (
+        not_gated = ("is_champion", f"the candidate is already the champion (version {champion['version']})")
+        log.info("nothing to gate: %s", not_gated[1])
+    elif champion is not None and tracking.run_start_ms(run_id) < tracking.run_start_ms(champion["run_id"]):
+        not_gated = (
+            "older_than_champion",
             f"the candidate's run {run_id} is older than the champion's (version {champion['version']}, run "
-            f"{champion['run_id']}): the champion never moves to an older run"
+            f"{champion['run_id']}): the champion never moves to an older run",
         )
-        log.warning("not gated: %s", reason)
+        log.warning("not gated: %s", not_gated[1])
+    if not_gated is not None:
+        status, reason = not_gated
         return {
             **base,
             **_figures(returns, evaluation["candidate_index"]),
             "passed": False,
-            "status": "older_than_champion",
+            "status": status,
             "reason": reason,
         }
     champion_returns = None
