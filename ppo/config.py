@@ -266,7 +266,8 @@ class Config(_Section):
             gib = 1 << 30
             raise ValueError(
                 f"this config needs about {need / gib:.1f} GiB of memory to train (seeds x networks x "
-                f"env.num_envs x ppo.batch_size / minibatch_size), more than the {limit / gib:.1f} GiB allowed "
+                f"env.num_envs x ppo.batch_size / minibatch_size), more than the {limit / gib:.1f} GiB "
+                "allowed "
                 f"({source}); use fewer or smaller layers, envs, seeds or a smaller minibatch"
             )
         return self
@@ -413,7 +414,8 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
         )
     if field not in _field_names(section):
         raise ConfigError(
-            f"override {key!r}: unknown field {field!r} in {section}; allowed: {', '.join(_field_names(section))}"
+            f"override {key!r}: unknown field {field!r} in {section}; "
+            f"allowed: {', '.join(_field_names(section))}"
         )
     sub = d.setdefault(section, {})
     if not isinstance(sub, dict):

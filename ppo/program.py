@@ -1,6 +1,7 @@
 """The compiled training program (the hot path, PureJaxRL style): pure functions closed over a frozen config.
 
-``make_program(config)`` returns ``init(seeds) -> state`` and ``run_chunk(state, active, num_updates) -> (state, metrics)``.
+``make_program(config)`` returns ``init(seeds) -> state`` and
+``run_chunk(state, active, num_updates) -> (state, metrics)``.
 One call of ``run_chunk`` performs ``train.updates_per_chunk`` PPO updates (rollout → GAE → epochs of
 minibatch steps) for every seed at once: ``lax.scan`` over updates inside ``vmap`` over seeds, one
 compiled program for N seeds. Metrics come back per seed and per update, already reduced.
@@ -140,7 +141,8 @@ def make_program(config: Config) -> Program:
     def update_one(state: TrainState, active: jnp.ndarray) -> tuple[TrainState, UpdateMetrics]:
         go = within_budget(state, active)
         new_state, metrics = train_update(state)
-        # a seed out of budget keeps its state exactly; its discarded update reports nothing (zeros, ran=False)
+        # a seed out of budget keeps its state exactly; its discarded update reports nothing
+        # (zeros, ran=False)
         new_state = jax.tree.map(lambda new, old: jnp.where(go, new, old), new_state, state)
         metrics = jax.tree.map(lambda m: jnp.where(go, m, jnp.zeros_like(m)), metrics)
         return new_state, metrics._replace(ran=go)
