@@ -1,4 +1,5 @@
-"""Flow ``promote-model``: re-run the gate for an existing model version and move ``champion`` only if it passes."""
+"""Flow ``promote-model``: re-run the gate for an existing model version; move ``champion`` only if it
+passes."""
 
 from __future__ import annotations
 

@@ -53,7 +53,8 @@ class Books:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The checkpoint's JSON metadata (the same keys, in the same order, as before the books were typed)."""
+        """The checkpoint's JSON metadata (the same keys, in the same order, as before the books were
+        typed)."""
         out: dict[str, Any] = {
             "chunk": self.chunk,
             "converged_since": self.converged_since,

@@ -253,7 +253,8 @@ def write_report(
             ("min_return", gate.get("min_return")),
             (
                 "recipe: seeds reaching min_return",
-                f"{gate.get('seeds_reaching', '-')} of {gate.get('seeds')} (needs {gate.get('min_seeds', '-')})",
+                f"{gate.get('seeds_reaching', '-')} of {gate.get('seeds')} "
+                f"(needs {gate.get('min_seeds', '-')})",
             ),
             ("champion version", gate.get("champion_version") or "none"),
             ("diff to champion (mean)", _fmt(gate.get("diff", "-"))),
@@ -286,19 +287,30 @@ def write_report(
     def img(name: str, p: Path) -> str:
         mime = "image/gif" if p.suffix == ".gif" else "image/png"
         data = base64.b64encode(p.read_bytes()).decode()
-        return f'<figure><img alt="{name}" src="data:{mime};base64,{data}"><figcaption>{name}</figcaption></figure>'
+        figure = f'<figure><img alt="{name}" src="data:{mime};base64,{data}">'
+        return f"{figure}<figcaption>{name}</figcaption></figure>"
 
     link = (
         f'<p><a href="{html.escape(mlflow_url)}">MLflow run {html.escape(run_id or "")}</a></p>'
         if mlflow_url
         else ""
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PPO report {html.escape(config.env.id)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f4f4f4}}img{{max-width:100%}}
-.passed{{color:#1a7f37}}.failed{{color:#c62828}}pre{{background:#f6f8fa;padding:1em}}</style></head><body>
-<h1>PPO report: {html.escape(config.env.id)}</h1>{link}<h2>Summary</h2>{table_html(summary, "summary")}
-{"<h2>Promotion gate: <span class='" + ("passed'>PASSED" if gate["passed"] else "failed'>FAILED") + "</span></h2>" + table_html(gate_rows, "gate") if gate else ""}
+    title = html.escape(config.env.id)
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}\n"
+        "th,td{border:1px solid #ccc;padding:4px 10px;text-align:left}th{background:#f4f4f4}"
+        "img{max-width:100%}\n"
+        ".passed{color:#1a7f37}.failed{color:#c62828}pre{background:#f6f8fa;padding:1em}"
+    )
+    gate_html = ""
+    if gate:
+        verdict = "passed'>PASSED" if gate["passed"] else "failed'>FAILED"
+        gate_html = f"<h2>Promotion gate: <span class='{verdict}</span></h2>" + table_html(gate_rows, "gate")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PPO report {title}</title>
+<style>{style}</style></head><body>
+<h1>PPO report: {title}</h1>{link}<h2>Summary</h2>{table_html(summary, "summary")}
+{gate_html}
 {"".join(img(n, p) for n, p in images)}
 <h2>Config</h2><pre>{html.escape(cfg_yaml)}</pre></body></html>"""
     (directory / "report.html").write_text(page)

@@ -161,7 +161,8 @@ def gate_decision(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The promotion gate (README.md, "Promotion rules"): does the policy that would be deployed deserve ``@champion``?
+    """The promotion gate (README.md, "Promotion rules"): does the policy that would be deployed deserve
+    ``@champion``?
 
     What is deployed is ONE policy (row ``candidate_index`` of ``seed_returns``, chosen beforehand on
     other episodes, so these episodes carry no selection bias), so the gate certifies that policy, not

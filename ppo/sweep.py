@@ -173,7 +173,8 @@ def _finished(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def best_trial(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The finished trial with the highest selection score; ties go to fewer env steps (the cheaper config)."""
+    """The finished trial with the highest selection score; ties go to fewer env steps (the cheaper
+    config)."""
     return max(_finished(results), key=lambda r: (r["score_selection"], -r["env_steps"]))
 
 

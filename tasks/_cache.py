@@ -50,5 +50,6 @@ def checkpoint_key(ctx: Any, params: dict[str, Any]) -> str:
 
     gate_cfg = json.dumps(params["config"].get("gate", {}), sort_keys=True)
     env_cfg = json.dumps(params["config"].get("env", {}), sort_keys=True)
-    blob = f"{checkpoint_digest(params['checkpoint_dir'])}|{params['run_id']}|{gate_cfg}|{env_cfg}|{code_version()}"
+    digest = checkpoint_digest(params["checkpoint_dir"])
+    blob = f"{digest}|{params['run_id']}|{gate_cfg}|{env_cfg}|{code_version()}"
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -13,7 +13,8 @@ class InjectedFault(RuntimeError):
 def fault(task_name: str) -> None:
     """Fault injection for drills: ``PPO_FAULTS="train=1,register=permanent"`` makes ``train`` fail its
     first attempt (a transient error, counted in ``$PPO_HOME/faults``) and ``register`` fail always;
-    ``promote=delay:5`` makes promotion hold its lock 5 s (a slow registry, to drill concurrent promotions)."""
+    ``promote=delay:5`` makes promotion hold its lock 5 s (a slow registry, to drill concurrent
+    promotions)."""
     spec = dict(item.split("=", 1) for item in os.environ.get("PPO_FAULTS", "").split(",") if "=" in item)
     if task_name not in spec:
         return

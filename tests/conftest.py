@@ -120,7 +120,8 @@ class Background:
 
 
 def start_mlflow_server(directory: Path, port: int | None = None) -> tuple[Background, str]:
-    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend + artifact folder in ``directory``), answering."""
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend + artifact folder in ``directory``),
+    answering."""
     import sys
 
     port = port or free_port()

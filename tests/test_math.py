@@ -145,7 +145,8 @@ def test_advantages_are_normalised_per_minibatch():
         assert min(abs(per_minibatch - per_batch), abs(per_minibatch - raw)) > 0.05  # the test can tell
         got = _policy_loss(ratios, adv, clip_eps)
         assert got == pytest.approx(per_minibatch, abs=1e-5), (got, per_minibatch, per_batch)
-    # per-minibatch normalisation makes the loss invariant to a positive affine map of the minibatch's advantages
+    # per-minibatch normalisation makes the loss invariant to a positive affine map of the minibatch's
+    # advantages
     assert _policy_loss(ratios_b, 0.01 * adv_b - 7.0, clip_eps) == pytest.approx(
         _policy_loss(ratios_b, adv_b, clip_eps), abs=1e-5
     )
@@ -236,5 +237,6 @@ def test_gradients_are_clipped_to_max_grad_norm_before_adam():
         )
         params = optax.apply_updates(params, updates)
     # Adam's first step is ~lr·sign(g) whatever the scale, so clipping shows from the second step on (here
-    # by ~0.2 lr and ~0.65 lr); clipping after Adam (updates of norm ~lr << max_norm) would equal unclipped Adam
+    # by ~0.2 lr and ~0.65 lr); clipping after Adam (updates of norm ~lr << max_norm) would equal
+    # unclipped Adam
     assert differs[0] < 1e-5 and min(differs[1:]) > 0.1 * lr, differs

@@ -1,4 +1,5 @@
-"""Reports from real training results: several seeds, CartPole and Acrobot; files open and say what they claim."""
+"""Reports from real training results: several seeds, CartPole and Acrobot; files open and say what they
+claim."""
 
 from __future__ import annotations
 

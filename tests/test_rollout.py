@@ -117,7 +117,8 @@ def test_rollout_records_true_successors_and_gae_bootstraps_truncations_only(
     if limit == 25:
         assert exp_term.sum() >= 3 and truncated_only.sum() >= 3, (exp_term.sum(), truncated_only.sum())
 
-    # flags: terminated as the env dynamics say, dones = terminated | truncated (the time limit counted by hand)
+    # flags: terminated as the env dynamics say, dones = terminated | truncated (the time limit counted
+    # by hand)
     np.testing.assert_array_equal(terminated, exp_term)
     np.testing.assert_array_equal(dones, exp_term | exp_trunc)
     np.testing.assert_array_equal(np.asarray(traj.rewards), exp_rewards)

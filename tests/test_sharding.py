@@ -33,7 +33,8 @@ for name, extra in cases.items():
         assert trainer.sharding is None
         trainer._sharding = Plan(Mesh(np.array(jax.devices()), ("env",)), "env")
     result = trainer.train()
-    np.savez(sys.argv[2] + "/" + name + ".npz", *[np.asarray(x) for x in jax.tree.leaves(trainer.state.params)])
+    leaves = jax.tree.leaves(trainer.state.params)
+    np.savez(sys.argv[2] + "/" + name + ".npz", *[np.asarray(x) for x in leaves])
     out[name] = {"axis": trainer.sharding and trainer.sharding.axis, "devices": jax.device_count(),
                  "shards": len(jax.tree.leaves(trainer.state.obs)[0].sharding.device_set),
                  "history": [[h["episodes"], h["avg_reward"]] for h in result["history"]]}

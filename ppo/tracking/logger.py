@@ -242,9 +242,9 @@ class MLflowLogger:
         down = time.monotonic() - (self._outage_since or time.monotonic())
         if down > self.outage_tolerance_s:
             raise ServiceUnavailableError(
-                f"MLflow tracking server {self.tracking_uri} has been unreachable for {down:.0f} s during training "
-                f"(tracking.outage_tolerance_s = {self.outage_tolerance_s:g}); training stopped, nothing was "
-                "registered, the last checkpoint is kept. Bring the server back and resume "
+                f"MLflow tracking server {self.tracking_uri} has been unreachable for {down:.0f} s during "
+                f"training (tracking.outage_tolerance_s = {self.outage_tolerance_s:g}); training stopped, "
+                "nothing was registered, the last checkpoint is kept. Bring the server back and resume "
                 "(ppo train --resume, or re-run the flow)."
             )
 
@@ -273,9 +273,10 @@ class MLflowLogger:
             if isinstance(e, ServiceUnavailableError) or self._reachable():
                 raise
             raise ServiceUnavailableError(
-                f"MLflow tracking server {self.tracking_uri} went away while the run's final artifacts and model "
-                f"were being logged ({type(e).__name__}); nothing was registered. Bring the server back and "
-                "resume (ppo train --resume, or re-run the flow): the run is reopened and logged again."
+                f"MLflow tracking server {self.tracking_uri} went away while the run's final artifacts and "
+                f"model were being logged ({type(e).__name__}); nothing was registered. Bring the server "
+                "back and resume (ppo train --resume, or re-run the flow): the run is reopened and logged "
+                "again."
             ) from e
         self.final_logging_s = time.perf_counter() - t
         self.logging_s += self.final_logging_s

@@ -15,7 +15,8 @@ class ServiceUnavailableError(RuntimeError):
 def probe(
     url: str, what: str, hint: str, attempts: int = 3, delay_s: float = 1.0, timeout_s: float = 3.0
 ) -> None:
-    """GET ``url`` up to ``attempts`` times (linear back-off); raise :class:`ServiceUnavailableError` if it never answers."""
+    """GET ``url`` up to ``attempts`` times (linear back-off); raise :class:`ServiceUnavailableError` if it
+    never answers."""
     last: Exception | None = None
     start = time.monotonic()
     for attempt in range(attempts):

@@ -64,7 +64,8 @@ def set_champion(model_name: str, version: str | int, alias: str = CHAMPION) -> 
     tags = c.get_model_version(model_name, str(version)).tags
     if tags.get("gate.passed") != "true":
         raise UngatedVersionError(
-            f"{model_name} version {version} has no passed gate (tag gate.passed={tags.get('gate.passed')!r}): "
+            f"{model_name} version {version} has no passed gate "
+            f"(tag gate.passed={tags.get('gate.passed')!r}): "
             "only a version gated by the pipeline (train-ppo or promote-model) can become champion"
         )
     c.set_registered_model_alias(model_name, alias, str(version))
@@ -111,7 +112,8 @@ def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
 
 
 def fetch_version_run(model_name: str, version: str | int) -> dict[str, Any]:
-    """Download a version's run config (``config.yaml``) and final checkpoint into ``$PPO_HOME/registry/<run>``.
+    """Download a version's run config (``config.yaml``) and final checkpoint into
+    ``$PPO_HOME/registry/<run>``.
 
     Returns ``{"run_id", "config", "checkpoint_dir"}``; the config's checkpoint_dir points at the download.
     """

@@ -15,7 +15,8 @@ from flows.cli import app
 
 pytestmark = pytest.mark.reliability
 
-# (id, config file content: dict = YAML of it, str/bytes = raw, None = no file; extra CLI args; expected pieces)
+# (id, config file content: dict = YAML of it, str/bytes = raw, None = no file; extra CLI args;
+# expected pieces)
 CONFIG_CASES = [
     ("type-float", {"ppo": {"learning_rate": "fast"}}, [], ["ppo.learning_rate", "fast"]),
     ("type-int", {"env": {"num_envs": 2.5}}, [], ["env.num_envs", "2.5"]),
@@ -165,7 +166,8 @@ def test_the_config_cases_cover_every_section_and_every_kind_of_error(tmp_path, 
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))  # where the path-confinement checks point
 
     def kinds(content, args) -> set[tuple[str, str]]:
-        """{(kind, section)} of the errors ``content`` + ``--set`` args produce; section "" = not one section."""
+        """{(kind, section)} of the errors ``content`` + ``--set`` args produce; section "" = not one
+        section."""
         if isinstance(content, str):
             try:
                 content = yaml.safe_load(content)
