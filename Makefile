@@ -49,6 +49,7 @@ stop:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy ppo
 
 print-home:  # where state goes ($$PPO_HOME)
 	@echo $(PPO_HOME)

@@ -141,7 +141,8 @@ def update_convergence(
     for i, m in enumerate(means):
         if m is None or books.converged[i] or not trained[i]:
             continue
-        if books.best_avg[i] is None or m > books.best_avg[i]:
+        best = books.best_avg[i]
+        if best is None or m > best:
             books.best_avg[i] = m
         if episodes[i] >= window and m >= target_reward:
             if books.converged_since[i] is None:
@@ -218,7 +219,7 @@ def build_row(
     Only the updates that ran count; only the seeds that trained in the chunk get per-seed columns.
     """
     ran = np.asarray(metrics.ran, bool)
-    trained = ran.any(axis=1)
+    trained = np.asarray(ran.any(axis=1))  # an array (numpy types any() as bool-or-array)
     steps_this_chunk = int(ran.sum()) * batch
     completed = np.where(ran, metrics.episodes_completed, 0).sum(axis=1)
     seed_returns = [

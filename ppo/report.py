@@ -169,10 +169,13 @@ def policy_gif(
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     env = gym.make(env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
-    frames, t, done = [], 0, False
+    frames: list[Image.Image] = []
+    t, done = 0, False
     while not done and len(frames) < max_frames:
         if t % every == 0:
-            frames.append(Image.fromarray(env.render()).resize((300, 200)))
+            frame = env.render()
+            assert isinstance(frame, np.ndarray)  # render_mode="rgb_array" renders one RGB array
+            frames.append(Image.fromarray(frame).resize((300, 200)))
         obs, _, term, trunc, _ = env.step(int(agent.predict(obs[None])[0]))
         done, t = term or trunc, t + 1
     env.close()

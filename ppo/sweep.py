@@ -36,6 +36,7 @@ The same ranges serve every sweep, so held-out scores of different sweeps are co
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import math
 import os
@@ -66,7 +67,7 @@ class Range(BaseModel):
             raise ValueError(f"a log range needs low > 0, got {self.low}")
         return self
 
-    def draw(self, rng: np.random.Generator) -> float | int:
+    def draw(self, rng: np.random.Generator) -> float | builtins.int:  # the field ``int`` shadows the type
         if self.int:
             return int(rng.integers(int(math.ceil(self.low)), int(math.floor(self.high)) + 1))
         if self.log:

@@ -94,7 +94,9 @@ def version_params(model_name: str, version: str | int) -> tuple[Any, dict[str, 
     return params, {**meta, "run_id": mv.run_id, "version": str(mv.version)}
 
 
-def champion_info(model_name: str, alias: str = CHAMPION) -> dict[str, str] | None:
+def champion_info(model_name: str, alias: str = CHAMPION) -> dict[str, str | None] | None:
+    """The version ``alias`` points at and its run (None for a version registered without a run), or None
+    when the alias is not set."""
     try:
         mv = client().get_model_version_by_alias(model_name, alias)
     except mlflow.exceptions.MlflowException:
@@ -126,7 +128,7 @@ def fetch_version_run(model_name: str, version: str | int) -> dict[str, Any]:
     mv = client().get_model_version(model_name, str(version))
     if not re.fullmatch(r"[0-9a-f]{32}", mv.run_id or ""):
         raise ValueError(f"{model_name} version {version}: unexpected run id {mv.run_id!r}")
-    target = ppo_home() / "registry" / mv.run_id
+    target = ppo_home() / "registry" / str(mv.run_id)  # a str: the 32-hex check above
     target.mkdir(parents=True, exist_ok=True)
     try:
         cfg_file = mlflow.artifacts.download_artifacts(
