@@ -9,10 +9,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from conftest import small_config
 
 from ppo import PPOTrainer
 from ppo.checkpoint import load_checkpoint, save_checkpoint
+from tests.helpers import small_config
 
 
 def _freeze_seed0(cfg, poison: bool = False) -> int:

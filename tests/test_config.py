@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT
 
 from ppo.config import (
     Config,
@@ -17,6 +16,7 @@ from ppo.config import (
     load_config,
     parse_overrides,
 )
+from tests.helpers import ROOT
 
 
 def test_defaults_are_the_reference_table():

@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, small_config
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
@@ -21,6 +20,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.promote import promote_model
 from flows.train_ppo import train_ppo
 from ppo import tracking
+from tests.helpers import ROOT, small_config
 
 # two seeds (the gate's recipe check asks for both), a gate any trained policy passes on its own
 GATE = {"gate.min_return": 0.0, "gate.episodes": 10, "gate.min_seeds": 2, "tracking.enabled": True}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT
 
 from ppo import PPOTrainer
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import small_config
 from PIL import Image
 
 from ppo import PPOTrainer
 from ppo.report import write_report
 from ppo.stats import gate_decision
+from tests.helpers import small_config
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_math import gae_reference
 
 from ppo.advantages import gae
 from ppo.envs import env_spec, make_jax_env
 from ppo.networks import PPONetwork, init_params
 from ppo.rollout import EpisodeStats, make_rollout
+from tests.test_math import gae_reference
 
 GAMMA, LAMBDA = 0.99, 0.95
 

@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, small_config
 
 from ppo import params_io
+from tests.helpers import ROOT, small_config
 
 
 @pytest.fixture(scope="module")

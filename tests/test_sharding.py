@@ -12,17 +12,16 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, small_config
 
 from ppo import PPOTrainer
+from tests.helpers import ROOT, small_config
 
 CASES = {"seed": {}, "env": {"train.seeds": [3]}}  # 2 seeds → 1 per device; 1 seed → 4 of its 8 envs each
 
 SCRIPT = """
 import json, sys
 import jax, numpy as np
-sys.path.insert(0, "tests")
-from conftest import small_config
+from tests.helpers import small_config
 from ppo import PPOTrainer
 cases, out = json.loads(sys.argv[1]), {}
 for name, extra in cases.items():

@@ -10,10 +10,10 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from conftest import small_config
 
 from ppo.config import ConfigError, load_config
 from ppo.sweep import SweepSpec, expand, load_sweep, trial_configs
+from tests.helpers import small_config
 
 
 def _spec(tmp_path, data):

@@ -10,10 +10,10 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-from conftest import register_passed, small_config
 from mlflow.tracking import MlflowClient
 
 from ppo import PPOTrainer, tracking
+from tests.helpers import register_passed, small_config
 
 
 @pytest.fixture(scope="module")

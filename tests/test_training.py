@@ -7,9 +7,9 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import small_config
 
 from ppo import CartPoleWrapper, PPOAgent, PPOTrainer
+from tests.helpers import small_config
 
 TIMING_KEYS = {"env_steps_per_s", "wall_s"}
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, prefect_cli, serve_team, stop_team
+
+from tests.helpers import ROOT, prefect_cli, serve_team, stop_team
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from conftest import (
+
+from tests.helpers import (
     Background,
     free_port,
     register_passed,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port, prefect_cli, serve_team, stop_team
+
+from tests.helpers import free_port, prefect_cli, serve_team, stop_team
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import ROOT, small_config
 
 from ppo import PPOAgent
 from ppo.report import write_report
 from ppo.stats import gate_decision
+from tests.helpers import ROOT, small_config
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -29,9 +29,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
 
 
 def test_checkpoints_and_results_go_through_the_atomic_writer(tmp_path, monkeypatch, ppo_home):
-    from conftest import small_config
-
     from ppo import PPOTrainer
+    from tests.helpers import small_config
 
     trainer = PPOTrainer(config=small_config(**{"train.max_env_steps": 128 * 5, "train.seeds": [0]}))
     trainer.train()

@@ -8,10 +8,10 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT
 from typer.testing import CliRunner
 
 from flows.cli import app
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.reliability
 

@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import small_config
 
 from ppo import PPOTrainer
 from ppo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from tests.helpers import small_config
 
 pytestmark = pytest.mark.reliability
 

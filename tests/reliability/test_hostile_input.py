@@ -130,7 +130,7 @@ def test_an_empty_ppo_home_means_unset(tmp_path, monkeypatch):
 def test_make_treats_an_empty_ppo_home_as_unset(tmp_path):
     import subprocess
 
-    from conftest import ROOT
+    from tests.helpers import ROOT
 
     out = subprocess.run(
         ["make", "-s", "-C", str(ROOT), "print-home"],

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import small_config
 from typer.testing import CliRunner
 
 from flows.cli import app
 from ppo import PPOTrainer
+from tests.helpers import small_config
 
 pytestmark = pytest.mark.reliability
 

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import small_config
 from mlflow.tracking import MlflowClient
 
 from ppo import NonFiniteLossError, PPOTrainer, tracking
 from ppo.checkpoint import load_checkpoint, save_checkpoint
+from tests.helpers import small_config
 
 pytestmark = pytest.mark.reliability
 

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, small_config
 
 from ppo import PPOTrainer, tracking
+from tests.helpers import ROOT, small_config
 
 pytestmark = pytest.mark.reliability
 

@@ -10,9 +10,9 @@ import urllib.request
 import numpy as np
 import psutil
 import pytest
-from conftest import Background, free_port, register_passed, small_config, venv_env, wait_http
 
 from ppo import PPOTrainer, tracking
+from tests.helpers import Background, free_port, register_passed, small_config, venv_env, wait_http
 
 pytestmark = pytest.mark.reliability
 

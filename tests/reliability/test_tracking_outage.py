@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import free_port, small_config, start_mlflow_server
 from mlflow.tracking import MlflowClient
 
 from ppo import PPOTrainer, tracking
 from ppo.tracking import MLflowLogger
 from ppo.tracking.probe import ServiceUnavailableError
+from tests.helpers import free_port, small_config, start_mlflow_server
 
 pytestmark = pytest.mark.reliability
 

@@ -8,7 +8,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, free_port
+
+from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.reliability
 
