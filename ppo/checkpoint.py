@@ -3,23 +3,70 @@
 The file is written to a temporary name, fsynced and renamed over ``checkpoint.msgpack``: a crash at
 any point leaves either the previous complete checkpoint or the new complete one, never a torn file.
 A SHA-256 of the payload is stored beside the payload and verified on load.
+
+:func:`checkpoint_folder` is the one place that decides where a config's checkpoints live (the trainer,
+the pipeline's ``train`` task and ``ppo evaluate`` all ask it), so ``ppo evaluate -c F`` finds what
+``ppo pipeline -c F`` trained. JAX and Flax are imported on first use: the folder rule and
+:func:`verify_checkpoint` (the pipeline's cache check) need neither.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import jax
-import numpy as np
-from flax import serialization
+from typing import TYPE_CHECKING, Any
 
 from ppo import atomic
 
+if TYPE_CHECKING:
+    from ppo.config import Config
+
 CHECKPOINT_NAME = "checkpoint.msgpack"
+RESULT_NAME = "result.json"
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_digest(root: str | os.PathLike[str]) -> str:
+    """A digest of every source file of ``root/ppo`` and ``root/tasks``, sub-packages included."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for pkg in ("ppo", "tasks"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def code_version() -> str:
+    """This checkout's :func:`source_digest` (once per process): part of the checkpoint folder's name, so a
+    re-run after a code change trains afresh instead of resuming a checkpoint of other code (the pipeline's
+    cache keys use the same digest, :func:`tasks._cache.code_version`)."""
+    return source_digest(_ROOT)
+
+
+def checkpoint_folder(config: Config, *, existing: bool = False) -> Path:
+    """Where ``config``'s checkpoints live: ``train.checkpoint_dir`` when the config names one (inside
+    ``$PPO_HOME``), else ``$PPO_HOME/checkpoints/<config hash>-<code version>``.
+
+    ``existing=True`` (looking a checkpoint up, e.g. ``ppo evaluate``): when this code version's folder has
+    no checkpoint, the newest ``<config hash>-*`` folder that has one (a checkpoint trained before the last
+    code change), so a code edit does not hide the trained agent from evaluation.
+    """
+    from ppo.config import confined_path, ppo_home
+
+    if config.train.checkpoint_dir:
+        return confined_path(config.train.checkpoint_dir)
+    base = ppo_home() / "checkpoints"
+    folder = base / f"{config.config_hash()}-{code_version()[:8]}"
+    if existing and not (folder / CHECKPOINT_NAME).is_file() and base.is_dir():
+        older = [p for p in base.glob(f"{config.config_hash()}-*") if (p / CHECKPOINT_NAME).is_file()]
+        if older:
+            return max(older, key=lambda p: (p / CHECKPOINT_NAME).stat().st_mtime)
+    return folder
 
 
 class CheckpointError(RuntimeError):
@@ -27,6 +74,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(directory: str | os.PathLike[str], state: Any, meta: dict[str, Any]) -> Path:
+    import jax
+    from flax import serialization
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = serialization.msgpack_serialize(
@@ -45,6 +95,10 @@ def load_checkpoint(directory: str | os.PathLike[str], template: Any) -> tuple[A
     see :meth:`ppo.runtime.Runtime.state_shapes`); its leaves give the structure and the shapes checked,
     the values come from the file (NumPy arrays).
     """
+    import jax
+    import numpy as np
+    from flax import serialization
+
     path = Path(directory) / CHECKPOINT_NAME
     if not path.is_file():
         return None
@@ -66,3 +120,25 @@ def load_checkpoint(directory: str | os.PathLike[str], template: Any) -> tuple[A
 def checkpoint_digest(directory: str | os.PathLike[str]) -> str:
     """SHA-256 of the checkpoint file (a cache key for evaluation)."""
     return hashlib.sha256((Path(directory) / CHECKPOINT_NAME).read_bytes()).hexdigest()
+
+
+def verify_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of the checkpoint in ``directory`` after checking its digest, without a template (no
+    JAX): what the pipeline asks before trusting a cached result that points here.
+
+    Raises :class:`FileNotFoundError` when there is none, :class:`CheckpointError` when it is unreadable.
+    """
+    import msgpack
+
+    path = Path(directory) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint {path}")
+    try:
+        outer = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+        payload = outer["payload"]
+        if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
+            raise ValueError("digest mismatch")
+        meta = json.loads(msgpack.unpackb(payload, raw=False, strict_map_key=False)["meta"])
+    except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
+        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
+    return meta

@@ -168,9 +168,13 @@ def evaluate(
     cfg = load_or_exit(config, set_)
     if backend not in ("gymnasium", "jax"):
         fail(f"--backend: {backend!r} is not allowed; expected 'gymnasium' or 'jax'")
-    from ppo.checkpoint import CheckpointError
+    from ppo.checkpoint import CheckpointError, checkpoint_folder
     from ppo.trainer import PPOTrainer
 
+    # the folder `ppo train` and `ppo pipeline` trained into (or, after a code change, the newest one of
+    # this config): one rule, ppo.checkpoint.checkpoint_folder
+    folder = str(checkpoint_folder(cfg, existing=True))
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": folder})})
     trainer = PPOTrainer(config=cfg)
     try:
         trainer.restore()

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ppo import progress
-from ppo.config import Config, build_config, confined_path, flat_kwargs_to_overrides, load_config, ppo_home
+from ppo.config import Config, build_config, flat_kwargs_to_overrides, load_config
 from ppo.progress import Books
 from ppo.runtime import Runtime, enable_compilation_cache
 
@@ -123,9 +123,10 @@ class PPOTrainer:
     # ------------------------------------------------------------------ paths and program
     @property
     def checkpoint_dir(self) -> Path:
-        if self.config.train.checkpoint_dir:
-            return confined_path(self.config.train.checkpoint_dir)
-        return ppo_home() / "checkpoints" / self.config.config_hash()
+        """This config's folder (:func:`ppo.checkpoint.checkpoint_folder`, the one rule for every caller)."""
+        from ppo.checkpoint import checkpoint_folder
+
+        return checkpoint_folder(self.config)
 
     @property
     def sharding(self) -> Any:
@@ -177,32 +178,77 @@ class PPOTrainer:
                 books.stopped_by_callback = False
                 done = self.checkpoint_dir / "result.json"
                 if books.finished and books.stop_reason != "callback" and done.is_file():
-                    # a finished run: hand back its result, log nothing twice
+                    # a finished run: hand back its result, log nothing twice (unless its run is lost)
                     self.state = state
                     self._split_seeds(state)
                     self._set_agent(int(books.best_seed_index or 0))
-                    return {**json.loads(done.read_text()), "resumed_from_chunk": resumed_from}
+                    result = self._relog_if_lost(json.loads(done.read_text()))
+                    return {**result, "resumed_from_chunk": resumed_from}
         logger = self._open_logger(resumed=resumed_from is not None)
         try:
+            if resumed_from is not None and books.history:
+                self._log_history(logger, books.history)
             result = self._loop(runtime, state, books, callback, logger, started)
             result["resumed_from_chunk"] = resumed_from
             if logger is not None:  # inside the try: a failure here must not leave the run RUNNING
                 logger.log_result(result, agent=self.agent, config=self.config)
+                result["run_id"] = logger.run_id
+            # before the run is closed: a full disk here ends the run FAILED, never FINISHED without it
+            self._write_result(result)
         except BaseException as e:
             if logger is not None:
                 try:
-                    logger.end(
-                        status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=repr(e)
-                    )
+                    # not an error but a stop from outside (Ctrl-C, SIGTERM as Prefect's TerminationSignal,
+                    # SystemExit): KILLED; the checkpoint is kept for --resume
+                    logger.end(status="FAILED" if isinstance(e, Exception) else "KILLED", error=repr(e))
                 except Exception as end_error:  # the tracking server may be what failed: keep the first error
                     e.add_note(f"(the MLflow run could not be marked FAILED: {end_error})")
             raise
         if logger is not None:
             logger.end(status="FINISHED")
-            result["run_id"] = logger.run_id
+        return result
+
+    def _write_result(self, result: dict[str, Any]) -> None:
         from ppo import atomic
 
         atomic.write_text(self.checkpoint_dir / "result.json", json.dumps(result, default=str))
+
+    @staticmethod
+    def _log_history(logger: RunLogger | None, history: list[dict[str, Any]]) -> None:
+        """On resume: write the checkpoint's history rows the run is missing (those of the chunks before a
+        kill that never reached the store), so its curves match an uninterrupted run's. A logger without
+        ``log_history`` gets nothing."""
+        log_history = getattr(logger, "log_history", None)
+        if log_history is not None:
+            log_history(history)
+
+    def _relog_if_lost(self, result: dict[str, Any]) -> dict[str, Any]:
+        """A finished run's result, logged again to a new run when the one it names is gone from the store
+        (``mlflow.db`` emptied or replaced, the run deleted): without this every later re-run would hand
+        back a run id that no longer exists. Everything comes from the checkpoint and ``result.json``."""
+        if not self.enable_mlflow and self.logger is None:
+            return result
+        if self.logger is None:
+            from ppo.tracking import MLflowLogger
+
+            self.logger = MLflowLogger.from_config(self.config)
+        has_run = getattr(self.logger, "has_run", None)
+        if has_run is None or has_run(result.get("run_id")):
+            return result
+        logger = self.logger
+        logger.start(self.config, resumed=False, run_dir=self.checkpoint_dir)
+        try:
+            self._log_history(logger, result.get("history") or [])
+            logger.log_result(result, agent=self.agent, config=self.config)
+            result = {**result, "run_id": logger.run_id}
+            self._write_result(result)
+        except BaseException as e:
+            try:
+                logger.end(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=repr(e))
+            except Exception as end_error:
+                e.add_note(f"(the MLflow run could not be marked FAILED: {end_error})")
+            raise
+        logger.end(status="FINISHED")
         return result
 
     def _open_logger(self, resumed: bool) -> RunLogger | None:
@@ -350,6 +396,8 @@ class PPOTrainer:
                 spec.action_dim,
                 self.config.ppo.hidden_sizes,
                 params=self.seed_params[best],
+                action_space=spec.action,
+                log_std_init=self.config.ppo.log_std_init,
             )
         else:
             self.agent.params = self.seed_params[best]
@@ -427,6 +475,10 @@ class PPOTrainer:
             from ppo.program import make_network
 
             env, env_params = make_jax_env(self.config.env.id, self.config.env.max_steps_per_episode)
-            run = make_jax_evaluator(make_network(self.config), env, env_params, num_episodes)
+            from ppo.distributions import distribution
+            from ppo.envs import env_spec
+
+            dist = distribution(env_spec(self.config.env.id).action)
+            run = make_jax_evaluator(make_network(self.config), env, env_params, num_episodes, dist)
             returns = np.stack([np.asarray(run(p, jax.random.PRNGKey(seed))) for p in params_list])
         return summarize_seeds(returns)

@@ -18,7 +18,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.tasks import exponential_backoff
 
-from tasks._cache import CACHED, RESULTS, checkpoint_key, code_version, file_key
+from tasks._cache import CACHED, RESULTS, TRAIN_CACHE, checkpoint_key, file_key
 from tasks._faults import fault
 from tasks.promotion import NO_OP
 
@@ -83,21 +83,23 @@ def challenger(config: dict[str, Any], flow_run_id: str) -> dict[str, Any]:
     }
 
 
-@task(name="train", cache_policy=CACHED, retries=2, retry_delay_seconds=exponential_backoff(2), **RESULTS)
+@task(
+    name="train",
+    cache_policy=TRAIN_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(2),
+    **RESULTS,
+)
 def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train with MLflow tracking; resumes from the latest checkpoint when retried or re-run after a crash."""
     fault("train")
     from ppo import tracking
-    from ppo.config import confined_path, ppo_home
     from ppo.trainer import PPOTrainer
 
     log = get_run_logger()
     cfg = _config(config)
-    # one folder per config and code version (under the config's checkpoint_dir when it names one): a
-    # re-run after a code change trains afresh instead of resuming a checkpoint of other code
-    base = confined_path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else ppo_home() / "checkpoints"
-    ck = str(base / f"{config_hash}-{code_version()[:8]}")
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_dir": ck})})
+    # the folder is the trainer's (ppo.checkpoint.checkpoint_folder: per config and code version), so
+    # `ppo evaluate -c` and `ppo train --resume` find what this task trained
     trainer = PPOTrainer(config=cfg, enable_mlflow=True)
     every = max(1, cfg.train.log_frequency)
 

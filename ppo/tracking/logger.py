@@ -22,9 +22,16 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
-from ppo.config import Config, confined_path, local_store_path
+from ppo import atomic
+from ppo.config import Config
 from ppo.tracking.probe import ServiceUnavailableError
-from ppo.tracking.store import check_reachable, connect, get_or_create_experiment
+from ppo.tracking.store import (
+    check_reachable,
+    config_store_uri,
+    connect,
+    get_or_create_experiment,
+    run_exists,
+)
 
 METRIC_KEYS = {
     "episode_return": "train/episode_return",
@@ -106,16 +113,15 @@ class MLflowLogger:
         self._outage_since: float | None = None  # monotonic time the server was first found unreachable
         self._outage_error: BaseException | None = None
         self._next_probe = 0.0
+        self._logged: dict[str, set[int]] = {}  # metric -> steps the (resumed) run already has
 
     @classmethod
     def from_config(cls, config: Config, **kwargs: Any) -> MLflowLogger:
-        uri = config.tracking.tracking_uri
-        local = None if uri is None else local_store_path(uri)
-        if uri is not None and local is not None:  # relative local stores are taken from $PPO_HOME
-            path = confined_path(local)
-            uri = f"sqlite:///{path}" if uri.startswith("sqlite") else path.as_uri()
         return cls(
-            uri, config.experiment_name, outage_tolerance_s=config.tracking.outage_tolerance_s, **kwargs
+            config_store_uri(config),
+            config.experiment_name,
+            outage_tolerance_s=config.tracking.outage_tolerance_s,
+            **kwargs,
         )
 
     # ---- run lifecycle ----
@@ -156,25 +162,42 @@ class MLflowLogger:
             for i in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[i : i + 100])
         if marker is not None:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.tracking_uri}))
+            atomic.write_text(marker, json.dumps({"run_id": self.run_id, "tracking_uri": self.tracking_uri}))
         self.start_s = time.perf_counter() - t
         self.logging_s += self.start_s
         return self.run_id
 
-    def log_row(self, row: dict[str, Any]) -> None:
-        """Queue one history row's metrics (step = env steps)."""
+    def has_run(self, run_id: str | None) -> bool:
+        """Whether ``run_id`` is a live run of this store (not deleted, not lost with an emptied store)."""
+        return run_exists(self.client, run_id)
+
+    def log_history(self, rows: list[dict[str, Any]]) -> None:
+        """Write the rows of a resumed run's checkpoint that the run does not have yet.
+
+        Why: the metrics of the chunks before a kill were buffered (or flushed) by the killed process;
+        whatever never reached the store would leave the curves starting where the run resumed. The points
+        the run already has (same metric, same step) are not written twice, here or by :meth:`log_row`
+        when the chunks after the last checkpoint run again.
+        """
         t = time.perf_counter()
-        step, ts = int(row["env_steps"]), int(time.time() * 1000)
-        for key, value in row.items():
-            if value is None or key in ("chunk", "update", "wall_s", "converged_seeds"):
-                continue
-            name = METRIC_KEYS.get(key)
-            if name is None and "/seed_" in key:
-                base, seed = key.split("/seed_")
-                name = f"{METRIC_KEYS.get(base, base)}/seed_{seed}"
-            if name is not None:
-                self._buffer.append(Metric(name, float(value), ts, step))
+        self._logged = {}
+        have = set(self.client.get_run(self.run_id).data.metrics)
+        ts = int(time.time() * 1000)
+        wanted = [m for row in rows for m in _row_metrics(row, ts)]
+        for key in {m.key for m in wanted} & have:
+            self._logged[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        self._buffer.extend(m for m in wanted if m.step not in self._logged.get(m.key, ()))
+        self.flush()
+        self.logging_s += time.perf_counter() - t
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """Queue one history row's metrics (step = env steps); after a resume, points the run already has
+        are skipped (a chunk run again after the last checkpoint)."""
+        t = time.perf_counter()
+        metrics = _row_metrics(row, int(time.time() * 1000))
+        if self._logged:
+            metrics = [m for m in metrics if m.step not in self._logged.get(m.key, ())]
+        self._buffer.extend(metrics)
         if (
             len(self._buffer) >= self.flush_every_metrics
             or time.monotonic() - self._last_flush >= self.flush_every_s
@@ -335,6 +358,23 @@ class MLflowLogger:
                 self.set_tags({"error": error[:4000]})
         finally:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def _row_metrics(row: dict[str, Any], ts: int) -> list[Metric]:
+    """One history row as MLflow metrics, named by :data:`METRIC_KEYS` (per-seed ``.../seed_<n>``), at
+    step = env steps: the same points whether logged live or written back on resume."""
+    step = int(row["env_steps"])
+    out = []
+    for key, value in row.items():
+        if value is None or key in ("chunk", "update", "wall_s", "converged_seeds"):
+            continue
+        name = METRIC_KEYS.get(key)
+        if name is None and "/seed_" in key:
+            base, seed = key.split("/seed_")
+            name = f"{METRIC_KEYS.get(base, base)}/seed_{seed}"
+        if name is not None:
+            out.append(Metric(name, float(value), ts, step))
+    return out
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ppo.config import ppo_home
+from ppo.config import Config, confined_path, local_store_path, ppo_home
 from ppo.tracking.probe import probe
 
 
@@ -32,6 +32,32 @@ def _client_defaults() -> None:
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` when set, else the sqlite store in ``$PPO_HOME``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ppo_home() / 'mlflow.db'}"
+
+
+def config_store_uri(config: Config) -> str | None:
+    """The store a config names (``tracking.tracking_uri``; a relative local store is taken from
+    ``$PPO_HOME``), or ``None`` for the default (:func:`default_tracking_uri`)."""
+    uri = config.tracking.tracking_uri
+    local = None if uri is None else local_store_path(uri)
+    if uri is not None and local is not None:
+        path = confined_path(local)
+        uri = f"sqlite:///{path}" if uri.startswith("sqlite") else path.as_uri()
+    return uri
+
+
+def run_exists(client: MlflowClient, run_id: str | None) -> bool:
+    """Whether ``run_id`` is a live run in ``client``'s store. False when the store no longer has it (an
+    emptied or replaced ``mlflow.db``) or it was deleted; any other error (the server is down) is raised,
+    so an outage never passes for lost state."""
+    if not run_id:
+        return False
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return False
+        raise
+    return run.info.lifecycle_stage == "active"
 
 
 def default_artifact_root() -> str:
