@@ -14,17 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from ppo.policy import actor_layers, numpy_logits
+from ppo.policy import GreedyPolicy
+from ppo.spaces import ActionSpace
 
 
 class PPOAgent:
-    """Actor-critic agent for discrete actions.
+    """Actor-critic agent for discrete or continuous actions.
 
     Args:
         observation_dim: size of the observation vector.
-        action_dim: number of discrete actions.
+        action_dim: number of discrete actions, or dims of a continuous action.
         hidden_sizes: hidden layer widths of both actor and critic.
         seed: initialises ``params`` (the trainer re-initialises from ``train.seeds``).
+        params: the variables tree (``params``, and ``obs_norm`` when observations are normalised).
+        action_space: the env's :class:`~ppo.spaces.ActionSpace`; default ``action_dim`` discrete actions.
+        log_std_init: continuous actions: the Gaussian's initial log std.
     """
 
     def __init__(
@@ -34,6 +38,8 @@ class PPOAgent:
         hidden_sizes: Sequence[int] = (64, 64),
         seed: int = 0,
         params: Any | None = None,
+        action_space: ActionSpace | None = None,
+        log_std_init: float = 0.0,
     ) -> None:
         from ppo.sharding import configure_cpu_devices
 
@@ -42,8 +48,19 @@ class PPOAgent:
 
         self.observation_dim = int(observation_dim)
         self.action_dim = int(action_dim)
+        self.action_space = action_space or ActionSpace("discrete", self.action_dim)
+        if self.action_space.n != self.action_dim:
+            raise ValueError(
+                f"action_dim {self.action_dim} does not match the action space's n={self.action_space.n}"
+            )
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.network = PPONetwork(action_dim=self.action_dim, hidden_sizes=self.hidden_sizes)
+        self.log_std_init = float(log_std_init)
+        self.network = PPONetwork(
+            action_dim=self.action_dim,
+            hidden_sizes=self.hidden_sizes,
+            continuous=not self.action_space.discrete,
+            log_std_init=self.log_std_init,
+        )
         if params is None:
             from ppo.networks import init_params
 
@@ -57,7 +74,7 @@ class PPOAgent:
     @params.setter
     def params(self, value: Any) -> None:
         self._params = value
-        self._layers = actor_layers(value)
+        self._policy = GreedyPolicy(value, self.action_space)
 
     def _check(self, observations: Any) -> np.ndarray:
         obs = np.asarray(observations, dtype=np.float32)
@@ -68,31 +85,45 @@ class PPOAgent:
         return obs
 
     def logits(self, observations: Any) -> np.ndarray:
-        return numpy_logits(self._layers, self._check(observations))
+        """The actor's output: logits (discrete) or the Gaussian's mean (continuous)."""
+        return self._policy.head(self._check(observations))
 
     def predict(
         self, observations: Any, deterministic: bool = True, rng: np.random.Generator | None = None
     ) -> np.ndarray:
-        """Actions (int64, shape (n,)) for float observations of shape (n, obs_dim)."""
-        logits = self.logits(observations)
+        """Actions for float observations of shape (n, obs_dim): int64 ``(n,)`` (discrete) or float32
+        ``(n, action_dim)`` within the bounds (continuous). Greedy unless ``deterministic=False``."""
+        obs = self._check(observations)
         if deterministic:
-            return logits.argmax(-1).astype(np.int64)
+            return self._policy(obs)
         rng = rng or np.random.default_rng()
-        z = logits - logits.max(-1, keepdims=True)
+        head = self._policy.head(obs)
+        if not self.action_space.discrete:
+            log_std = np.asarray(self.params["params"]["actor"]["log_std"], np.float32)
+            sample = head + np.exp(log_std) * rng.standard_normal(head.shape).astype(np.float32)
+            return np.clip(sample, self._policy.low, self._policy.high).astype(np.float32)
+        z = head - head.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         return np.array([rng.choice(self.action_dim, p=p) for p in probs], dtype=np.int64)
 
     def act(self, observations: Any, key: Any) -> tuple[Any, Any, Any]:
-        """JAX sampling: (actions, log_probs, values) for a batch of observations."""
-        import jax
+        """JAX sampling: (actions, log_probs, values) for a batch of observations (continuous actions
+        unclipped, as the learner stores them)."""
+        from ppo.distributions import distribution
+        from ppo.normalize import observe
 
-        logits, values = self.network.apply(self.params, self._check(observations))
-        actions = jax.random.categorical(key, logits)
-        log_probs = jax.nn.log_softmax(logits)[np.arange(len(actions)), actions]
-        return actions, log_probs, values
+        dist = distribution(self.action_space)
+        pi, values = self.network.apply(
+            {"params": self.params["params"]}, observe(self.params, self._check(observations))
+        )
+        actions = dist.sample(key, pi)
+        return actions, dist.log_prob(pi, actions), values
 
     def value(self, observations: Any) -> np.ndarray:
-        return np.asarray(self.network.apply(self.params, self._check(observations))[1])
+        from ppo.normalize import observe
+
+        x = observe(self.params, self._check(observations))
+        return np.asarray(self.network.apply({"params": self.params["params"]}, x)[1])
 
     # ---- persistence: flax msgpack + JSON, never pickle ----
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -112,6 +143,8 @@ class PPOAgent:
                     "observation_dim": self.observation_dim,
                     "action_dim": self.action_dim,
                     "hidden_sizes": list(self.hidden_sizes),
+                    "action_space": self.action_space.to_dict(),
+                    "log_std_init": self.log_std_init,
                 }
             ),
         )
@@ -124,7 +157,15 @@ class PPOAgent:
         d = Path(directory)
         meta = json.loads((d / "agent.json").read_text())
         params = serialization.msgpack_restore((d / "params.msgpack").read_bytes())
-        return cls(meta["observation_dim"], meta["action_dim"], meta["hidden_sizes"], params=params)
+        action = meta.get("action_space")
+        return cls(
+            meta["observation_dim"],
+            meta["action_dim"],
+            meta["hidden_sizes"],
+            params=params,
+            action_space=None if action is None else ActionSpace.from_dict(action),
+            log_std_init=float(meta.get("log_std_init", 0.0)),
+        )
 
 
 def _to_numpy(tree: Any) -> Any:

@@ -31,11 +31,6 @@ def excerpt(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-#: Environments with a gymnax implementation (training) and a gymnasium twin (evaluation).
-SUPPORTED_ENVS: tuple[str, ...] = ("CartPole-v1", "Acrobot-v1")
-_ENV_SLUGS = {"CartPole-v1": "cartpole", "Acrobot-v1": "acrobot"}
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -43,9 +38,26 @@ class _Section(BaseModel):
 class EnvConfig(_Section):
     """Which environment to train on and how many copies run side by side per seed."""
 
-    id: Literal["CartPole-v1", "Acrobot-v1"] = "CartPole-v1"
+    id: str = Field("CartPole-v1", description="an env of ppo.envs.ENV_SPECS (README: Environments)")
     num_envs: int = Field(4, ge=1, le=65536, description="parallel envs per seed")
-    max_steps_per_episode: int = Field(500, ge=1, le=100_000, description="time limit (truncation)")
+    max_steps_per_episode: int | None = Field(
+        None, ge=1, le=100_000, description="time limit (truncation); default the env's gymnasium limit"
+    )
+    normalize_observations: bool = Field(
+        False, description="running mean/std observation normalisation (SB3 VecNormalize norm_obs)"
+    )
+    normalize_rewards: bool = Field(
+        False, description="rewards scaled by the std of the discounted return (VecNormalize norm_reward)"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _known_env(cls, value: str) -> str:
+        from ppo.envs import ENV_SPECS
+
+        if value not in ENV_SPECS:
+            raise ValueError(f"{excerpt(value)} is not allowed; expected one of {', '.join(ENV_SPECS)}")
+        return value
 
 
 class PPOConfig(_Section):
@@ -68,6 +80,9 @@ class PPOConfig(_Section):
         True, description="advantages normalised per minibatch (mean 0, std 1)"
     )
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, max_length=8)
+    log_std_init: float = Field(
+        0.0, ge=-20.0, le=5.0, description="continuous actions: initial log std of the Gaussian policy"
+    )
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
@@ -101,7 +116,7 @@ class TrainConfig(_Section):
         ge=-1e9,
         le=1e9,
         description="convergence threshold; default the "
-        "env's gymnasium reward_threshold (CartPole-v1 475, Acrobot-v1 -100)",
+        "env's reward threshold (ppo.envs.ENV_SPECS: CartPole-v1 475, Acrobot-v1 -100, ...)",
     )
     convergence_window: int = Field(100, ge=1, le=100_000)
     early_stopping_patience: int = Field(10, ge=0, le=10**9)
@@ -198,7 +213,7 @@ class GateConfig(_Section):
         None,
         ge=-1e9,
         le=1e9,
-        description="default the env's gymnasium reward_threshold (CartPole-v1 475, Acrobot-v1 -100)",
+        description="default the env's reward threshold (ppo.envs.ENV_SPECS: CartPole-v1 475, ...)",
     )
     min_seeds: int = Field(5, ge=1, le=1024, description="training seeds that must reach min_return")
     margin: float = Field(
@@ -222,16 +237,23 @@ class Config(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _env_thresholds(cls, data: Any) -> Any:
-        """Unset ``train.target_reward`` / ``gate.min_return`` default to the env's reward threshold."""
+    def _env_defaults(cls, data: Any) -> Any:
+        """Unset ``train.target_reward`` / ``gate.min_return`` default to the env's reward threshold, and
+        an unset ``env.max_steps_per_episode`` to its gymnasium time limit (ppo.envs.ENV_SPECS)."""
+        from ppo.envs import ENV_SPECS
+
         if not isinstance(data, dict):
             return data
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
-        env_id = env.get("id", EnvConfig.model_fields["id"].default)
-        threshold = reward_threshold(env_id) if env_id in SUPPORTED_ENVS else None
+        spec = ENV_SPECS.get(env.get("id", EnvConfig.model_fields["id"].default))
+        if spec is None:
+            return data  # the id's own validator explains
+        data = dict(data)
+        if env.get("max_steps_per_episode") is None:
+            data["env"] = {**env, "max_steps_per_episode": spec.max_episode_steps()}
+        threshold = spec.reward_threshold()
         if threshold is None:
             return data
-        data = dict(data)
         for section, key in (("train", "target_reward"), ("gate", "min_return")):
             sub = data.get(section, {})
             if isinstance(sub, dict) and sub.get(key) is None:
@@ -282,7 +304,7 @@ class Config(_Section):
         from ppo.envs import env_spec
 
         spec = env_spec(self.env.id)
-        sizes = [spec.observation_dim, *self.ppo.hidden_sizes]
+        sizes = [spec.observation_dim, *self.ppo.hidden_sizes]  # MLP torsos
         weights = sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
         params = 2 * weights + sizes[-1] * (spec.action_dim + 1)
         width = 2 * sum(self.ppo.hidden_sizes)  # activations of both networks per sample
@@ -306,7 +328,15 @@ class Config(_Section):
 
     @property
     def env_slug(self) -> str:
-        return _ENV_SLUGS[self.env.id]
+        from ppo.envs import env_spec
+
+        return env_spec(self.env.id).slug
+
+    @property
+    def max_steps(self) -> int:
+        """The episode time limit (``env.max_steps_per_episode``, always set once validated)."""
+        assert self.env.max_steps_per_episode is not None  # _env_defaults fills it
+        return self.env.max_steps_per_episode
 
     @property
     def experiment_name(self) -> str:
@@ -509,13 +539,6 @@ def safe_yaml(text: str, what: str) -> Any:
                 "expand to gigabytes); write the values out"
             )
     return yaml.safe_load(text)
-
-
-def reward_threshold(env_id: str) -> float | None:
-    """gymnasium's ``reward_threshold`` for ``env_id`` (the return at which it counts as solved)."""
-    import gymnasium
-
-    return gymnasium.spec(env_id).reward_threshold
 
 
 def ppo_home() -> Path:

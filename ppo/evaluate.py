@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ppo.policy import actor_layers, numpy_logits
+from ppo.policy import GreedyPolicy
 
 #: Each evaluation stream's range of gymnasium seeds is ``[index * STREAM_SPAN, (index + 1) * STREAM_SPAN)``.
 STREAM_SPAN = 2**28
@@ -66,13 +66,15 @@ def evaluate_gymnasium(
     """Return the greedy policy's undiscounted return of ``num_episodes`` episodes (float64 array)."""
     import gymnasium as gym
 
-    layers = actor_layers(params)
+    from ppo.envs import env_spec
+
+    policy = GreedyPolicy(params, env_spec(env_id).action)
     n = int(num_episodes)
     spec = gym.envs.registry[env_id]
     limit = max_steps_per_episode or spec.max_episode_steps
     returns = np.zeros(n)
     alive = np.ones(n, bool)
-    if spec.vector_entry_point is not None:
+    if env_id == "CartPole-v1" and spec.vector_entry_point is not None:  # start states set below: CartPole's
         venv = gym.make_vec(
             env_id, num_envs=n, vectorization_mode="vector_entry_point", max_episode_steps=limit
         )
@@ -89,7 +91,7 @@ def evaluate_gymnasium(
         obs = venv.unwrapped.state.T.astype(np.float32)
         try:
             while alive.any():
-                actions = numpy_logits(layers, obs).argmax(-1)
+                actions = policy(obs)
                 obs, rewards, terminated, truncated, _ = venv.step(actions)
                 returns += np.where(alive, rewards, 0.0)
                 alive &= ~(terminated | truncated)
@@ -99,9 +101,9 @@ def evaluate_gymnasium(
     envs = [gym.make(env_id, max_episode_steps=limit) for _ in range(n)]
     obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
     while alive.any():
-        actions = numpy_logits(layers, obs).argmax(-1)
+        actions = policy(obs)
         for i in np.flatnonzero(alive):
-            o, r, term, trunc, _ = envs[i].step(int(actions[i]))
+            o, r, term, trunc, _ = envs[i].step(actions[i])
             obs[i] = o
             returns[i] += r
             alive[i] = not (term or trunc)
@@ -110,11 +112,16 @@ def evaluate_gymnasium(
     return returns
 
 
-def make_jax_evaluator(network: Any, env: Any, env_params: Any, num_episodes: int):
-    """Jitted ``evaluate(params, key) -> returns[num_episodes]``: greedy episodes on the gymnax env."""
+def make_jax_evaluator(network: Any, env: Any, env_params: Any, num_episodes: int, dist: Any = None):
+    """Jitted ``evaluate(variables, key) -> returns[num_episodes]``: greedy episodes on the gymnax env
+    (``dist``, a :mod:`ppo.distributions` family, picks the greedy action; default categorical)."""
     import jax
     import jax.numpy as jnp
 
+    from ppo.distributions import Categorical
+    from ppo.normalize import observe
+
+    dist = dist or Categorical()
     max_steps = int(env_params.max_steps_in_episode)
 
     def run(params, key):
@@ -122,8 +129,8 @@ def make_jax_evaluator(network: Any, env: Any, env_params: Any, num_episodes: in
 
         def step(carry, k):
             obs, state, alive, ret = carry
-            logits, _ = network.apply(params, obs)
-            actions = jnp.argmax(logits, axis=-1)
+            pi, _ = network.apply({"params": params["params"]}, observe(params, obs))
+            actions = dist.env_action(dist.mode(pi))
             obs, state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(k, num_episodes), state, actions, env_params
             )

@@ -5,10 +5,11 @@ The advantages come from :func:`ppo.advantages.gae`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
+
+from ppo.distributions import Categorical, Distribution
 
 
 def normalize(x: jnp.ndarray) -> jnp.ndarray:
@@ -35,7 +36,7 @@ class LossInfo(NamedTuple):
 
 
 def ppo_loss(
-    logits: jnp.ndarray,
+    pi: Any,
     values: jnp.ndarray,
     actions: jnp.ndarray,
     old_log_probs: jnp.ndarray,
@@ -45,10 +46,14 @@ def ppo_loss(
     value_coef: float,
     entropy_coef: float,
     normalize_advantages: bool = True,
+    dist: Distribution = Categorical(),  # stateless: safe as a default
 ) -> LossInfo:
-    """``L = −L^CLIP + c1·L^VF − c2·H`` on one minibatch (advantages normalised per minibatch)."""
-    log_probs_all = jax.nn.log_softmax(logits)
-    log_probs = jnp.take_along_axis(log_probs_all, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    """``L = −L^CLIP + c1·L^VF − c2·H`` on one minibatch (advantages normalised per minibatch).
+
+    ``pi`` is the actor's output for the minibatch (logits, or a Gaussian's ``(mean, log_std)``), read
+    through ``dist``; ``old_log_probs`` are the log-probabilities of ``actions`` when they were taken.
+    """
+    log_probs = dist.log_prob(pi, actions)
     if normalize_advantages:
         advantages = normalize(advantages)
     log_ratio = log_probs - old_log_probs
@@ -56,7 +61,7 @@ def ppo_loss(
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages)
     policy_loss = -surrogate.mean()
     value_loss = jnp.mean((values - returns) ** 2)
-    entropy = -jnp.sum(jnp.exp(log_probs_all) * log_probs_all, axis=-1).mean()
+    entropy = dist.entropy(pi).mean()
     approx_kl = jnp.mean((ratio - 1.0) - log_ratio)
     clip_fraction = jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))
     total = policy_loss + value_coef * value_loss - entropy_coef * entropy

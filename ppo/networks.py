@@ -27,16 +27,23 @@ def _dense(features: int, gain: float) -> nn.Dense:
 
 
 class ActorNetwork(nn.Module):
-    """Observations → action logits."""
+    """Observations → action logits (discrete), or → ``(mean, log_std)`` of a diagonal Gaussian
+    (continuous; ``log_std`` is a learned vector, independent of the state, starting at ``log_std_init``)."""
 
     action_dim: int
     hidden_sizes: Sequence[int] = (64, 64)
+    continuous: bool = False
+    log_std_init: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray) -> Any:
         for h in self.hidden_sizes:
             x = nn.tanh(_dense(h, np.sqrt(2.0))(x))
-        return _dense(self.action_dim, 0.01)(x)
+        out = _dense(self.action_dim, 0.01)(x)
+        if not self.continuous:
+            return out
+        log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,))
+        return out, jnp.broadcast_to(log_std, out.shape)
 
 
 class CriticNetwork(nn.Module):
@@ -56,12 +63,16 @@ class PPONetwork(nn.Module):
 
     action_dim: int
     hidden_sizes: Sequence[int] = (64, 64)
+    continuous: bool = False
+    log_std_init: float = 0.0
 
     def setup(self) -> None:
-        self.actor = ActorNetwork(self.action_dim, tuple(self.hidden_sizes))
+        self.actor = ActorNetwork(
+            self.action_dim, tuple(self.hidden_sizes), self.continuous, self.log_std_init
+        )
         self.critic = CriticNetwork(tuple(self.hidden_sizes))
 
-    def __call__(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(self, x: jnp.ndarray) -> tuple[Any, jnp.ndarray]:
         return self.actor(x), self.critic(x)
 
     def value(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -82,8 +93,11 @@ def init_params(network: PPONetwork, observation_dim: int, seed: int) -> dict[st
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x50504F]))  # "PPO": apart from env draws
 
     def torso(tree: dict[str, Any], head_gain: float) -> dict[str, Any]:
-        names = sorted(tree, key=lambda n: int(n.rsplit("_", 1)[1]))  # Dense_0, Dense_1, ... in call order
-        out = {}
+        # Dense_0, Dense_1, ... in call order
+        names = sorted((n for n in tree if n.startswith("Dense_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+        out: dict[str, Any] = {}
+        if "log_std" in tree:
+            out["log_std"] = np.full(tree["log_std"].shape, network.log_std_init, np.float32)
         for i, name in enumerate(names):
             n_in, n_out = tree[name]["kernel"].shape
             gain = head_gain if i == len(names) - 1 else np.sqrt(2.0)

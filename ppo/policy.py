@@ -1,5 +1,11 @@
 """The greedy policy in NumPy, free of JAX: shared by ``PPOAgent.predict``, evaluation and the served
-MLflow model, so all three give identical actions for identical parameters."""
+MLflow model, so all three give identical actions for identical parameters.
+
+It follows the env's action space (:class:`ppo.spaces.ActionSpace`): the argmax of the logits (int64,
+shape ``(n,)``) for discrete actions, the Gaussian's mean clipped to the action bounds (float32, shape
+``(n, act_dim)``) for continuous ones. When the variables carry observation statistics (``obs_norm``,
+see :mod:`ppo.normalize`), observations are normalised with them, frozen, exactly as in training.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,25 @@ from typing import Any
 
 import numpy as np
 
+from ppo.spaces import ActionSpace
+
+#: observation/reward normalisation: variance epsilon and clip range (SB3 VecNormalize's defaults)
+NORM_EPS = 1e-8
+NORM_CLIP = 10.0
+
 
 def actor_layers(params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     """The actor's (kernel, bias) pairs in order (``Dense_0``, ``Dense_1``, ...) as float32 arrays."""
     actor = params["params"]["actor"] if "params" in params else params["actor"]
-    names = sorted(actor, key=lambda n: int(n.rsplit("_", 1)[1]))
+    names = sorted((n for n in actor if n.startswith("Dense_")), key=lambda n: int(n.rsplit("_", 1)[1]))
     return [
         (np.asarray(actor[n]["kernel"], np.float32), np.asarray(actor[n]["bias"], np.float32)) for n in names
     ]
 
 
 def numpy_logits(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray) -> np.ndarray:
-    """The actor's forward pass: same math as :class:`ppo.networks.ActorNetwork` (tanh MLP)."""
+    """The actor's forward pass: same math as :class:`ppo.networks.ActorNetwork` (tanh MLP). Its output is
+    the logits (discrete) or the Gaussian's mean (continuous)."""
     x = np.asarray(obs, np.float32)
     for kernel, bias in layers[:-1]:
         x = np.tanh(x @ kernel + bias)
@@ -26,5 +39,44 @@ def numpy_logits(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray) -
     return x @ kernel + bias
 
 
-def greedy_actions(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray) -> np.ndarray:
-    return numpy_logits(layers, obs).argmax(-1).astype(np.int64)
+def obs_stats(params: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The frozen observation statistics ``(mean, sqrt(var + eps))`` the variables carry, else ``None``."""
+    stats = params.get("obs_norm") if isinstance(params, dict) else None
+    if stats is None:
+        return None
+    mean = np.asarray(stats["mean"], np.float32)
+    return mean, np.sqrt(np.asarray(stats["var"], np.float32) + np.float32(NORM_EPS))
+
+
+def normalized(stats: tuple[np.ndarray, np.ndarray] | None, obs: np.ndarray) -> np.ndarray:
+    """What the networks see (the JAX twin is :func:`ppo.normalize.normalize_obs`)."""
+    x = np.asarray(obs, np.float32)
+    if stats is None:
+        return x
+    mean, scale = stats
+    return np.clip((x - mean) / scale, -NORM_CLIP, NORM_CLIP).astype(np.float32)
+
+
+class GreedyPolicy:
+    """Observations ``(n, obs_dim)`` → greedy actions, from a variables tree and the env's action space."""
+
+    def __init__(self, params: Any, action: ActionSpace) -> None:
+        self.action = action
+        self.layers = actor_layers(params)
+        self.stats = obs_stats(params)
+        out = self.layers[-1][0].shape[1]
+        if out != action.n:
+            raise ValueError(f"the actor has {out} outputs but the action space has n={action.n}")
+        if not action.discrete:
+            self.low = np.asarray(action.low, np.float32)
+            self.high = np.asarray(action.high, np.float32)
+
+    def head(self, obs: np.ndarray) -> np.ndarray:
+        """Logits (discrete) or means (continuous) for observations ``(n, obs_dim)``."""
+        return numpy_logits(self.layers, normalized(self.stats, obs))
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        out = self.head(obs)
+        if self.action.discrete:
+            return out.argmax(-1).astype(np.int64)
+        return np.clip(out, self.low, self.high).astype(np.float32)

@@ -19,9 +19,11 @@ from flax import struct
 
 from ppo.advantages import gae
 from ppo.config import Config
+from ppo.distributions import distribution
 from ppo.envs import env_spec, make_jax_env
 from ppo.losses import ppo_loss
 from ppo.networks import PPONetwork, init_params, param_shapes
+from ppo.normalize import RewardScale, init_stats, update_stats
 from ppo.rollout import EpisodeStats, make_rollout
 from ppo.sharding import configure_cpu_devices
 
@@ -29,13 +31,14 @@ from ppo.sharding import configure_cpu_devices
 class TrainState(struct.PyTreeNode):
     """Everything one seed's training needs to continue exactly: params, optimizer, envs, rng, counters."""
 
-    params: Any
-    opt_state: Any
+    params: Any  # the agent's variables: "params", and "obs_norm" when observations are normalised
+    opt_state: Any  # of params["params"] only (the observation statistics are not learned)
     env_state: Any
-    obs: jnp.ndarray
+    obs: jnp.ndarray  # raw, as the envs returned it
     key: jnp.ndarray
     stats: EpisodeStats
     update: jnp.ndarray  # int32 updates done
+    reward_scale: RewardScale | None  # when rewards are scaled
 
 
 class Program(NamedTuple):
@@ -61,8 +64,13 @@ class UpdateMetrics(NamedTuple):
 
 
 def make_network(config: Config) -> PPONetwork:
+    """The actor-critic for ``config``'s env: its head follows the env's action space."""
+    action = env_spec(config.env.id).action
     return PPONetwork(
-        action_dim=env_spec(config.env.id).action_dim, hidden_sizes=tuple(config.ppo.hidden_sizes)
+        action_dim=action.n,
+        hidden_sizes=tuple(config.ppo.hidden_sizes),
+        continuous=not action.discrete,
+        log_std_init=config.ppo.log_std_init,
     )
 
 
@@ -88,12 +96,17 @@ def make_program(config: Config) -> Program:
     num_envs, num_steps = config.env.num_envs, config.num_steps
     batch, num_minibatches, window = ppo.batch_size, config.num_minibatches, config.train.convergence_window
     max_episodes, total_updates = config.train.max_episodes, config.total_updates()
-    rollout = make_rollout(network, env, env_params, num_envs, num_steps)
+    dist = distribution(spec.action)
+    rollout = make_rollout(network, env, env_params, num_envs, num_steps, dist, ppo.gamma)
+    normalize_obs, scale_rewards = config.env.normalize_observations, config.env.normalize_rewards
 
     def init_one(seed: jnp.ndarray, params: Any) -> TrainState:
         key = jax.random.PRNGKey(seed)
         key, _, k_env = jax.random.split(key, 3)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, num_envs), env_params)
+        if normalize_obs:  # the reset observations count, as in VecNormalize.reset
+            params = {**params, "obs_norm": update_stats(init_stats(spec.observation_shape), obs)}
+        scale = RewardScale.create(num_envs) if scale_rewards else None
         stats = EpisodeStats(
             jnp.zeros(num_envs, jnp.float32),
             jnp.zeros(window, jnp.float32),
@@ -101,16 +114,16 @@ def make_program(config: Config) -> Program:
             jnp.int32(0),
             jnp.float32(0.0),
         )
-        return TrainState(params, tx.init(params), env_state, obs, key, stats, jnp.int32(0))
+        return TrainState(params, tx.init(params["params"]), env_state, obs, key, stats, jnp.int32(0), scale)
 
     def minibatch_step(carry, minibatch):
         params, opt_state = carry
         obs, actions, old_log_probs, advantages, returns = minibatch
 
         def loss_fn(p):
-            logits, values = network.apply(p, obs)
+            pi, values = network.apply({"params": p}, obs)
             info = ppo_loss(
-                logits,
+                pi,
                 values,
                 actions,
                 old_log_probs,
@@ -120,6 +133,7 @@ def make_program(config: Config) -> Program:
                 ppo.value_coef,
                 ppo.entropy_coef,
                 ppo.normalize_advantages,
+                dist,
             )
             return info.total, info
 
@@ -149,8 +163,10 @@ def make_program(config: Config) -> Program:
 
     def train_update(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
         stats = state.stats._replace(completed=jnp.int32(0), completed_return=jnp.float32(0.0))
-        env_state, obs, stats, key, traj = rollout(state.params, state.env_state, state.obs, stats, state.key)
-        next_values = network.apply(state.params, traj.next_obs, method=PPONetwork.value)
+        variables, env_state, obs, stats, reward_scale, key, traj = rollout(
+            state.params, state.env_state, state.obs, stats, state.reward_scale, state.key
+        )
+        next_values = network.apply({"params": variables["params"]}, traj.next_obs, method=PPONetwork.value)
         advantages, returns = gae(
             traj.rewards, traj.values, next_values, traj.terminated, traj.dones, ppo.gamma, ppo.gae_lambda
         )
@@ -170,7 +186,7 @@ def make_program(config: Config) -> Program:
             return (params, opt_state, key), out
 
         (params, opt_state, key), (info, grad_norm) = jax.lax.scan(
-            epoch, (state.params, state.opt_state, key), None, length=ppo.epochs_per_update
+            epoch, (variables["params"], state.opt_state, key), None, length=ppo.epochs_per_update
         )
         metrics = UpdateMetrics(
             info.policy.mean(),
@@ -184,7 +200,10 @@ def make_program(config: Config) -> Program:
             stats.completed_return,
             jnp.bool_(True),
         )
-        new_state = TrainState(params, opt_state, env_state, obs, key, stats, state.update + 1)
+        variables = {**variables, "params": params}
+        new_state = TrainState(
+            variables, opt_state, env_state, obs, key, stats, state.update + 1, reward_scale
+        )
         return new_state, metrics
 
     def chunk_one(state: TrainState, active: jnp.ndarray, num_updates: int):

@@ -12,16 +12,19 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ppo.distributions import Distribution
+from ppo.normalize import observe, scale_rewards, update_stats
+
 
 class Transition(NamedTuple):
-    obs: jnp.ndarray
+    obs: jnp.ndarray  # as the networks saw it (normalised when observations are)
     actions: jnp.ndarray
     log_probs: jnp.ndarray
     values: jnp.ndarray
-    rewards: jnp.ndarray
+    rewards: jnp.ndarray  # as the learner sees them (scaled when rewards are)
     terminated: jnp.ndarray
     dones: jnp.ndarray
-    next_obs: jnp.ndarray  # true next observation (pre-reset)
+    next_obs: jnp.ndarray  # true next observation (pre-reset), as the networks see it
 
 
 class EpisodeStats(NamedTuple):
@@ -64,37 +67,59 @@ def record_episodes(stats: EpisodeStats, rewards: jnp.ndarray, dones: jnp.ndarra
     )
 
 
-def make_rollout(network: Any, env: Any, env_params: Any, num_envs: int, num_steps: int):
-    """Return ``rollout(params, env_state, obs, stats, key) -> (env_state, obs, stats, key, traj)``."""
+def make_rollout(
+    network: Any,
+    env: Any,
+    env_params: Any,
+    num_envs: int,
+    num_steps: int,
+    dist: Distribution,
+    gamma: float,
+):
+    """Return ``rollout(variables, env_state, obs, stats, reward_scale, key) -> (variables, env_state, obs,
+    stats, reward_scale, key, traj)``.
+
+    ``variables`` are the agent's (``params``, and ``obs_norm`` when observations are normalised: its
+    statistics are updated with every step's observations, so they come back changed). ``reward_scale`` is
+    a :class:`ppo.normalize.RewardScale` when rewards are scaled, else ``None``. The trajectory holds what
+    the learner needs: observations as the networks saw them, the scaled rewards, and each step's true
+    next observation, normalised with the statistics of that step (what SB3's VecNormalize hands over).
+    """
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def rollout(params, env_state, obs, stats: EpisodeStats, key):
+    def rollout(variables, env_state, obs, stats: EpisodeStats, reward_scale, key):
         def one_step(carry, _):
-            env_state, obs, stats, key = carry
+            variables, env_state, obs, stats, reward_scale, key = carry
             key, k_action, k_step = jax.random.split(key, 3)
-            logits, values = network.apply(params, obs)
-            actions = jax.random.categorical(k_action, logits)
-            log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), actions[:, None], axis=-1)[:, 0]
+            seen = observe(variables, obs)
+            pi, values = network.apply({"params": variables["params"]}, seen)
+            actions = dist.sample(k_action, pi)
+            log_probs = dist.log_prob(pi, actions)
             next_obs, env_state, rewards, terminated, truncated, info = step_envs(
-                jax.random.split(k_step, num_envs), env_state, actions, env_params
+                jax.random.split(k_step, num_envs), env_state, dist.env_action(actions), env_params
             )
+            rewards = rewards.astype(jnp.float32)
             dones = jnp.logical_or(terminated, truncated)
-            stats = record_episodes(stats, rewards, dones)
+            stats = record_episodes(stats, rewards, dones)  # raw rewards: returns in the env's units
+            if "obs_norm" in variables:
+                variables = {**variables, "obs_norm": update_stats(variables["obs_norm"], next_obs)}
+            learner_rewards = rewards
+            if reward_scale is not None:
+                reward_scale, learner_rewards = scale_rewards(reward_scale, rewards, dones, gamma)
             transition = Transition(
-                obs,
+                seen,
                 actions,
                 log_probs,
                 values,
-                rewards.astype(jnp.float32),
+                learner_rewards,
                 terminated,
                 dones,
-                info["final_observation"],
+                observe(variables, info["final_observation"]),
             )
-            return (env_state, next_obs, stats, key), transition
+            return (variables, env_state, next_obs, stats, reward_scale, key), transition
 
-        (env_state, obs, stats, key), traj = jax.lax.scan(
-            one_step, (env_state, obs, stats, key), None, length=num_steps
-        )
-        return env_state, obs, stats, key, traj
+        carry = (variables, env_state, obs, stats, reward_scale, key)
+        carry, traj = jax.lax.scan(one_step, carry, None, length=num_steps)
+        return (*carry, traj)
 
     return rollout

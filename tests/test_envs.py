@@ -128,3 +128,88 @@ def test_cartpole_wrapper_is_real_gymnasium():
         done = term or trunc
     assert 5 <= total < 100
     assert (w.observation_dim, w.action_dim) == (4, 2)
+
+
+def _twin_episodes(env_id, set_state, action_of, episodes, atol, reward_atol=1e-4):
+    """Step gymnax's ``env_id`` from gymnasium's own state each step (so float32/float64 drift never
+    accumulates) with the same action, comparing observation, reward and termination. Returns (steps,
+    terminations)."""
+    env, params = make_jax_env(env_id)
+    genv = gym.make(env_id).unwrapped
+    step = jax.jit(env.step_env)
+    key = jax.random.PRNGKey(0)
+    template = env.reset_env(key, params)[1]
+    rng = np.random.default_rng(0)
+    checked = terminations = 0
+    for episode in range(episodes):
+        genv.reset(seed=episode)
+        for t in range(gym.spec(env_id).max_episode_steps):
+            state = set_state(template, np.asarray(genv.state, dtype=np.float64), t)
+            action = action_of(rng, np.asarray(genv.state))
+            g_obs, g_reward, g_term, _, _ = genv.step(action)
+            j_obs, _, j_reward, j_term, _ = step(key, state, jnp.asarray(action), params)
+            np.testing.assert_allclose(np.asarray(j_obs), g_obs, rtol=0, atol=atol, err_msg=f"{episode}/{t}")
+            np.testing.assert_allclose(float(j_reward), g_reward, rtol=1e-5, atol=reward_atol)
+            assert bool(j_term) == bool(g_term), (episode, t)
+            checked += 1
+            if g_term:
+                terminations += 1
+                break
+    return checked, terminations
+
+
+def test_jax_mountaincar_matches_gymnasium_step_by_step():
+    """Both clip the velocity to 0.07 and the position to [-1.2, 0.6] (velocity zeroed at the left wall),
+    reward -1 per step, terminate at position >= 0.5. A policy pushing along the velocity reaches the flag
+    in ~100 steps, so terminations are checked too."""
+
+    def set_state(template, s, t):
+        return template.replace(position=jnp.float32(s[0]), velocity=jnp.float32(s[1]), time=jnp.int32(t))
+
+    def action_of(rng, s):
+        return (2 if s[1] >= 0 else 0) if rng.random() >= 0.2 else int(rng.integers(3))
+
+    checked, terminations = _twin_episodes("MountainCar-v0", set_state, action_of, 10, atol=1e-6)
+    assert checked > 500 and terminations >= 8, (checked, terminations)
+
+
+def test_jax_continuous_mountaincar_matches_gymnasium_step_by_step():
+    """Force clipped to [-1, 1]; reward -0.1 a^2 per step (of the action as given, which PPO clips
+    first) and +100 at the flag."""
+
+    def set_state(template, s, t):
+        return template.replace(position=jnp.float32(s[0]), velocity=jnp.float32(s[1]), time=jnp.int32(t))
+
+    def action_of(rng, s):
+        push = 1.0 if s[1] >= 0 else -1.0
+        return np.array([push if rng.random() >= 0.2 else rng.uniform(-1, 1)], np.float32)
+
+    checked, terminations = _twin_episodes("MountainCarContinuous-v0", set_state, action_of, 8, atol=1e-6)
+    assert checked > 400 and terminations >= 6, (checked, terminations)
+
+
+def test_jax_pendulum_matches_gymnasium_step_by_step():
+    """Torque clipped to +-2, speed to +-8, reward -(angle^2 + 0.1 thetadot^2 + 0.001 u^2) of the state
+    before the step; observation (cos, sin, thetadot). Never terminates (time limit 200 only)."""
+
+    def set_state(template, s, t):
+        return template.replace(theta=jnp.float32(s[0]), theta_dot=jnp.float32(s[1]), time=jnp.int32(t))
+
+    def action_of(rng, s):
+        return np.array([rng.uniform(-2.5, 2.5)], np.float32)  # some beyond the bounds: both clip
+
+    checked, terminations = _twin_episodes("Pendulum-v1", set_state, action_of, 3, atol=2e-5, reward_atol=1e-3)
+    assert checked == 600 and terminations == 0
+
+
+def test_every_env_in_the_table_has_a_gymnax_twin_with_the_same_spaces():
+    from ppo.envs import ENV_SPECS
+    from ppo.spaces import ActionSpace
+
+    for env_id, spec in ENV_SPECS.items():
+        env, params = make_jax_env(env_id)
+        genv = gym.make(env_id)
+        assert spec.observation_shape == genv.observation_space.shape == env.observation_space(params).shape
+        assert ActionSpace.from_gymnasium(genv.action_space) == spec.action, env_id
+        assert int(params.max_steps_in_episode) == gym.spec(env_id).max_episode_steps == spec.max_episode_steps()
+        genv.close()

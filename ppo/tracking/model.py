@@ -1,9 +1,12 @@
 """The served model: an MLflow pyfunc defined from code (``ppo/tracking/model_code.py``), never pickled.
 
-Artifacts: ``params.msgpack`` (flax msgpack of the actor-critic parameters), ``policy.json`` (sizes),
-``config.yaml``. Input: float32 observations (n, obs_dim) as an array or DataFrame; output: greedy
-integer actions (n,), computed by :func:`ppo.policy.greedy_actions`, the same function as
-``PPOAgent.predict``. :func:`log_policy_model` logs it to a run (registering is the registry's job).
+Artifacts: the files ``PPOAgent.save`` writes (one parameter format on disk): ``params.msgpack`` (flax
+msgpack of the agent's variables: the actor-critic parameters and, when observations are normalised, their
+frozen statistics) and ``agent.json`` (sizes and action space), plus ``config.yaml``. Input: float32
+observations (n, obs_dim) as an array or DataFrame; output: the greedy actions of
+:class:`ppo.policy.GreedyPolicy`, the same function as ``PPOAgent.predict``: int64 ``(n,)`` for discrete
+actions, float32 ``(n, act_dim)`` within the bounds for continuous ones. :func:`log_policy_model` logs it
+to a run (registering is the registry's job).
 
 Importing this module (which the served model does) imports MLflow and NumPy, not JAX, and neither does
 loading or using the model: ``params.msgpack`` is read by :mod:`ppo.params_io` (NumPy and ``msgpack``).
@@ -24,7 +27,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ppo.params_io import read_params
-from ppo.policy import actor_layers, greedy_actions
+from ppo.policy import GreedyPolicy
+from ppo.spaces import ActionSpace
 
 #: the ``ppo`` package folder, shipped with every logged model (``code_paths``): the served model imports
 #: :mod:`ppo.policy` and this module from it
@@ -43,7 +47,7 @@ with warnings.catch_warnings():
         def load_context(self, context):
             meta = json.loads(Path(context.artifacts["policy"]).read_text())
             params = read_params(context.artifacts["params"])  # NumPy + msgpack: loading imports no JAX
-            self.layers = actor_layers(params)
+            self.policy = GreedyPolicy(params, action_space(meta))
             self.observation_dim = int(meta["observation_dim"])
 
         # no type hints: MLflow would read them as a schema
@@ -62,40 +66,39 @@ with warnings.catch_warnings():
                 )
             if not np.isfinite(obs).all():
                 raise MlflowException("observations must be finite (no NaN or inf)", INVALID_PARAMETER_VALUE)
-            return greedy_actions(self.layers, obs)
+            return self.policy(obs)
 
 
 def model_artifacts(agent: Any, config: Any, directory: Path) -> dict[str, str]:
     """Write the model's artifact files into ``directory``; return MLflow's ``artifacts`` mapping."""
     import yaml
-    from flax import serialization
 
-    params = serialization.to_state_dict(_numpy_tree(agent.params))
-    (directory / "params.msgpack").write_bytes(serialization.msgpack_serialize(params))
-    (directory / "policy.json").write_text(
-        json.dumps(
-            {
-                "observation_dim": agent.observation_dim,
-                "action_dim": agent.action_dim,
-                "hidden_sizes": list(agent.hidden_sizes),
-                "env_id": config.env.id,
-            }
-        )
-    )
+    agent.save(directory)  # params.msgpack + agent.json: the agent's own format
     (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return {
         name: str(directory / file)
-        for name, file in (("params", "params.msgpack"), ("policy", "policy.json"), ("config", "config.yaml"))
+        for name, file in (("params", "params.msgpack"), ("policy", "agent.json"), ("config", "config.yaml"))
     }
 
 
-def model_signature(observation_dim: int) -> tuple[Any, np.ndarray]:
+def action_space(meta: dict[str, Any]) -> ActionSpace:
+    """The action space in a model's ``agent.json`` (models logged before it was recorded: discrete)."""
+    if "action_space" in meta:
+        return ActionSpace.from_dict(meta["action_space"])
+    return ActionSpace("discrete", int(meta["action_dim"]))
+
+
+def model_signature(observation_dim: int, action: ActionSpace | None = None) -> tuple[Any, np.ndarray]:
+    """Input float32 ``(-1, obs_dim)``; output int64 ``(-1,)`` (discrete) or float32 ``(-1, act_dim)``."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
+    if action is None or action.discrete:
+        output = TensorSpec(np.dtype(np.int64), (-1,))
+    else:
+        output = TensorSpec(np.dtype(np.float32), (-1, action.n))
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, observation_dim))]),
-        outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, observation_dim))]), outputs=Schema([output])
     )
     return signature, np.zeros((2, observation_dim), np.float32)
 
@@ -106,12 +109,6 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("mlflow", "numpy", "msgpack", "flax", "jax", "pydantic", "pyyaml")]
 
 
-def _numpy_tree(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _numpy_tree(v) for k, v in tree.items()}
-    return np.asarray(tree)
-
-
 def log_policy_model(run_id: str, agent: Any, config: Any, uri: str | None = None) -> str:
     """Log the greedy policy as a pyfunc from code (no pickle) to the run in store ``uri`` (default: the
     configured store). Returns the model URI."""
@@ -119,7 +116,7 @@ def log_policy_model(run_id: str, agent: Any, config: Any, uri: str | None = Non
 
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = model_artifacts(agent, config, Path(tmp))
-        signature, example = model_signature(agent.observation_dim)
+        signature, example = model_signature(agent.observation_dim, agent.action_space)
         c = client(uri)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
