@@ -90,5 +90,5 @@ def test_a_lost_mlflow_run_makes_train_log_again(harness):
     # the new run carries the whole history from the checkpoint, and the model
     history = tracking.client().get_metric_history(relogged["run_id"], "train/avg_reward")
     assert len(history) == 6
-    assert {k: relogged[k] for k in ("env_steps", "episodes")} == {k: first[k] for k in ("env_steps", "episodes")}
+    assert [relogged[k] for k in ("env_steps", "episodes")] == [first[k] for k in ("env_steps", "episodes")]
     assert _run(cfg)[1] == "Cached"
