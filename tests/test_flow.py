@@ -29,14 +29,13 @@ GATE = {"gate.min_return": 0.0, "gate.episodes": 10, "gate.min_seeds": 2, "track
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("PPO_HOME")
-    os.environ["PPO_HOME"] = str(home)
-    path = home / "small.yaml"
-    path.write_text(yaml.safe_dump(small_config(**GATE).to_dict()))
-    with prefect_test_harness(server_startup_timeout=120):
-        yield path, home
-    if old is not None:
-        os.environ["PPO_HOME"] = old
+    # this module's $PPO_HOME, restored (or unset again) after it, also when the harness fails
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PPO_HOME", str(home))
+        path = home / "small.yaml"
+        path.write_text(yaml.safe_dump(small_config(**GATE).to_dict()))
+        with prefect_test_harness(server_startup_timeout=120):
+            yield path, home
 
 
 def _task_states(flow_state) -> dict[str, list[str]]:

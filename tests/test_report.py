@@ -15,11 +15,10 @@ from tests.helpers import small_config
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import os
-
-    os.environ["PPO_HOME"] = str(tmp_path_factory.mktemp("home"))
-    trainer = PPOTrainer(config=small_config())
-    return trainer, trainer.train()
+    with pytest.MonkeyPatch.context() as mp:  # this module's $PPO_HOME, unset again after it
+        mp.setenv("PPO_HOME", str(tmp_path_factory.mktemp("home")))
+        trainer = PPOTrainer(config=small_config())
+        yield trainer, trainer.train()
 
 
 def _check(files, expected_gif_frames=2):

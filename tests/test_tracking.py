@@ -19,11 +19,12 @@ from tests.helpers import register_passed, small_config
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    os.environ["PPO_HOME"] = str(home)
-    cfg = small_config(**{"tracking.enabled": True})
-    trainer = PPOTrainer(config=cfg, enable_mlflow=True)
-    result = trainer.train()
-    return trainer, result, home
+    with pytest.MonkeyPatch.context() as mp:  # this module's $PPO_HOME, unset again after it
+        mp.setenv("PPO_HOME", str(home))
+        cfg = small_config(**{"tracking.enabled": True})
+        trainer = PPOTrainer(config=cfg, enable_mlflow=True)
+        result = trainer.train()
+        yield trainer, result, home
 
 
 def test_run_has_params_metrics_tags_and_artifacts(tracked_run):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -24,11 +22,12 @@ def _leaves(trainer):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    os.environ["PPO_HOME"] = str(tmp_path_factory.mktemp("home"))
-    trainer = PPOTrainer(config=small_config())
-    calls = []
-    result = trainer.train(callback=calls.append)
-    return trainer, result, calls
+    with pytest.MonkeyPatch.context() as mp:  # this module's $PPO_HOME, unset again after it
+        mp.setenv("PPO_HOME", str(tmp_path_factory.mktemp("home")))
+        trainer = PPOTrainer(config=small_config())
+        calls = []
+        result = trainer.train(callback=calls.append)
+        yield trainer, result, calls
 
 
 def test_result_and_callback_contract(reference_run):
