@@ -138,6 +138,8 @@ def train(
                 highlight=False,
             )
 
+    from ppo import atomic
+    from ppo.atomic import DiskFullError
     from ppo.checkpoint import CheckpointError
     from ppo.tracking.probe import ServiceUnavailableError
 
@@ -150,9 +152,11 @@ def train(
         fail(f"{e}; delete it or train without --resume", code=1)
     except ServiceUnavailableError as e:
         fail(str(e), code=1)
+    except DiskFullError as e:  # the write did not fit; the previous file is kept, the run marked FAILED
+        fail(str(e), code=1)
     console.print(summary_table(result))
     if json_out:
-        json_out.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+        atomic.write_text(json_out, json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
 
 
 @app.command()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ppo import atomic
 
 
 def _plt():
@@ -93,7 +96,7 @@ def learning_curve(history: list[dict[str, Any]], target: float | None, path: Pa
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -119,7 +122,7 @@ def losses_plot(history: list[dict[str, Any]], path: Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle("PPO losses and diagnostics (mean over seeds, per chunk)")
     fig.tight_layout()
-    fig.savefig(path)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -151,7 +154,7 @@ def eval_returns_plot(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -179,8 +182,19 @@ def policy_gif(
         obs, _, term, trunc, _ = env.step(int(agent.predict(obs[None])[0]))
         done, t = term or trunc, t + 1
     env.close()
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0, optimize=True)
+    buf = io.BytesIO()
+    frames[0].save(
+        buf, format="GIF", save_all=True, append_images=frames[1:], duration=40, loop=0, optimize=True
+    )
+    atomic.write_bytes(path, buf.getvalue())
     return path
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """A figure as PNG, written atomically (a full disk keeps the previous file, leaves no torn one)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def _table_md(rows: list[tuple[str, Any]]) -> str:
@@ -279,7 +293,7 @@ def write_report(
     if gate_rows:
         md += ["## Promotion gate", _table_md(gate_rows), ""]
     md += [f"![{n}]({p.name})" for n, p in images] + ["", "## Config", "```yaml", cfg_yaml, "```"]
-    (directory / "report.md").write_text("\n".join(md))
+    atomic.write_text(directory / "report.md", "\n".join(md))
 
     def table_html(rows: list[tuple[str, Any]], table_id: str) -> str:
         body = "".join(
@@ -316,8 +330,8 @@ def write_report(
 {gate_html}
 {"".join(img(n, p) for n, p in images)}
 <h2>Config</h2><pre>{html.escape(cfg_yaml)}</pre></body></html>"""
-    (directory / "report.html").write_text(page)
-    (directory / "gate.json").write_text(json.dumps(gate or {}, indent=2, default=str))
+    atomic.write_text(directory / "report.html", page)
+    atomic.write_text(directory / "gate.json", json.dumps(gate or {}, indent=2, default=str))
     out = {n: str(p) for n, p in files.items()}
     out.update(report_md=str(directory / "report.md"), report_html=str(directory / "report.html"))
     return out

@@ -83,11 +83,24 @@ def challenger(config: dict[str, Any], flow_run_id: str) -> dict[str, Any]:
     }
 
 
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a failed ``train`` unless its disk is full: a retry would fail on the same write (the error
+    says how much space is needed and where; the last checkpoint is kept for the re-run)."""
+    from ppo.atomic import DiskFullError
+
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - an unreadable state: retry as before
+        return True
+    return not isinstance(error, DiskFullError)
+
+
 @task(
     name="train",
     cache_policy=TRAIN_CACHE,
     retries=2,
     retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=_worth_retrying,
     **RESULTS,
 )
 def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
