@@ -7,7 +7,10 @@ readable :class:`~ppo.tracking.probe.ServiceUnavailableError`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -89,13 +92,128 @@ def check_reachable(uri: str, attempts: int = 3) -> None:
 
 
 def connect(tracking_uri: str | None = None) -> MlflowClient:
-    """Point MLflow at the store (checked reachable) and return a client."""
+    """Point MLflow at the store (checked reachable, a local sqlite store created whole) and return a
+    client."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_store(Path(uri[len("sqlite:///") :]))
     check_reachable(uri)
     _use(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class StoreError(RuntimeError):
+    """A local store that cannot be used as it is (and could not be repaired without losing runs)."""
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _half_created(path: Path) -> str | None:
+    """Why the sqlite store at ``path`` is a half-created one (its first schema migration was cut short:
+    ``_alembic_tmp_*`` tables left, or a schema older than this MLflow's while it holds no data), or
+    ``None``. A store holding runs or models is never called half-created: MLflow's own upgrade path
+    (``mlflow db upgrade``) is the way for it."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    tables = _sqlite_tables(path)
+    leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        version = None
+        if "alembic_version" in tables:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+            version = row[0] if row else None
+        if version == _get_latest_schema_revision() and not leftovers:
+            return None
+        for table in ("runs", "registered_models", "logged_models"):
+            if table in tables and db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]:
+                if leftovers:
+                    raise StoreError(
+                        f"the MLflow store {path} holds runs but a schema migration was cut short "
+                        f"(tables {', '.join(leftovers)} left behind): back it up, drop those tables and run "
+                        f"`mlflow db upgrade sqlite:///{path}`"
+                    )
+                return None  # an older store with data: MLflow says how to upgrade it
+    if leftovers:
+        return f"its first schema migration was cut short ({', '.join(leftovers)} left behind)"
+    head = _get_latest_schema_revision()
+    return f"its schema is at {version or 'no version'}, not {head}, and it holds no data"
+
+
+def ensure_sqlite_store(path: Path) -> None:
+    """Make sure a complete MLflow sqlite store exists at ``path``, created atomically.
+
+    Why: MLflow creates a store in place, running dozens of schema migrations over a few seconds; a
+    ``kill -9`` in between left ``_alembic_tmp_model_version_tags`` behind and every later run failed with
+    ``table _alembic_tmp_model_version_tags already exists``. Here the store is built and migrated in a
+    temporary file beside ``path`` and linked into place only when complete (``os.link`` fails when another
+    process got there first, whose store is then used). A half-created store left by an earlier crash,
+    holding no runs, is moved aside (``<name>.half-created-<time>``) and built again, with a warning.
+    """
+    if path.is_file() and path.stat().st_size > 0:
+        why = _half_created(path)
+        if why is None:
+            return
+        aside = path.with_name(f"{path.name}.half-created-{int(time.time())}")
+        os.replace(path, aside)
+        warnings.warn(
+            f"the MLflow store {path} was half-created ({why}); it held no runs and was moved to {aside}; "
+            "a new store is created",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.creating"):  # left by a creator that was killed
+        pid = stale.name.rsplit(".", 2)[-2]
+        if not (pid.isdigit() and _alive(int(pid))):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if path.is_file() and path.stat().st_size == 0:  # an emptied store file: replaced whole
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:  # another process created it meanwhile: theirs is used
+                pass
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _CLIENTS: dict[str, MlflowClient] = {}
@@ -120,4 +238,7 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently
-        return client.get_experiment_by_name(name).experiment_id
+        exp = client.get_experiment_by_name(name)
+        if exp is None:  # not a concurrent creation: the error was real
+            raise
+        return exp.experiment_id
