@@ -171,6 +171,12 @@ class MLflowLogger:
         """Whether ``run_id`` is a live run of this store (not deleted, not lost with an emptied store)."""
         return run_exists(self.client, run_id)
 
+    @property
+    def _open_run(self) -> str:
+        """The run being logged to: the logging methods are called between :meth:`start` and :meth:`end`."""
+        assert self.run_id is not None, "MLflowLogger: start() a run before logging to it"
+        return self.run_id
+
     def log_history(self, rows: list[dict[str, Any]]) -> None:
         """Write the rows of a resumed run's checkpoint that the run does not have yet.
 
@@ -181,11 +187,11 @@ class MLflowLogger:
         """
         t = time.perf_counter()
         self._logged = {}
-        have = set(self.client.get_run(self.run_id).data.metrics)
+        have = set(self.client.get_run(self._open_run).data.metrics)
         ts = int(time.time() * 1000)
         wanted = [m for row in rows for m in _row_metrics(row, ts)]
         for key in {m.key for m in wanted} & have:
-            self._logged[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+            self._logged[key] = {m.step for m in self.client.get_metric_history(self._open_run, key)}
         self._buffer.extend(m for m in wanted if m.step not in self._logged.get(m.key, ()))
         self.flush()
         self.logging_s += time.perf_counter() - t
@@ -205,7 +211,8 @@ class MLflowLogger:
             self.flush()
         self.logging_s += time.perf_counter() - t
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float | None], step: int) -> None:
+        """Write ``metrics`` at ``step`` now; None values (a figure the run does not have) are skipped."""
         ts = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if v is not None)
         self.flush()
@@ -217,7 +224,7 @@ class MLflowLogger:
             return
         try:
             while self._buffer:
-                self.client.log_batch(self.run_id, metrics=self._buffer[:1000])
+                self.client.log_batch(self._open_run, metrics=self._buffer[:1000])
                 del self._buffer[:1000]  # only once written: nothing is lost or sent twice by a retry
         except Exception as e:
             self._enter_outage(e)
@@ -281,7 +288,7 @@ class MLflowLogger:
                 time.sleep(0.5)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self._open_run, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_result(self, result: dict[str, Any], agent: Any, config: Config) -> None:
         """Final metrics, artifacts (``config``, history CSV, checkpoint) and ``agent`` as the run's model
@@ -345,7 +352,7 @@ class MLflowLogger:
         # model versions, each with the gate's figures (README, "Promotion rules")
         from ppo.tracking.model import log_policy_model
 
-        log_policy_model(self.run_id, agent, config, uri=self.tracking_uri)
+        log_policy_model(self._open_run, agent, config, uri=self.tracking_uri)
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:
