@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ppo.policy import GreedyPolicy
+from ppo.policy import GreedyPolicy, observation_batch
 from ppo.spaces import ActionSpace
 
 
@@ -29,6 +29,9 @@ class PPOAgent:
         params: the variables tree (``params``, and ``obs_norm`` when observations are normalised).
         action_space: the env's :class:`~ppo.spaces.ActionSpace`; default ``action_dim`` discrete actions.
         log_std_init: continuous actions: the Gaussian's initial log std.
+        observation_shape: the shape of one observation when it is a grid, e.g. ``(10, 10, 4)`` for
+            MinAtar Breakout (``observation_dim`` is then its size); default ``(observation_dim,)``.
+        conv_channels: 3x3 convolutions of the torsos (grid observations only).
     """
 
     def __init__(
@@ -40,6 +43,8 @@ class PPOAgent:
         params: Any | None = None,
         action_space: ActionSpace | None = None,
         log_std_init: float = 0.0,
+        observation_shape: Sequence[int] | None = None,
+        conv_channels: Sequence[int] = (),
     ) -> None:
         from ppo.sharding import configure_cpu_devices
 
@@ -47,6 +52,13 @@ class PPOAgent:
         from ppo.networks import PPONetwork
 
         self.observation_dim = int(observation_dim)
+        self.observation_shape = tuple(int(d) for d in (observation_shape or (self.observation_dim,)))
+        if int(np.prod(self.observation_shape)) != self.observation_dim:
+            raise ValueError(
+                f"observation_shape {self.observation_shape} does not hold "
+                f"observation_dim {self.observation_dim} values"
+            )
+        self.conv_channels = tuple(int(c) for c in conv_channels)
         self.action_dim = int(action_dim)
         self.action_space = action_space or ActionSpace("discrete", self.action_dim)
         if self.action_space.n != self.action_dim:
@@ -60,11 +72,13 @@ class PPOAgent:
             hidden_sizes=self.hidden_sizes,
             continuous=not self.action_space.discrete,
             log_std_init=self.log_std_init,
+            conv_channels=self.conv_channels,
+            obs_rank=len(self.observation_shape),
         )
         if params is None:
             from ppo.networks import init_params
 
-            params = init_params(self.network, self.observation_dim, seed)
+            params = init_params(self.network, self.observation_shape, seed)
         self.params = params
 
     @property
@@ -77,12 +91,7 @@ class PPOAgent:
         self._policy = GreedyPolicy(value, self.action_space)
 
     def _check(self, observations: Any) -> np.ndarray:
-        obs = np.asarray(observations, dtype=np.float32)
-        if obs.ndim == 1:
-            obs = obs[None]
-        if obs.ndim != 2 or obs.shape[1] != self.observation_dim:
-            raise ValueError(f"observations must have shape (n, {self.observation_dim}), got {obs.shape}")
-        return obs
+        return observation_batch(observations, self.observation_shape)
 
     def logits(self, observations: Any) -> np.ndarray:
         """The actor's output: logits (discrete) or the Gaussian's mean (continuous)."""
@@ -145,6 +154,8 @@ class PPOAgent:
                     "hidden_sizes": list(self.hidden_sizes),
                     "action_space": self.action_space.to_dict(),
                     "log_std_init": self.log_std_init,
+                    "observation_shape": list(self.observation_shape),
+                    "conv_channels": list(self.conv_channels),
                 }
             ),
         )
@@ -165,6 +176,8 @@ class PPOAgent:
             params=params,
             action_space=None if action is None else ActionSpace.from_dict(action),
             log_std_init=float(meta.get("log_std_init", 0.0)),
+            observation_shape=meta.get("observation_shape"),
+            conv_channels=meta.get("conv_channels", ()),
         )
 
 

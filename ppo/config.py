@@ -80,6 +80,11 @@ class PPOConfig(_Section):
         True, description="advantages normalised per minibatch (mean 0, std 1)"
     )
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, max_length=8)
+    conv_channels: tuple[int, ...] = Field(
+        (),
+        max_length=4,
+        description="3x3 ReLU convolutions before the MLP, for grid/pixel observations (MinAtar: [16])",
+    )
     log_std_init: float = Field(
         0.0, ge=-20.0, le=5.0, description="continuous actions: initial log std of the Gaussian policy"
     )
@@ -89,6 +94,10 @@ class PPOConfig(_Section):
     def _sizes(self) -> PPOConfig:
         if any(h < 1 or h > 4096 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes: every layer must be in [1, 4096], got {list(self.hidden_sizes)}")
+        if any(c < 1 or c > 512 for c in self.conv_channels):
+            raise ValueError(
+                f"conv_channels: every layer must be in [1, 512], got {list(self.conv_channels)}"
+            )
         if self.minibatch_size > self.batch_size:
             raise ValueError(
                 f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})"
@@ -276,6 +285,15 @@ class Config(_Section):
             raise ValueError(
                 f"env.num_envs ({self.env.num_envs}) must divide ppo.batch_size ({self.ppo.batch_size})"
             )
+        if self.ppo.conv_channels:
+            from ppo.envs import env_spec
+
+            shape = env_spec(self.env.id).observation_shape
+            if len(shape) != 3:
+                raise ValueError(
+                    f"ppo.conv_channels: convolutions need grid observations (H, W, C); {self.env.id}'s "
+                    f"observations have shape {shape}: leave conv_channels empty"
+                )
         if self.ppo.anneal_lr and self.train.max_env_steps is None:
             raise ValueError("ppo.anneal_lr needs train.max_env_steps (the horizon to anneal over)")
         if self.train.max_env_steps is not None and self.train.max_env_steps < self.ppo.batch_size:
@@ -304,10 +322,19 @@ class Config(_Section):
         from ppo.envs import env_spec
 
         spec = env_spec(self.env.id)
-        sizes = [spec.observation_dim, *self.ppo.hidden_sizes]  # MLP torsos
-        weights = sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
+        first, conv_weights, conv_width = spec.observation_dim, 0, 0
+        if self.ppo.conv_channels and len(spec.observation_shape) == 3:  # 3x3 'VALID' convolutions
+            h, w, c = spec.observation_shape
+            for out in self.ppo.conv_channels:
+                h, w = max(h - 2, 1), max(w - 2, 1)
+                conv_weights += 9 * c * out + out
+                conv_width += h * w * out
+                c = out
+            first = h * w * c
+        sizes = [first, *self.ppo.hidden_sizes]  # the MLP torsos
+        weights = conv_weights + sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
         params = 2 * weights + sizes[-1] * (spec.action_dim + 1)
-        width = 2 * sum(self.ppo.hidden_sizes)  # activations of both networks per sample
+        width = 2 * (sum(self.ppo.hidden_sizes) + conv_width)  # activations of both networks per sample
         per_seed = 4 * (
             6 * params
             + self.ppo.batch_size * (2 * spec.observation_dim + 8)

@@ -58,8 +58,12 @@ class EnvSpec:
     action: ActionSpace
     reward_per_step: tuple[float, float]  # (lowest, highest) reward of one step (actions within bounds)
     gymnax: tuple[str, str] | None  # (module, class) of the JAX implementation trained on
-    threshold: float | None = None  # "solved" return when gymnasium's spec has none (cited in the row)
+    threshold: float | None = None  # the "solved" return, cited in the row; else gymnasium's threshold
     bonus: float = 0.0  # a one-time reward on top of the per-step range (MountainCarContinuous's +100)
+    twin: str | None = None  # the gymnasium id evaluated on (default env_id)
+    twin_kwargs: tuple[tuple[str, Any], ...] = ()  # gymnasium.make keyword arguments for the twin
+    max_steps: int | None = None  # the time limit, when the twin registers none
+    return_span: float | None = None  # the gate margin's scale, when the per-step range is no guide
 
     @property
     def observation_dim(self) -> int:
@@ -70,23 +74,34 @@ class EnvSpec:
         """Number of discrete actions, or dims of a continuous action."""
         return self.action.n
 
+    @property
+    def twin_id(self) -> str:
+        return self.twin or self.env_id
+
     def return_range(self, max_steps_per_episode: int) -> float:
-        """Width of the span of episode returns under a time limit: what the gate's relative margin scales."""
+        """Width of the span of episode returns under a time limit: what the gate's relative margin scales
+        (the row's ``return_span`` where the per-step range would make it meaninglessly wide)."""
+        if self.return_span is not None:
+            return self.return_span
         low, high = self.reward_per_step
         return (high - low) * max_steps_per_episode + abs(self.bonus)
 
     def reward_threshold(self) -> float | None:
-        """The return at which the env counts as solved: gymnasium's ``reward_threshold``, else the row's."""
+        """The return at which the env counts as solved: the row's cited figure, else gymnasium's."""
+        if self.threshold is not None:
+            return self.threshold
         import gymnasium
 
-        found = gymnasium.spec(self.env_id).reward_threshold
-        return float(found) if found is not None else self.threshold
+        found = gymnasium.spec(self.twin_id).reward_threshold
+        return None if found is None else float(found)
 
     def max_episode_steps(self) -> int:
-        """gymnasium's time limit for the env (the default ``env.max_steps_per_episode``)."""
+        """The env's time limit (the default ``env.max_steps_per_episode``): the row's, else gymnasium's."""
+        if self.max_steps is not None:
+            return self.max_steps
         import gymnasium
 
-        steps = gymnasium.spec(self.env_id).max_episode_steps
+        steps = gymnasium.spec(self.twin_id).max_episode_steps
         return int(steps) if steps is not None else 1000
 
 
@@ -138,8 +153,49 @@ ENV_SPECS = {
             # sits near the returns RL Zoo's tuned PPO reports for Pendulum-v1 (rl-baselines3-zoo benchmark)
             threshold=-200.0,
         ),
+        *(
+            EnvSpec(
+                f"{game}-MinAtar",
+                f"{game.lower()}-minatar",
+                (10, 10, channels),
+                ActionSpace("discrete", actions),
+                (0.0, 1.0),
+                (f"gymnax.environments.minatar.{module}", cls),
+                # gymnax's PPO checkpoints (gymnax README, "Ckpt (Return)"; Breakout: 1e7 steps, gymnax-blines
+                # agents/Breakout-MinAtar/ppo.yaml)
+                threshold=threshold,
+                # the real game (minatar), its minimal action set (the same indices as gymnax's), no sticky
+                # actions (gymnax has none; the MinAtar paper's protocol uses 0.1), under gymnax's time limit
+                twin=f"MinAtar/{game}-v1",
+                twin_kwargs=(("sticky_action_prob", 0.0),),
+                max_steps=limit,
+                # the margin's scale: 4x the cited score (per-step 0..1 over 1000 steps would allow 20 points)
+                return_span=4 * threshold,
+            )
+            for game, module, cls, channels, actions, threshold, limit in (
+                ("Breakout", "breakout", "MinBreakout", 4, 3, 28.0, 1000),
+                ("Asterix", "asterix", "MinAsterix", 4, 5, 15.0, 1000),
+                ("Freeway", "freeway", "MinFreeway", 7, 3, 58.0, 2500),
+                ("SpaceInvaders", "space_invaders", "MinSpaceInvaders", 6, 4, 131.0, 1000),
+            )
+        ),
     )
 }
+
+
+def make_gymnasium_env(env_id: str, max_steps_per_episode: int | None = None, **kwargs: Any) -> Any:
+    """The real env ``env_id`` is evaluated on (its twin: ``gymnasium.make`` of the row's ``twin`` id and
+    keyword arguments) with the time limit ``max_steps_per_episode`` (default the env's)."""
+    import gymnasium as gym
+
+    spec = env_spec(env_id)
+    if spec.twin_id.startswith("MinAtar/") and spec.twin_id not in gym.envs.registry:
+        # minatar declares a gymnasium plugin entry point, which gymnasium 1.x no longer loads
+        import minatar.gym
+
+        minatar.gym.register_envs()
+    limit = max_steps_per_episode or spec.max_episode_steps()
+    return gym.make(spec.twin_id, max_episode_steps=limit, **dict(spec.twin_kwargs), **kwargs)
 
 
 def env_spec(env_id: str) -> EnvSpec:
@@ -207,18 +263,14 @@ class CartPoleWrapper:
         max_steps_per_episode: int | None = None,
         render_mode: str | None = None,
     ) -> None:
-        import gymnasium as gym
-
         spec = env_spec(env_id)
         self.env_id = env_id
         self.observation_dim = spec.observation_dim
+        self.observation_shape = spec.observation_shape
         self.action_dim = spec.action_dim
         self.action_space = spec.action
         self.max_steps_per_episode = max_steps_per_episode
-        kwargs: dict[str, Any] = {"render_mode": render_mode}
-        if max_steps_per_episode is not None:
-            kwargs["max_episode_steps"] = max_steps_per_episode
-        self.env = gym.make(env_id, **kwargs)
+        self.env = make_gymnasium_env(env_id, max_steps_per_episode, render_mode=render_mode)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.env.reset(seed=seed)

@@ -66,15 +66,16 @@ def evaluate_gymnasium(
     """Return the greedy policy's undiscounted return of ``num_episodes`` episodes (float64 array)."""
     import gymnasium as gym
 
-    from ppo.envs import env_spec
+    from ppo.envs import env_spec, make_gymnasium_env
 
     policy = GreedyPolicy(params, env_spec(env_id).action)
     n = int(num_episodes)
-    spec = gym.envs.registry[env_id]
-    limit = max_steps_per_episode or spec.max_episode_steps
+    spec = gym.envs.registry.get(env_id)
+    limit = max_steps_per_episode or env_spec(env_id).max_episode_steps()
     returns = np.zeros(n)
     alive = np.ones(n, bool)
-    if env_id == "CartPole-v1" and spec.vector_entry_point is not None:  # start states set below: CartPole's
+    # CartPole's own vectorised env (its start states are set below from CartPole's state layout)
+    if env_id == "CartPole-v1" and spec is not None and spec.vector_entry_point is not None:
         venv = gym.make_vec(
             env_id, num_envs=n, vectorization_mode="vector_entry_point", max_episode_steps=limit
         )
@@ -98,7 +99,7 @@ def evaluate_gymnasium(
         finally:
             venv.close()
         return returns
-    envs = [gym.make(env_id, max_episode_steps=limit) for _ in range(n)]
+    envs = [make_gymnasium_env(env_id, limit) for _ in range(n)]
     obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
     while alive.any():
         actions = policy(obs)

@@ -1,4 +1,5 @@
-"""Flax actor-critic: separate actor and critic torsos (tanh MLPs) with orthogonal initialisation.
+"""Flax actor-critic: separate actor and critic torsos (tanh MLPs, after 3x3 convolutions for grid
+observations) with orthogonal initialisation.
 
 Separate torsos (no shared layers) are what CleanRL and PureJaxRL use for classic control: the value
 loss cannot distort the policy features. Orthogonal init with gain sqrt(2) for hidden layers, 0.01 for
@@ -26,6 +27,30 @@ def _dense(features: int, gain: float) -> nn.Dense:
     )
 
 
+def _torso(
+    x: jnp.ndarray, conv_channels: Sequence[int], hidden_sizes: Sequence[int], obs_rank: int
+) -> jnp.ndarray:
+    """Observations → features: 3x3 convolutions (stride 1, 'VALID', ReLU; for grid/pixel observations such
+    as MinAtar's 10x10xC, as in the MinAtar paper's networks), then a flattened tanh MLP. Without
+    convolutions a grid is flattened straight into the MLP. The batch is every leading axis of ``x``
+    before the observation's own ``obs_rank`` axes (1 for vectors, 3 for grids)."""
+    for c in conv_channels:
+        x = nn.relu(
+            nn.Conv(
+                c,
+                (3, 3),
+                padding="VALID",
+                kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)),
+                bias_init=nn.initializers.constant(0.0),
+            )(x)
+        )
+    if obs_rank > 1:
+        x = x.reshape((*x.shape[: x.ndim - obs_rank], -1))
+    for h in hidden_sizes:
+        x = nn.tanh(_dense(h, np.sqrt(2.0))(x))
+    return x
+
+
 class ActorNetwork(nn.Module):
     """Observations → action logits (discrete), or → ``(mean, log_std)`` of a diagonal Gaussian
     (continuous; ``log_std`` is a learned vector, independent of the state, starting at ``log_std_init``)."""
@@ -34,11 +59,12 @@ class ActorNetwork(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     continuous: bool = False
     log_std_init: float = 0.0
+    conv_channels: Sequence[int] = ()
+    obs_rank: int = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> Any:
-        for h in self.hidden_sizes:
-            x = nn.tanh(_dense(h, np.sqrt(2.0))(x))
+        x = _torso(x, self.conv_channels, self.hidden_sizes, self.obs_rank)
         out = _dense(self.action_dim, 0.01)(x)
         if not self.continuous:
             return out
@@ -50,11 +76,12 @@ class CriticNetwork(nn.Module):
     """Observations → state value V(s)."""
 
     hidden_sizes: Sequence[int] = (64, 64)
+    conv_channels: Sequence[int] = ()
+    obs_rank: int = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        for h in self.hidden_sizes:
-            x = nn.tanh(_dense(h, np.sqrt(2.0))(x))
+        x = _torso(x, self.conv_channels, self.hidden_sizes, self.obs_rank)
         return jnp.squeeze(_dense(1, 1.0)(x), axis=-1)
 
 
@@ -65,12 +92,15 @@ class PPONetwork(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     continuous: bool = False
     log_std_init: float = 0.0
+    conv_channels: Sequence[int] = ()  # a CNN torso for grid/pixel observations (e.g. MinAtar: (16,))
+    obs_rank: int = 1  # axes of one observation: 1 for vectors, 3 for (H, W, C) grids
 
     def setup(self) -> None:
+        convs, hidden = tuple(self.conv_channels), tuple(self.hidden_sizes)
         self.actor = ActorNetwork(
-            self.action_dim, tuple(self.hidden_sizes), self.continuous, self.log_std_init
+            self.action_dim, hidden, self.continuous, self.log_std_init, convs, self.obs_rank
         )
-        self.critic = CriticNetwork(tuple(self.hidden_sizes))
+        self.critic = CriticNetwork(hidden, convs, self.obs_rank)
 
     def __call__(self, x: jnp.ndarray) -> tuple[Any, jnp.ndarray]:
         return self.actor(x), self.critic(x)
@@ -79,17 +109,31 @@ class PPONetwork(nn.Module):
         return self.critic(x)
 
 
-def param_shapes(network: PPONetwork, observation_dim: int) -> Any:
-    """The tree ``network.init`` returns, as ShapeDtypeStructs (traced, never compiled or run)."""
+def _shape(observation: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(observation),) if isinstance(observation, int | np.integer) else tuple(observation)
+
+
+def param_shapes(network: PPONetwork, observation: int | Sequence[int]) -> Any:
+    """The tree ``network.init`` returns for observations of shape ``observation`` (or of that many
+    dims), as ShapeDtypeStructs (traced, never compiled or run)."""
     import jax
 
-    return jax.eval_shape(network.init, jax.random.PRNGKey(0), jnp.zeros((1, observation_dim), jnp.float32))
+    x = jnp.zeros((1, *_shape(observation)), jnp.float32)
+    return jax.eval_shape(network.init, jax.random.PRNGKey(0), x)
 
 
-def init_params(network: PPONetwork, observation_dim: int, seed: int) -> dict[str, Any]:
+def _orthogonal(rng: np.random.Generator, n_in: int, n_out: int) -> np.ndarray:
+    a = rng.standard_normal((max(n_in, n_out), min(n_in, n_out)))
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diag(r))  # a uniformly random orthogonal matrix (Haar), as Flax's
+    return q if n_in >= n_out else q.T
+
+
+def init_params(network: PPONetwork, observation: int | Sequence[int], seed: int) -> dict[str, Any]:
     """Orthogonal weights (gains as in the modules) and zero biases for ``network``, drawn with NumPy from
-    ``seed``: the same tree as ``network.init`` returns, without compiling anything."""
-    shapes = param_shapes(network, observation_dim)
+    ``seed``: the same tree as ``network.init`` returns, without compiling anything. ``observation`` is
+    the observation's shape (or its size, for vectors)."""
+    shapes = param_shapes(network, observation)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x50504F]))  # "PPO": apart from env draws
 
     def torso(tree: dict[str, Any], head_gain: float) -> dict[str, Any]:
@@ -98,13 +142,18 @@ def init_params(network: PPONetwork, observation_dim: int, seed: int) -> dict[st
         out: dict[str, Any] = {}
         if "log_std" in tree:
             out["log_std"] = np.full(tree["log_std"].shape, network.log_std_init, np.float32)
+        convs = sorted((n for n in tree if n.startswith("Conv_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+        for name in convs:  # Flax's orthogonal init of a conv kernel: over (kh * kw * in, out), reshaped
+            *window, n_out = tree[name]["kernel"].shape
+            kernel = _orthogonal(rng, int(np.prod(window)), n_out).reshape(*window, n_out)
+            out[name] = {
+                "kernel": (np.sqrt(2.0) * kernel).astype(np.float32),
+                "bias": np.zeros(n_out, np.float32),
+            }
         for i, name in enumerate(names):
             n_in, n_out = tree[name]["kernel"].shape
             gain = head_gain if i == len(names) - 1 else np.sqrt(2.0)
-            a = rng.standard_normal((max(n_in, n_out), min(n_in, n_out)))
-            q, r = np.linalg.qr(a)
-            q = q * np.sign(np.diag(r))  # a uniformly random orthogonal matrix (Haar), as Flax's
-            kernel = q if n_in >= n_out else q.T
+            kernel = _orthogonal(rng, n_in, n_out)
             out[name] = {"kernel": (gain * kernel).astype(np.float32), "bias": np.zeros(n_out, np.float32)}
         return out
 

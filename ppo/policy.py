@@ -20,19 +20,34 @@ NORM_EPS = 1e-8
 NORM_CLIP = 10.0
 
 
-def actor_layers(params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The actor's (kernel, bias) pairs in order (``Dense_0``, ``Dense_1``, ...) as float32 arrays."""
+Layers = list[tuple[np.ndarray, np.ndarray]]
+
+
+def actor_layers(params: Any, kind: str = "Dense") -> Layers:
+    """The actor's (kernel, bias) pairs of one kind in call order (``Dense_0``, ``Dense_1``, ... or
+    ``Conv_0``, ...) as float32 arrays."""
     actor = params["params"]["actor"] if "params" in params else params["actor"]
-    names = sorted((n for n in actor if n.startswith("Dense_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+    names = sorted((n for n in actor if n.startswith(f"{kind}_")), key=lambda n: int(n.rsplit("_", 1)[1]))
     return [
         (np.asarray(actor[n]["kernel"], np.float32), np.asarray(actor[n]["bias"], np.float32)) for n in names
     ]
 
 
-def numpy_logits(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray) -> np.ndarray:
-    """The actor's forward pass: same math as :class:`ppo.networks.ActorNetwork` (tanh MLP). Its output is
-    the logits (discrete) or the Gaussian's mean (continuous)."""
+def _conv_valid(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Flax's ``nn.Conv(padding="VALID")`` at stride 1 (a cross-correlation) on ``(n, H, W, C)``."""
+    kh, kw = kernel.shape[:2]
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))  # n, H', W', C, kh, kw
+    return np.einsum("nhwcij,ijco->nhwo", windows, kernel, optimize=True)
+
+
+def numpy_logits(layers: Layers, obs: np.ndarray, convs: Layers | None = None) -> np.ndarray:
+    """The actor's forward pass: same math as :class:`ppo.networks.ActorNetwork` (ReLU 3x3 convolutions
+    for grids, then a tanh MLP). Its output is the logits (discrete) or the Gaussian's mean (continuous)."""
     x = np.asarray(obs, np.float32)
+    for kernel, bias in convs or ():
+        x = np.maximum(_conv_valid(x, kernel) + bias, 0.0)
+    if x.ndim > 2:
+        x = x.reshape(len(x), -1)
     for kernel, bias in layers[:-1]:
         x = np.tanh(x @ kernel + bias)
     kernel, bias = layers[-1]
@@ -57,12 +72,28 @@ def normalized(stats: tuple[np.ndarray, np.ndarray] | None, obs: np.ndarray) -> 
     return np.clip((x - mean) / scale, -NORM_CLIP, NORM_CLIP).astype(np.float32)
 
 
+def observation_batch(observations: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``observations`` as a float32 batch ``(n, *shape)``: a single observation gets a batch axis, and a
+    batch of flattened grids ``(n, prod(shape))`` is reshaped; anything else is a :class:`ValueError`
+    naming the expected shape (the served model turns it into HTTP 400)."""
+    obs = np.asarray(observations, dtype=np.float32)
+    if obs.shape == shape:
+        obs = obs[None]
+    elif len(shape) > 1 and obs.ndim == 2 and obs.shape[1] == int(np.prod(shape)):
+        obs = obs.reshape((len(obs), *shape))
+    if obs.shape[1:] != shape or obs.ndim != len(shape) + 1:
+        expected = ", ".join(str(d) for d in shape)
+        raise ValueError(f"observations must have shape (n, {expected}), got {obs.shape}")
+    return obs
+
+
 class GreedyPolicy:
     """Observations ``(n, obs_dim)`` → greedy actions, from a variables tree and the env's action space."""
 
     def __init__(self, params: Any, action: ActionSpace) -> None:
         self.action = action
         self.layers = actor_layers(params)
+        self.convs = actor_layers(params, "Conv")
         self.stats = obs_stats(params)
         out = self.layers[-1][0].shape[1]
         if out != action.n:
@@ -73,7 +104,7 @@ class GreedyPolicy:
 
     def head(self, obs: np.ndarray) -> np.ndarray:
         """Logits (discrete) or means (continuous) for observations ``(n, obs_dim)``."""
-        return numpy_logits(self.layers, normalized(self.stats, obs))
+        return numpy_logits(self.layers, normalized(self.stats, obs), self.convs)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         out = self.head(obs)

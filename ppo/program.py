@@ -71,6 +71,8 @@ def make_network(config: Config) -> PPONetwork:
         hidden_sizes=tuple(config.ppo.hidden_sizes),
         continuous=not action.discrete,
         log_std_init=config.ppo.log_std_init,
+        conv_channels=tuple(config.ppo.conv_channels),
+        obs_rank=len(env_spec(config.env.id).observation_shape),
     )
 
 
@@ -223,7 +225,7 @@ def make_program(config: Config) -> Program:
         # the weights come from the host (ppo.networks.init_params: no initialiser to compile)
         states = jax.device_get(
             [
-                init_single(seed, init_params(network, spec.observation_dim, int(seed)))
+                init_single(seed, init_params(network, spec.observation_shape, int(seed)))
                 for seed in np.asarray(seeds)
             ]
         )
@@ -232,7 +234,7 @@ def make_program(config: Config) -> Program:
 
     def state_shapes(n_seeds: int) -> Any:
         one = jax.eval_shape(
-            init_one, jax.ShapeDtypeStruct((), jnp.uint32), param_shapes(network, spec.observation_dim)
+            init_one, jax.ShapeDtypeStruct((), jnp.uint32), param_shapes(network, spec.observation_shape)
         )
         # concrete states come from NumPy stacking: never weak-typed, so neither are these
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype), one)

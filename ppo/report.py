@@ -165,12 +165,13 @@ def policy_gif(
     """Render the greedy policy in the real gymnasium env (``rgb_array``) into an animated GIF."""
     import os
 
-    import gymnasium as gym
     from PIL import Image
+
+    from ppo.envs import make_gymnasium_env
 
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # pygame renders offscreen; no sound card here
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    env = gym.make(env_id, render_mode="rgb_array")
+    env = make_gymnasium_env(env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames: list[Image.Image] = []
     t, done = 0, False
@@ -179,7 +180,7 @@ def policy_gif(
             frame = env.render()
             assert isinstance(frame, np.ndarray)  # render_mode="rgb_array" renders one RGB array
             frames.append(Image.fromarray(frame).resize((300, 200)))
-        obs, _, term, trunc, _ = env.step(int(agent.predict(obs[None])[0]))
+        obs, _, term, trunc, _ = env.step(agent.predict(np.asarray(obs, np.float32)[None])[0])
         done, t = term or trunc, t + 1
     env.close()
     buf = io.BytesIO()

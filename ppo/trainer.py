@@ -398,6 +398,8 @@ class PPOTrainer:
                 params=self.seed_params[best],
                 action_space=spec.action,
                 log_std_init=self.config.ppo.log_std_init,
+                observation_shape=spec.observation_shape,
+                conv_channels=self.config.ppo.conv_channels,
             )
         else:
             self.agent.params = self.seed_params[best]

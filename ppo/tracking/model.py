@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ppo.params_io import read_params
-from ppo.policy import GreedyPolicy
+from ppo.policy import GreedyPolicy, observation_batch
 from ppo.spaces import ActionSpace
 
 #: the ``ppo`` package folder, shipped with every logged model (``code_paths``): the served model imports
@@ -48,22 +48,19 @@ with warnings.catch_warnings():
             meta = json.loads(Path(context.artifacts["policy"]).read_text())
             params = read_params(context.artifacts["params"])  # NumPy + msgpack: loading imports no JAX
             self.policy = GreedyPolicy(params, action_space(meta))
-            self.observation_dim = int(meta["observation_dim"])
+            self.observation_shape = tuple(meta.get("observation_shape") or (int(meta["observation_dim"]),))
 
         # no type hints: MLflow would read them as a schema
         def predict(self, context, model_input, params=None):
             data = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
             try:
-                obs = np.asarray(data, dtype=np.float32)
+                numbers = np.asarray(data, dtype=np.float32)
             except (TypeError, ValueError) as e:
                 raise MlflowException(f"observations must be numbers: {e}", INVALID_PARAMETER_VALUE) from None
-            if obs.ndim == 1 and obs.shape[0] == self.observation_dim:
-                obs = obs[None]
-            if obs.ndim != 2 or obs.shape[1] != self.observation_dim:
-                raise MlflowException(
-                    f"observations must have shape (n, {self.observation_dim}), got {obs.shape}",
-                    INVALID_PARAMETER_VALUE,
-                )
+            try:
+                obs = observation_batch(numbers, self.observation_shape)
+            except ValueError as e:
+                raise MlflowException(str(e), INVALID_PARAMETER_VALUE) from None
             if not np.isfinite(obs).all():
                 raise MlflowException("observations must be finite (no NaN or inf)", INVALID_PARAMETER_VALUE)
             return self.policy(obs)
@@ -88,8 +85,11 @@ def action_space(meta: dict[str, Any]) -> ActionSpace:
     return ActionSpace("discrete", int(meta["action_dim"]))
 
 
-def model_signature(observation_dim: int, action: ActionSpace | None = None) -> tuple[Any, np.ndarray]:
-    """Input float32 ``(-1, obs_dim)``; output int64 ``(-1,)`` (discrete) or float32 ``(-1, act_dim)``."""
+def model_signature(
+    observation: int | tuple[int, ...], action: ActionSpace | None = None
+) -> tuple[Any, np.ndarray]:
+    """Input float32 ``(-1, *obs_shape)``; output int64 ``(-1,)`` (discrete) or float32 ``(-1, act_dim)``."""
+    shape = (observation,) if isinstance(observation, int) else tuple(observation)
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -98,9 +98,9 @@ def model_signature(observation_dim: int, action: ActionSpace | None = None) -> 
     else:
         output = TensorSpec(np.dtype(np.float32), (-1, action.n))
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, observation_dim))]), outputs=Schema([output])
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]), outputs=Schema([output])
     )
-    return signature, np.zeros((2, observation_dim), np.float32)
+    return signature, np.zeros((2, *shape), np.float32)
 
 
 def pip_requirements() -> list[str]:
@@ -116,7 +116,7 @@ def log_policy_model(run_id: str, agent: Any, config: Any, uri: str | None = Non
 
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = model_artifacts(agent, config, Path(tmp))
-        signature, example = model_signature(agent.observation_dim, agent.action_space)
+        signature, example = model_signature(agent.observation_shape, agent.action_space)
         c = client(uri)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
