@@ -10,7 +10,12 @@ before any training starts.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +42,49 @@ def fail(message: str, code: int = 2) -> None:
     """Print ``error: <message>`` on stderr and exit with ``code`` (2: a bad config or argument)."""
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread by :func:`interruptible`'s handler.
+
+    A ``KeyboardInterrupt`` so that SIGTERM is handled everywhere Ctrl-C is: the trainer ends its MLflow
+    run KILLED and keeps its checkpoint, Prefect's engines end their runs Crashed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_interrupted: list[int] = []  # the signals seen by _on_signal, in this process
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """The first SIGINT/SIGTERM: silence logging (what unwinds would log is tracebacks of the interrupt
+    itself) and raise :class:`Interrupted`. A second one while the first unwinds: leave at once."""
+    if _interrupted:
+        os._exit(128 + signum)
+    _interrupted.append(signum)
+    logging.disable(logging.CRITICAL)
+    raise Interrupted(signum)
+
+
+@contextmanager
+def interruptible(explain: Callable[[], str]) -> Iterator[None]:
+    """Run a command so that Ctrl-C (SIGINT, to the whole process group from a terminal) and SIGTERM
+    (``kill PID``, a CI runner's cancel) stop it within seconds and print one line,
+    ``interrupted: SIGINT; <explain()>``, then exit 128 + the signal: 130 for SIGINT, 143 for SIGTERM
+    (what a shell reports for a process the signal killed, so a CI job sees it was interrupted)."""
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        logging.disable(logging.CRITICAL)
+        console.print(f"interrupted: {signal.Signals(signum).name}; {explain()}", highlight=False)
+        raise typer.Exit(128 + signum) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def load_or_exit(config: Path | None, overrides: list[str] | None) -> Any:
@@ -143,8 +191,16 @@ def train(
     from ppo.checkpoint import CheckpointError
     from ppo.tracking.probe import ServiceUnavailableError
 
+    def explain() -> str:
+        run = getattr(trainer.logger, "run_id", None)
+        return (
+            (f"MLflow run {run} marked KILLED; " if run else "")
+            + f"the last checkpoint in {trainer.checkpoint_dir} is kept: run the same command with --resume "
+            + "to continue"
+        )
+
     try:
-        with progress:
+        with interruptible(explain), progress:
             result = trainer.train(callback=on_chunk, resume=resume)
     except NonFiniteLossError as e:
         fail(str(e), code=3)

@@ -244,7 +244,7 @@ class PPOTrainer:
             self._write_result(result)
         except BaseException as e:
             try:
-                logger.end(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=repr(e))
+                logger.end(status="FAILED" if isinstance(e, Exception) else "KILLED", error=repr(e))
             except Exception as end_error:
                 e.add_note(f"(the MLflow run could not be marked FAILED: {end_error})")
             raise
