@@ -207,14 +207,29 @@ def register(
     return version
 
 
+#: the lease of a promotion's slot on a Prefect server, renewed while held (the server's minimum)
+LEASE_S = 60.0
+
+
 @contextmanager
 def promotion_lock(model_name: str, timeout_s: float = 600.0) -> Iterator[None]:
-    """Serialise alias moves for one model across processes and machines.
+    """Serialise alias moves for one model across processes and machines; the lock ends with its holder.
 
-    A Prefect global concurrency limit (one slot) lives in the Prefect API's database, so every process
-    and worker talking to the same API (or sharing an embedded one's database) takes turns; the limit is
-    created on first use. MLflow has no compare-and-set on aliases, hence this lock.
+    MLflow has no compare-and-set on aliases, hence this lock. Two kinds, by where the Prefect API is:
+
+    - an embedded API (``ppo pipeline`` / ``ppo promote`` without ``PREFECT_API_URL``; every process
+      that shares its database shares ``$PREFECT_HOME`` on this machine): an exclusive ``flock`` on
+      ``$PREFECT_HOME/locks/promote-<model>.lock``. The kernel releases it when its holder dies, even of
+      ``kill -9``. A Prefect concurrency slot would not do here: its lease lives in the memory of the
+      dead process's own API server, and no service of an embedded server ever reclaims the slot.
+    - a Prefect server (``make serve``, a worker): a global concurrency limit of one slot in the server's
+      database, created on first use, held under a lease of :data:`LEASE_S` that the holder renews; when
+      the holder dies the lease runs out and the server's repossessor frees the slot.
     """
+    if _embedded_api():
+        with _file_lock(model_name, timeout_s):
+            yield
+        return
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
@@ -229,8 +244,53 @@ def promotion_lock(model_name: str, timeout_s: float = 600.0) -> Iterator[None]:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
             except ObjectAlreadyExists:  # created by a concurrent promotion
                 pass
-    with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
+    with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=LEASE_S, strict=True):
         yield
+
+
+def _embedded_api() -> bool:
+    """Whether this process talks to an embedded Prefect API: Prefect's own temporary one (no API URL)
+    or the one ``flows.cli`` started (it names it in ``$PPO_EMBEDDED_PREFECT_API``)."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    return not api or api == os.environ.get("PPO_EMBEDDED_PREFECT_API")
+
+
+@contextmanager
+def _file_lock(model_name: str, timeout_s: float) -> Iterator[None]:
+    """An exclusive ``flock`` on ``$PREFECT_HOME/locks/promote-<model>.lock``, waited for up to
+    ``timeout_s`` (polled: a blocking flock could not time out); released on exit or when this process
+    dies. The model name is a validated name (letters, digits, '.', '_', '-'), so a safe file name."""
+    import fcntl
+    import os
+    import time
+
+    from prefect.settings import PREFECT_HOME
+
+    path = PREFECT_HOME.value() / "locks" / f"promote-{model_name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"another promotion of {model_name} has held {path} for over {timeout_s:.0f} s"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(1), **RESULTS)
