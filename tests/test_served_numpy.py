@@ -21,19 +21,13 @@ def tracked_run(tmp_path_factory):
     from ppo import PPOTrainer
 
     home = tmp_path_factory.mktemp("home")
-    before = os.environ.get("PPO_HOME")
-    os.environ["PPO_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # $PPO_HOME for the training run only
+        mp.setenv("PPO_HOME", str(home))
         trainer = PPOTrainer(config=small_config(**{"tracking.enabled": True}), enable_mlflow=True)
         result = trainer.train()
         from ppo import tracking
 
         uri = tracking.default_tracking_uri()
-    finally:
-        if before is None:
-            os.environ.pop("PPO_HOME", None)
-        else:
-            os.environ["PPO_HOME"] = before
     return trainer, result, uri
 
 
