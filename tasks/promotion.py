@@ -99,10 +99,20 @@ def gate(config: dict[str, Any], evaluation: dict[str, Any], run_id: str) -> dic
         }
     champion_returns = None
     if champion is not None:
-        params, _ = tracking.version_params(cfg.model_name, champion["version"])
-        champion_returns = evaluate_params_list(
-            [params], cfg.env.id, g.episodes, seed, cfg.env.max_steps_per_episode
-        )[0]
+        from ppo.tracking.registry import BrokenVersionError
+
+        try:
+            params, _ = tracking.version_params(cfg.model_name, champion["version"])
+        except BrokenVersionError as e:  # its artifacts were deleted: it cannot be played, so not compared
+            log.warning(
+                "the champion is broken: %s; the candidate is gated on its own (it replaces it if it passes)",
+                e,
+            )
+            base["champion_broken"] = str(e)
+        else:
+            champion_returns = evaluate_params_list(
+                [params], cfg.env.id, g.episodes, seed, cfg.env.max_steps_per_episode
+            )[0]
     decision = gate_decision(
         returns,
         evaluation["candidate_index"],

@@ -82,15 +82,35 @@ def load_model(uri: str) -> Any:
     return mlflow.pyfunc.load_model(uri)
 
 
+class BrokenVersionError(RuntimeError):
+    """A registered version whose model files are missing or unreadable (its artifacts were deleted)."""
+
+
 def version_params(model_name: str, version: str | int) -> tuple[Any, dict[str, Any]]:
-    """The flax params and policy metadata of a registered model version (read from its artifacts)."""
+    """The flax params and policy metadata of a registered model version (read from its artifacts:
+    ``params.msgpack`` and ``agent.json``, or ``policy.json`` in models logged before it).
+
+    Raises :class:`BrokenVersionError`, naming the version and what is missing, when they cannot be read
+    (it used to surface as ``RuntimeError: coroutine raised StopIteration`` in the gate)."""
     from flax import serialization
 
     mv = client().get_model_version(model_name, str(version))
+    where = f"{model_name} version {mv.version} (model {mv.source})"
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=tmp))
-        params = serialization.msgpack_restore(next(local.rglob("params.msgpack")).read_bytes())
-        meta = json.loads(next(local.rglob("policy.json")).read_text())
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=tmp))
+        except (mlflow.exceptions.MlflowException, OSError) as e:
+            raise BrokenVersionError(f"{where}: its artifacts cannot be downloaded: {e}") from None
+        params_file = next(local.rglob("params.msgpack"), None)
+        meta_file = next(local.rglob("agent.json"), None) or next(local.rglob("policy.json"), None)
+        missing = [n for n, f in (("params.msgpack", params_file), ("agent.json", meta_file)) if f is None]
+        if params_file is None or meta_file is None:
+            raise BrokenVersionError(f"{where}: {' and '.join(missing)} missing from its artifacts")
+        try:
+            params = serialization.msgpack_restore(params_file.read_bytes())
+            meta = json.loads(meta_file.read_text())
+        except Exception as e:  # noqa: BLE001 - any failure here means the files are unusable
+            raise BrokenVersionError(f"{where}: its model files are unreadable: {e}") from None
     return params, {**meta, "run_id": mv.run_id, "version": str(mv.version)}
 
 

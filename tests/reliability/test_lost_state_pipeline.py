@@ -92,3 +92,27 @@ def test_a_lost_mlflow_run_makes_train_log_again(harness):
     assert len(history) == 6
     assert [relogged[k] for k in ("env_steps", "episodes")] == [first[k] for k in ("env_steps", "episodes")]
     assert _run(cfg)[1] == "Cached"
+
+
+def test_a_broken_champion_is_reported_and_a_good_candidate_replaces_it(harness, caplog):
+    """The champion's model artifacts are deleted: the next candidate's gate used to fail with
+    ``RuntimeError: coroutine raised StopIteration``; now a warning names the version and what is missing,
+    and a passing candidate becomes the champion."""
+    import logging
+
+    from flows.train_ppo import train_ppo
+
+    _, path, home = harness
+    gate = {"gate.min_return": 0.0, "gate.episodes": 10, "gate.min_seeds": 2}
+    first = train_ppo(config_path=str(path), overrides={**gate, "train.seeds": [3, 4]})
+    assert first["outcome"] == "promoted", first
+    broken = first["model_version"]
+    source = tracking.client().get_model_version("ppo-cartpole", broken).source  # models:/m-<id>
+    model_dir = next(home.glob(f"mlartifacts/*/models/{source.removeprefix('models:/')}"))
+    shutil.rmtree(model_dir)
+
+    with caplog.at_level(logging.WARNING):
+        second = train_ppo(config_path=str(path), overrides={**gate, "train.seeds": [5, 6]})
+    assert second["outcome"] == "promoted" and second["champion"] == second["model_version"] != broken
+    warned = [r.getMessage() for r in caplog.records if "the champion is broken" in r.getMessage()]
+    assert warned and f"version {broken}" in warned[0] and "missing" in warned[0], warned
