@@ -125,6 +125,9 @@ def _start_embedded_api() -> None:
                 with direct.open(url + "/health", timeout=2) as answer:
                     if answer.status == 200:
                         os.environ["PREFECT_API_URL"] = os.environ[EMBEDDED_API_ENV] = url
+                        # no "View at http://127.0.0.1:<port>/runs/..." lines: it serves no UI, and it
+                        # ends with this command
+                        os.environ.setdefault("PREFECT_UI_URL", "")
                         return
             except OSError:
                 time.sleep(0.1)
