@@ -210,6 +210,10 @@ def train(
         fail(str(e), code=1)
     except DiskFullError as e:  # the write did not fit; the previous file is kept, the run marked FAILED
         fail(str(e), code=1)
+    except OSError as e:  # a full disk under a write that is not ours (MLflow's, a temporary file)
+        if e.errno not in atomic.NO_SPACE:
+            raise
+        fail(f"{e}; the last checkpoint is kept: free some space and run again with --resume", code=1)
     console.print(summary_table(result))
     if json_out:
         atomic.write_text(json_out, json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))

@@ -270,6 +270,12 @@ def plot_sweep(
         ax.grid(True, alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    import io
+
+    from ppo import atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic.write_bytes(path, buf.getvalue())  # a full disk keeps the previous plot, leaves no torn one
     plt.close(fig)
     return path

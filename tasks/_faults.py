@@ -31,5 +31,7 @@ def fault(task_name: str) -> None:
     counter.parent.mkdir(parents=True, exist_ok=True)
     seen = int(counter.read_text()) if counter.is_file() else 0
     if seen < int(spec[task_name]):
-        counter.write_text(str(seen + 1))
+        from ppo import atomic
+
+        atomic.write_text(counter, str(seen + 1))
         raise InjectedFault(f"injected transient fault in task {task_name!r} (attempt {seen + 1})")

@@ -182,10 +182,12 @@ def sweep_report(
     directory = ppo_home() / "sweeps" / parent_run_id
     directory.mkdir(parents=True, exist_ok=True)
     rows = comparison_table(results, heldout)
-    pd.DataFrame(rows).to_csv(directory / "sweep.csv", index=False)
+    from ppo import atomic  # every file written whole or not at all (a full disk keeps the old one)
+
+    atomic.write_text(directory / "sweep.csv", pd.DataFrame(rows).to_csv(index=False))
     plot_sweep(results, directory / "sweep.png", title=f"PPO sweep {parent_run_id[:8]}", heldout=heldout)
     best_config = next(t["config"] for t in trials if t["trial"] == best["trial"])
-    (directory / "best_config.yaml").write_text(yaml.safe_dump(best_config, sort_keys=False))
+    atomic.write_text(directory / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=False))
     client = tracking.client()
     client.log_artifacts(parent_run_id, str(directory))
     client.log_metric(parent_run_id, "sweep/best_score_heldout", heldout["score_heldout"])
