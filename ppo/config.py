@@ -53,10 +53,16 @@ class EnvConfig(_Section):
     @field_validator("id")
     @classmethod
     def _known_env(cls, value: str) -> str:
-        from ppo.envs import ENV_SPECS
+        from ppo.envs import ENV_SPECS, env_spec
 
-        if value not in ENV_SPECS:
-            raise ValueError(f"{excerpt(value)} is not allowed; expected one of {', '.join(ENV_SPECS)}")
+        if value in ENV_SPECS:
+            return value
+        if ":" not in value:
+            raise ValueError(
+                f"{excerpt(value)} is not allowed; expected one of {', '.join(ENV_SPECS)}, or your own "
+                "JAX env as '<module>:<Class>'"
+            )
+        env_spec(value)  # imports and checks the user's env class (ValueError explains what is wrong)
         return value
 
 
@@ -191,6 +197,8 @@ class TrackingConfig(_Section):
     @field_validator("tracking_uri")
     @classmethod
     def _local_store_inside_home(cls, value: str | None) -> str | None:
+        from ppo.tracking.uris import local_store_path  # pure parsing: imports no MLflow
+
         local = None if value is None else local_store_path(value)
         if local is not None:
             confined_path(local)
@@ -249,13 +257,14 @@ class Config(_Section):
     def _env_defaults(cls, data: Any) -> Any:
         """Unset ``train.target_reward`` / ``gate.min_return`` default to the env's reward threshold, and
         an unset ``env.max_steps_per_episode`` to its gymnasium time limit (ppo.envs.ENV_SPECS)."""
-        from ppo.envs import ENV_SPECS
+        from ppo.envs import env_spec
 
         if not isinstance(data, dict):
             return data
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
-        spec = ENV_SPECS.get(env.get("id", EnvConfig.model_fields["id"].default))
-        if spec is None:
+        try:
+            spec = env_spec(str(env.get("id", EnvConfig.model_fields["id"].default)))
+        except ValueError:
             return data  # the id's own validator explains
         data = dict(data)
         if env.get("max_steps_per_episode") is None:
@@ -572,35 +581,6 @@ def ppo_home() -> Path:
     """State folder: ``$PPO_HOME`` or ``./.ppo``; an empty ``PPO_HOME`` counts as unset (it would
     otherwise put every state file into the current directory)."""
     return Path(os.environ.get("PPO_HOME", "").strip() or ".ppo").resolve()
-
-
-#: MLflow store URIs a config may name: servers and database servers (not files here), or local stores
-REMOTE_STORE_SCHEMES = ("http", "https", "postgresql", "mysql", "mssql")
-
-
-def local_store_path(uri: str) -> str | None:
-    """The filesystem path of a local MLflow store URI, else ``None`` (a server or database server).
-
-    Parsed by scheme and driver: ``sqlite:///p`` and ``sqlite+<driver>:///p`` (SQLAlchemy's forms),
-    ``file:p`` / ``file:///p``, or a bare path. Any other scheme is refused (:class:`ValueError`), so a
-    store URI cannot sneak a file outside ``$PPO_HOME`` past the check in an unexpected spelling.
-    """
-    scheme, sep, rest = uri.partition(":")
-    if not sep or len(scheme) == 1:  # a bare path (or a Windows drive letter)
-        return uri
-    base = scheme.split("+", 1)[0].lower()
-    if base == "sqlite":
-        if not rest.startswith("///"):
-            raise ValueError(f"{excerpt(uri)}: a sqlite store is sqlite:///<path>")
-        return rest[3:].split("?")[0]
-    if base == "file":
-        return rest[2:] if rest.startswith("//") else rest
-    if base in REMOTE_STORE_SCHEMES:
-        return None
-    raise ValueError(
-        f"{excerpt(uri)}: store scheme {excerpt(scheme)} is not allowed; allowed: sqlite, file, "
-        f"{', '.join(REMOTE_STORE_SCHEMES)} (or a path inside $PPO_HOME)"
-    )
 
 
 def confined_path(path: str | os.PathLike[str]) -> Path:

@@ -9,8 +9,11 @@ package (and the very same env classes, which stay cached as submodules).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import os
+import re
 import sys
 import threading
 import types
@@ -64,6 +67,12 @@ class EnvSpec:
     twin_kwargs: tuple[tuple[str, Any], ...] = ()  # gymnasium.make keyword arguments for the twin
     max_steps: int | None = None  # the time limit, when the twin registers none
     return_span: float | None = None  # the gate margin's scale, when the per-step range is no guide
+    user_class: Any = None  # a user's JAX env class (``"<module>:<Class>"`` ids)
+
+    @property
+    def evaluates_on_jax(self) -> bool:
+        """A user env without a gymnasium twin is evaluated (and gated) on its JAX implementation."""
+        return self.user_class is not None and self.twin is None
 
     @property
     def observation_dim(self) -> int:
@@ -88,7 +97,7 @@ class EnvSpec:
 
     def reward_threshold(self) -> float | None:
         """The return at which the env counts as solved: the row's cited figure, else gymnasium's."""
-        if self.threshold is not None:
+        if self.threshold is not None or self.user_class is not None:
             return self.threshold
         import gymnasium
 
@@ -189,20 +198,108 @@ def make_gymnasium_env(env_id: str, max_steps_per_episode: int | None = None, **
     import gymnasium as gym
 
     spec = env_spec(env_id)
+    limit = max_steps_per_episode or spec.max_episode_steps()
+    if spec.evaluates_on_jax:
+        raise ValueError(f"{env_id} has no gymnasium twin: it is evaluated on its JAX implementation")
+    if USER_ENV_PATTERN.fullmatch(spec.twin_id):  # a user's gymnasium.Env class
+        from gymnasium.wrappers import TimeLimit
+
+        return TimeLimit(_load_attribute(spec.twin_id)(**dict(spec.twin_kwargs), **kwargs), limit)
     if spec.twin_id.startswith("MinAtar/") and spec.twin_id not in gym.envs.registry:
         # minatar declares a gymnasium plugin entry point, which gymnasium 1.x no longer loads
         import minatar.gym
 
         minatar.gym.register_envs()
-    limit = max_steps_per_episode or spec.max_episode_steps()
     return gym.make(spec.twin_id, max_episode_steps=limit, **dict(spec.twin_kwargs), **kwargs)
 
 
+#: a user's JAX env: ``"<module>:<Class>"`` (README, "Your own environment")
+USER_ENV_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+#: where a user env's module may come from (comma-separated module prefixes): configs travel (deployment
+#: parameters, shared YAML), and importing a module runs its code, so a config names only allowed modules
+USER_ENV_MODULES = "PPO_USER_ENV_MODULES"
+DEFAULT_USER_ENV_MODULES = "examples"
+
+
 def env_spec(env_id: str) -> EnvSpec:
-    try:
+    """The row for a built-in env, or the spec read off a user's ``"<module>:<Class>"`` JAX env."""
+    if env_id in ENV_SPECS:
         return ENV_SPECS[env_id]
-    except KeyError:
-        raise ValueError(f"unknown env id {env_id!r}; supported: {', '.join(ENV_SPECS)}") from None
+    if ":" in env_id:
+        return user_env_spec(env_id)
+    raise ValueError(
+        f"unknown env id {env_id!r}; supported: {', '.join(ENV_SPECS)}, or your own JAX env as "
+        "'<module>:<Class>'"
+    )
+
+
+def _load_attribute(path: str) -> Any:
+    """``"<module>:<name>"`` → the object, importing the module (the current directory is searched too, as
+    ``python -m`` does) only when its package is allowed by ``$PPO_USER_ENV_MODULES``."""
+    if not USER_ENV_PATTERN.fullmatch(path):
+        raise ValueError(f"{path[:80]!r} is not '<module>:<Class>' (e.g. 'examples.point_env:PointEnv')")
+    module, _, name = path.partition(":")
+    allowed = [p.strip() for p in os.environ.get(USER_ENV_MODULES, DEFAULT_USER_ENV_MODULES).split(",")]
+    if not any(p and (module == p or module.startswith(p + ".")) for p in allowed):
+        raise ValueError(
+            f"module {module!r} is not allowed: importing it would run its code; add its package to "
+            f"${USER_ENV_MODULES} (now {','.join(a for a in allowed if a)!r}), comma-separated"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"cannot import {module!r} for env {path!r}: {e}") from None
+    try:
+        return getattr(loaded, name)
+    except AttributeError:
+        raise ValueError(f"module {module!r} has no {name!r}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def user_env_spec(env_id: str) -> EnvSpec:
+    """The spec of a user's gymnax-style JAX env class ``env_id = "<module>:<Class>"``.
+
+    Read off the class: its observation and action spaces (gymnax ``Box`` / ``Discrete``) and time limit
+    (``default_params.max_steps_in_episode``); optional class attributes ``reward_threshold`` (the gate's
+    default ``min_return``), ``return_span`` (the gate margin's scale; default ``abs(reward_threshold)`` or 1)
+    and ``gymnasium_twin`` (a registered gymnasium id, or ``"<module>:<Class>"`` of a ``gymnasium.Env``, to
+    evaluate on; without one, evaluation and the gate play the JAX env itself).
+    """
+    cls = _load_attribute(env_id)
+    base = _import_gymnax_module("gymnax.environments.environment").Environment
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{env_id!r} is not a gymnax Environment subclass (see examples/point_env.py)")
+    env = cls()
+    params = env.default_params
+    threshold = getattr(cls, "reward_threshold", None)
+    span = getattr(cls, "return_span", None) or (abs(float(threshold)) if threshold else 1.0)
+    twin = getattr(cls, "gymnasium_twin", None)
+    return EnvSpec(
+        env_id,
+        re.sub(r"[^a-z0-9]+", "-", cls.__name__.lower()).strip("-") or "env",
+        tuple(int(d) for d in env.observation_space(params).shape),
+        _gymnax_action_space(env.action_space(params)),
+        (0.0, 0.0),
+        (cls.__module__, cls.__name__),
+        threshold=None if threshold is None else float(threshold),
+        twin=twin,
+        max_steps=int(params.max_steps_in_episode),
+        return_span=float(span),
+        user_class=cls,
+    )
+
+
+def _gymnax_action_space(space: Any) -> ActionSpace:
+    if hasattr(space, "n"):
+        return ActionSpace("discrete", int(space.n))
+    shape = tuple(space.shape)
+    if len(shape) != 1:
+        raise ValueError(f"a continuous action space must be 1-D, got shape {shape}")
+    low = np.broadcast_to(np.asarray(space.low, np.float64), shape)
+    high = np.broadcast_to(np.asarray(space.high, np.float64), shape)
+    return ActionSpace("continuous", shape[0], tuple(map(float, low)), tuple(map(float, high)))
 
 
 def make_jax_env(env_id: str, max_steps_per_episode: int | None = None) -> tuple[Any, Any]:
@@ -211,7 +308,7 @@ def make_jax_env(env_id: str, max_steps_per_episode: int | None = None) -> tuple
     if spec.gymnax is None:
         raise ValueError(f"{env_id} has no JAX implementation")
     module, cls = spec.gymnax
-    env_class = getattr(_import_gymnax_module(module), cls)
+    env_class = spec.user_class or getattr(_import_gymnax_module(module), cls)
     env = (_faithful_continuous_mountain_car(env_class) if cls == "ContinuousMountainCar" else env_class)()
     params = env.default_params
     if max_steps_per_episode is not None:

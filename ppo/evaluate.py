@@ -69,6 +69,8 @@ def evaluate_gymnasium(
     from ppo.envs import env_spec, make_gymnasium_env
 
     policy = GreedyPolicy(params, env_spec(env_id).action)
+    if env_spec(env_id).evaluates_on_jax:
+        return evaluate_jax_env(policy, env_id, num_episodes, seed, max_steps_per_episode)
     n = int(num_episodes)
     spec = gym.envs.registry.get(env_id)
     limit = max_steps_per_episode or env_spec(env_id).max_episode_steps()
@@ -110,6 +112,37 @@ def evaluate_gymnasium(
             alive[i] = not (term or trunc)
     for e in envs:
         e.close()
+    return returns
+
+
+def evaluate_jax_env(
+    policy: GreedyPolicy, env_id: str, num_episodes: int, seed: int, max_steps_per_episode: int | None = None
+) -> np.ndarray:
+    """Greedy returns on the JAX env itself, for a user env without a gymnasium twin: episode ``j`` starts
+    from ``env.reset(PRNGKey(seed + j))`` (so seeds name episodes as on gymnasium, and the evaluation
+    streams stay disjoint); the same NumPy policy acts, the env steps jitted and vectorised."""
+    import jax
+    import jax.numpy as jnp
+
+    from ppo.envs import make_jax_env
+
+    env, env_params = make_jax_env(env_id, max_steps_per_episode)
+    n = int(num_episodes)
+    reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
+    step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seed, seed + n, dtype=jnp.uint32))
+    obs, state = reset(keys, env_params)
+    returns, alive = np.zeros(n), np.ones(n, bool)
+    for t in range(int(env_params.max_steps_in_episode)):
+        actions = policy(np.asarray(obs))
+        step_keys = jax.vmap(lambda k, t=t: jax.random.fold_in(k, t))(keys)
+        obs, state, reward, terminated, truncated, _ = step(
+            step_keys, state, jnp.asarray(actions), env_params
+        )
+        returns += np.where(alive, np.asarray(reward, np.float64), 0.0)
+        alive &= ~np.asarray(terminated | truncated)
+        if not alive.any():
+            break
     return returns
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ppo.config import Config, confined_path, local_store_path, ppo_home
+from ppo.config import Config, confined_path, ppo_home
 from ppo.tracking.probe import probe
+from ppo.tracking.uris import local_store_path
 
 
 def _client_defaults() -> None:

@@ -54,6 +54,8 @@ CONFIG_CASES = [
     ("anneal-horizon", {"ppo": {"anneal_lr": True}}, [], ["anneal_lr needs train.max_env_steps"]),
     ("env-unknown", {"env": {"id": "Pong-v5"}}, [], ["env.id", "Pong-v5", "CartPole-v1"]),
     ("env-case", {"env": {"id": "cartpole-v1"}}, [], ["env.id", "cartpole-v1", "CartPole-v1"]),
+    ("gate-mode", {"gate": {"mode": "better"}}, [], ["gate.mode", "better", "non_inferior", "superior"]),
+    ("env-user-not-allowed", {"env": {"id": "os:system"}}, [], ["env.id", "os", "PPO_USER_ENV_MODULES"]),
     ("yaml-malformed", "ppo: [unclosed\n", [], ["is not valid YAML"]),
     ("yaml-list", "- 1\n- 2\n", [], ["must hold a mapping of sections", "list"]),
     ("yaml-section-scalar", "ppo: 3\n", [], ["ppo", "3"]),

@@ -1,0 +1,1 @@
+"""Runnable examples of bringing your own environment (README, "Your own environment")."""
