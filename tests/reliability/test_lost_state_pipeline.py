@@ -116,3 +116,40 @@ def test_a_broken_champion_is_reported_and_a_good_candidate_replaces_it(harness,
     assert second["outcome"] == "promoted" and second["champion"] == second["model_version"] != broken
     warned = [r.getMessage() for r in caplog.records if "the champion is broken" in r.getMessage()]
     assert warned and f"version {broken}" in warned[0] and "missing" in warned[0], warned
+
+
+def test_an_emptied_store_gets_the_finished_run_logged_again(tmp_path, monkeypatch):
+    """The literal case: ``mlflow.db`` emptied, then ``ppo train --resume`` in a new process (which sees an
+    empty store): the finished checkpoint is logged to a new run, whole, without training again; the old
+    run id is not handed back. The store is read back with sqlite3 (this process's MLflow connections
+    still point at the emptied file)."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from ppo import PPOTrainer
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("PPO_HOME", str(home))
+    cfg = small_config(**{"train.seeds": [0], "train.checkpoint_dir": "ck", "tracking.enabled": True})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    first = PPOTrainer(config=cfg, enable_mlflow=True).train()
+    (home / "mlflow.db").write_bytes(b"")  # emptied
+
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "ppo.cli", "train", "-c", str(path), "--resume", "--json", str(out)]
+    rc = subprocess.run(cmd, env={**os.environ, "PPO_HOME": str(home)}, capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    again = json.loads(out.read_text())
+    assert again["run_id"] != first["run_id"] and again["resumed_from_chunk"] == 6  # not trained again
+    with sqlite3.connect(home / "mlflow.db") as db:
+        (status,) = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (again["run_id"],)).fetchone()
+        points = db.execute(
+            "SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key = 'train/avg_reward'", (again["run_id"],)
+        ).fetchone()[0]
+        model = db.execute(
+            "SELECT COUNT(*) FROM tags WHERE run_uuid = ? AND key = 'model_uri'", (again["run_id"],)
+        ).fetchone()[0]
+    assert (status, points, model) == ("FINISHED", 6, 1)
