@@ -87,36 +87,36 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(lr, eps=ppo.adam_eps))
 
 
-def make_program(config: Config) -> Program:
-    """Build the jitted ``init`` and ``run_chunk`` for ``config`` (nothing is traced until first call)."""
-    configure_cpu_devices()  # a no-op after the first call (the trainer makes it)
-    env, env_params = make_jax_env(config.env.id, config.env.max_steps_per_episode)
-    spec = env_spec(config.env.id)
-    network = make_network(config)
-    tx = make_optimizer(config)
-    ppo = config.ppo
-    num_envs, num_steps = config.env.num_envs, config.num_steps
-    batch, num_minibatches, window = ppo.batch_size, config.num_minibatches, config.train.convergence_window
-    max_episodes, total_updates = config.train.max_episodes, config.total_updates()
-    dist = distribution(spec.action)
-    rollout = make_rollout(network, env, env_params, num_envs, num_steps, dist, ppo.gamma)
-    normalize_obs, scale_rewards = config.env.normalize_observations, config.env.normalize_rewards
+def new_episode_stats(num_envs: int, window: int) -> EpisodeStats:
+    """Episode books before any step: no returns, an empty convergence window."""
+    return EpisodeStats(
+        jnp.zeros(num_envs, jnp.float32),
+        jnp.zeros(window, jnp.float32),
+        jnp.int32(0),
+        jnp.int32(0),
+        jnp.float32(0.0),
+    )
 
-    def init_one(seed: jnp.ndarray, params: Any) -> TrainState:
-        key = jax.random.PRNGKey(seed)
-        key, _, k_env = jax.random.split(key, 3)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, num_envs), env_params)
-        if normalize_obs:  # the reset observations count, as in VecNormalize.reset
-            params = {**params, "obs_norm": update_stats(init_stats(spec.observation_shape), obs)}
-        scale = RewardScale.create(num_envs) if scale_rewards else None
-        stats = EpisodeStats(
-            jnp.zeros(num_envs, jnp.float32),
-            jnp.zeros(window, jnp.float32),
-            jnp.int32(0),
-            jnp.int32(0),
-            jnp.float32(0.0),
-        )
-        return TrainState(params, tx.init(params["params"]), env_state, obs, key, stats, jnp.int32(0), scale)
+
+def make_budget(config: Config):
+    """``within_budget(state, active) -> bool``: whether a seed may take one more update: active on the
+    host, and neither budget spent. Checked before every update, so budgets hold to one update (the update
+    that completes episode ``max_episodes`` is the last) instead of to one chunk."""
+    max_episodes, total_updates = config.train.max_episodes, config.total_updates()
+
+    def within_budget(state: TrainState, active: jnp.ndarray) -> jnp.ndarray:
+        go = active & (state.stats.episodes < max_episodes)
+        return go if total_updates is None else go & (state.update < total_updates)
+
+    return within_budget
+
+
+def make_learner(config: Config, network: PPONetwork, tx: optax.GradientTransformation, dist: Any):
+    """``learn(variables, opt_state, key, traj, stats) -> (variables, opt_state, key, metrics)``: GAE over
+    one rollout's trajectory ``[steps, envs, ...]``, then ``ppo.epochs_per_update`` epochs of shuffled
+    minibatch steps. Shared by the fully jitted program and the host-env path (:mod:`ppo.host_program`)."""
+    ppo = config.ppo
+    batch, num_minibatches = ppo.batch_size, config.num_minibatches
 
     def minibatch_step(carry, minibatch):
         params, opt_state = carry
@@ -145,29 +145,7 @@ def make_program(config: Config) -> Program:
         params = optax.apply_updates(params, updates)
         return (params, opt_state), (info, grad_norm)
 
-    def within_budget(state: TrainState, active: jnp.ndarray) -> jnp.ndarray:
-        """Whether this seed may take one more update: active on the host, and neither budget spent.
-
-        Checked before every update inside the chunk, so budgets hold to one update (the update that
-        completes episode ``max_episodes`` is the last) instead of to one chunk.
-        """
-        go = active & (state.stats.episodes < max_episodes)
-        return go if total_updates is None else go & (state.update < total_updates)
-
-    def update_one(state: TrainState, active: jnp.ndarray) -> tuple[TrainState, UpdateMetrics]:
-        go = within_budget(state, active)
-        new_state, metrics = train_update(state)
-        # a seed out of budget keeps its state exactly; its discarded update reports nothing
-        # (zeros, ran=False)
-        new_state = jax.tree.map(lambda new, old: jnp.where(go, new, old), new_state, state)
-        metrics = jax.tree.map(lambda m: jnp.where(go, m, jnp.zeros_like(m)), metrics)
-        return new_state, metrics._replace(ran=go)
-
-    def train_update(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
-        stats = state.stats._replace(completed=jnp.int32(0), completed_return=jnp.float32(0.0))
-        variables, env_state, obs, stats, reward_scale, key, traj = rollout(
-            state.params, state.env_state, state.obs, stats, state.reward_scale, state.key
-        )
+    def learn(variables: Any, opt_state: Any, key: jax.Array, traj: Any, stats: EpisodeStats):
         next_values = network.apply({"params": variables["params"]}, traj.next_obs, method=PPONetwork.value)
         advantages, returns = gae(
             traj.rewards, traj.values, next_values, traj.terminated, traj.dones, ppo.gamma, ppo.gae_lambda
@@ -188,7 +166,7 @@ def make_program(config: Config) -> Program:
             return (params, opt_state, key), out
 
         (params, opt_state, key), (info, grad_norm) = jax.lax.scan(
-            epoch, (variables["params"], state.opt_state, key), None, length=ppo.epochs_per_update
+            epoch, (variables["params"], opt_state, key), None, length=ppo.epochs_per_update
         )
         metrics = UpdateMetrics(
             info.policy.mean(),
@@ -202,7 +180,53 @@ def make_program(config: Config) -> Program:
             stats.completed_return,
             jnp.bool_(True),
         )
-        variables = {**variables, "params": params}
+        return {**variables, "params": params}, opt_state, key, metrics
+
+    return learn
+
+
+def make_program(config: Config) -> Program:
+    """Build the jitted ``init`` and ``run_chunk`` for ``config`` (nothing is traced until first call)."""
+    configure_cpu_devices()  # a no-op after the first call (the trainer makes it)
+    env, env_params = make_jax_env(config.env.id, config.env.max_steps_per_episode)
+    spec = env_spec(config.env.id)
+    network = make_network(config)
+    tx = make_optimizer(config)
+    ppo = config.ppo
+    num_envs, num_steps = config.env.num_envs, config.num_steps
+    window = config.train.convergence_window
+    dist = distribution(spec.action)
+    rollout = make_rollout(network, env, env_params, num_envs, num_steps, dist, ppo.gamma)
+    normalize_obs, scale_rewards = config.env.normalize_observations, config.env.normalize_rewards
+
+    def init_one(seed: jnp.ndarray, params: Any) -> TrainState:
+        key = jax.random.PRNGKey(seed)
+        key, _, k_env = jax.random.split(key, 3)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, num_envs), env_params)
+        if normalize_obs:  # the reset observations count, as in VecNormalize.reset
+            params = {**params, "obs_norm": update_stats(init_stats(spec.observation_shape), obs)}
+        scale = RewardScale.create(num_envs) if scale_rewards else None
+        stats = new_episode_stats(num_envs, window)
+        return TrainState(params, tx.init(params["params"]), env_state, obs, key, stats, jnp.int32(0), scale)
+
+    within_budget = make_budget(config)
+    learn = make_learner(config, network, tx, dist)
+
+    def update_one(state: TrainState, active: jnp.ndarray) -> tuple[TrainState, UpdateMetrics]:
+        go = within_budget(state, active)
+        new_state, metrics = train_update(state)
+        # a seed out of budget keeps its state exactly; its discarded update reports nothing
+        # (zeros, ran=False)
+        new_state = jax.tree.map(lambda new, old: jnp.where(go, new, old), new_state, state)
+        metrics = jax.tree.map(lambda m: jnp.where(go, m, jnp.zeros_like(m)), metrics)
+        return new_state, metrics._replace(ran=go)
+
+    def train_update(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
+        stats = state.stats._replace(completed=jnp.int32(0), completed_return=jnp.float32(0.0))
+        variables, env_state, obs, stats, reward_scale, key, traj = rollout(
+            state.params, state.env_state, state.obs, stats, state.reward_scale, state.key
+        )
+        variables, opt_state, key, metrics = learn(variables, state.opt_state, key, traj, stats)
         new_state = TrainState(
             variables, opt_state, env_state, obs, key, stats, state.update + 1, reward_scale
         )

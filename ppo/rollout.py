@@ -67,6 +67,39 @@ def record_episodes(stats: EpisodeStats, rewards: jnp.ndarray, dones: jnp.ndarra
     )
 
 
+def after_step(
+    variables: dict[str, Any],
+    stats: EpisodeStats,
+    reward_scale: Any,
+    rewards: jnp.ndarray,
+    dones: jnp.ndarray,
+    next_obs: jnp.ndarray,
+    final_obs: jnp.ndarray,
+    gamma: float,
+) -> tuple[dict[str, Any], EpisodeStats, Any, jnp.ndarray, jnp.ndarray]:
+    """The books of one env step, shared by the jitted rollout and the host-env path
+    (:mod:`ppo.host_program`): episode returns (raw rewards), the observation statistics (with the
+    observations the envs returned), the reward scale. Returns ``(variables, stats, reward_scale,
+    learner_rewards, final_obs as the networks see it)``."""
+    rewards = rewards.astype(jnp.float32)
+    stats = record_episodes(stats, rewards, dones)  # raw rewards: returns in the env's units
+    if "obs_norm" in variables:
+        variables = {**variables, "obs_norm": update_stats(variables["obs_norm"], next_obs)}
+    learner_rewards = rewards
+    if reward_scale is not None:
+        reward_scale, learner_rewards = scale_rewards(reward_scale, rewards, dones, gamma)
+    return variables, stats, reward_scale, learner_rewards, observe(variables, final_obs)
+
+
+def act(network: Any, dist: Any, variables: dict[str, Any], obs: jnp.ndarray, key: jax.Array) -> tuple:
+    """One policy step on a batch of raw observations: ``(seen, actions, log_probs, values)``, where
+    ``seen`` is what the networks saw (normalised when observations are)."""
+    seen = observe(variables, obs)
+    pi, values = network.apply({"params": variables["params"]}, seen)
+    actions = dist.sample(key, pi)
+    return seen, actions, dist.log_prob(pi, actions), values
+
+
 def make_rollout(
     network: Any,
     env: Any,
@@ -91,30 +124,16 @@ def make_rollout(
         def one_step(carry, _):
             variables, env_state, obs, stats, reward_scale, key = carry
             key, k_action, k_step = jax.random.split(key, 3)
-            seen = observe(variables, obs)
-            pi, values = network.apply({"params": variables["params"]}, seen)
-            actions = dist.sample(k_action, pi)
-            log_probs = dist.log_prob(pi, actions)
+            seen, actions, log_probs, values = act(network, dist, variables, obs, k_action)
             next_obs, env_state, rewards, terminated, truncated, info = step_envs(
                 jax.random.split(k_step, num_envs), env_state, dist.env_action(actions), env_params
             )
-            rewards = rewards.astype(jnp.float32)
             dones = jnp.logical_or(terminated, truncated)
-            stats = record_episodes(stats, rewards, dones)  # raw rewards: returns in the env's units
-            if "obs_norm" in variables:
-                variables = {**variables, "obs_norm": update_stats(variables["obs_norm"], next_obs)}
-            learner_rewards = rewards
-            if reward_scale is not None:
-                reward_scale, learner_rewards = scale_rewards(reward_scale, rewards, dones, gamma)
+            variables, stats, reward_scale, learner_rewards, seen_final = after_step(
+                variables, stats, reward_scale, rewards, dones, next_obs, info["final_observation"], gamma
+            )
             transition = Transition(
-                seen,
-                actions,
-                log_probs,
-                values,
-                learner_rewards,
-                terminated,
-                dones,
-                observe(variables, info["final_observation"]),
+                seen, actions, log_probs, values, learner_rewards, terminated, dones, seen_final
             )
             return (variables, env_state, next_obs, stats, reward_scale, key), transition
 
