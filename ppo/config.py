@@ -43,6 +43,11 @@ class EnvConfig(_Section):
     max_steps_per_episode: int | None = Field(
         None, ge=1, le=100_000, description="time limit (truncation); default the env's gymnasium limit"
     )
+    backend: Literal["auto", "host"] = Field(
+        "auto",
+        description="auto: fully jitted on the env's JAX implementation when it has one; host: step the "
+        "real gymnasium envs on the host (policy and update still jitted)",
+    )
     normalize_observations: bool = Field(
         False, description="running mean/std observation normalisation (SB3 VecNormalize norm_obs)"
     )
@@ -57,12 +62,15 @@ class EnvConfig(_Section):
 
         if value in ENV_SPECS:
             return value
-        if ":" not in value:
+        try:
+            env_spec(value)  # a user's class, or a registered gymnasium env: checked (and explained)
+        except ValueError as e:
+            if ":" in value or str(e).startswith(value):
+                raise
             raise ValueError(
-                f"{excerpt(value)} is not allowed; expected one of {', '.join(ENV_SPECS)}, or your own "
-                "JAX env as '<module>:<Class>'"
-            )
-        env_spec(value)  # imports and checks the user's env class (ValueError explains what is wrong)
+                f"{excerpt(value)} is not allowed; expected one of {', '.join(ENV_SPECS)}, a registered "
+                "gymnasium env id, or your own JAX env as '<module>:<Class>'"
+            ) from None
         return value
 
 
@@ -294,6 +302,14 @@ class Config(_Section):
             raise ValueError(
                 f"env.num_envs ({self.env.num_envs}) must divide ppo.batch_size ({self.ppo.batch_size})"
             )
+        if self.env.backend == "host":
+            from ppo.envs import env_spec
+
+            if env_spec(self.env.id).evaluates_on_jax:
+                raise ValueError(
+                    f"env.backend: host steps the real gymnasium env, and {self.env.id} has none (its "
+                    "class names no gymnasium_twin); use env.backend: auto"
+                )
         if self.ppo.conv_channels:
             from ppo.envs import env_spec
 

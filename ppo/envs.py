@@ -70,6 +70,11 @@ class EnvSpec:
     user_class: Any = None  # a user's JAX env class (``"<module>:<Class>"`` ids)
 
     @property
+    def host(self) -> bool:
+        """No JAX implementation: trained through host-side gymnasium vector envs (ppo.host_program)."""
+        return self.gymnax is None and self.user_class is None
+
+    @property
     def evaluates_on_jax(self) -> bool:
         """A user env without a gymnasium twin is evaluated (and gated) on its JAX implementation."""
         return self.user_class is not None and self.twin is None
@@ -162,6 +167,16 @@ ENV_SPECS = {
             # sits near the returns RL Zoo's tuned PPO reports for Pendulum-v1 (rl-baselines3-zoo benchmark)
             threshold=-200.0,
         ),
+        EnvSpec(
+            "LunarLander-v3",
+            "lunarlander",
+            (8,),
+            ActionSpace("discrete", 4),
+            (0.0, 0.0),
+            None,  # box2d: no JAX twin; trained through host-side vector envs
+            # returns run from about -600 (crashes) to about +320 (landed fast): the margin's scale
+            return_span=400.0,
+        ),
         *(
             EnvSpec(
                 f"{game}-MinAtar",
@@ -222,14 +237,17 @@ DEFAULT_USER_ENV_MODULES = "examples"
 
 
 def env_spec(env_id: str) -> EnvSpec:
-    """The row for a built-in env, or the spec read off a user's ``"<module>:<Class>"`` JAX env."""
+    """The row for a built-in env, the spec read off a user's ``"<module>:<Class>"`` JAX env, or that of a
+    registered gymnasium env without a JAX twin (trained through host envs)."""
     if env_id in ENV_SPECS:
         return ENV_SPECS[env_id]
     if ":" in env_id:
         return user_env_spec(env_id)
+    if _registered(env_id):
+        return gymnasium_env_spec(env_id)
     raise ValueError(
-        f"unknown env id {env_id!r}; supported: {', '.join(ENV_SPECS)}, or your own JAX env as "
-        "'<module>:<Class>'"
+        f"unknown env id {env_id!r}; supported: {', '.join(ENV_SPECS)}, a registered gymnasium env id, "
+        "or your own JAX env as '<module>:<Class>'"
     )
 
 
@@ -288,6 +306,41 @@ def user_env_spec(env_id: str) -> EnvSpec:
         max_steps=int(params.max_steps_in_episode),
         return_span=float(span),
         user_class=cls,
+    )
+
+
+def _registered(env_id: str) -> bool:
+    """Registered with gymnasium already (no import of any module the id might name)."""
+    if "/" in env_id or not re.fullmatch(r"[A-Za-z0-9_-]+", env_id):
+        return False
+    import gymnasium
+
+    return env_id in gymnasium.envs.registry
+
+
+@functools.lru_cache(maxsize=32)
+def gymnasium_env_spec(env_id: str) -> EnvSpec:
+    """The spec of a registered gymnasium env with no JAX twin, read off its spaces: trained through
+    host-side vector envs (ppo.host_program), evaluated on itself."""
+    import gymnasium
+
+    env = gymnasium.make(env_id)
+    try:
+        shape = env.observation_space.shape
+        if type(env.observation_space).__name__ != "Box" or not shape:
+            raise ValueError(f"{env_id}: PPO here needs Box observations, got {env.observation_space}")
+        action = ActionSpace.from_gymnasium(env.action_space)
+    finally:
+        env.close()
+    threshold = gymnasium.spec(env_id).reward_threshold
+    return EnvSpec(
+        env_id,
+        re.sub(r"[^a-z0-9]+", "-", env_id.lower()).strip("-"),
+        tuple(int(d) for d in shape),
+        action,
+        (0.0, 0.0),
+        None,
+        return_span=abs(float(threshold)) if threshold else 1.0,
     )
 
 

@@ -48,6 +48,8 @@ class Program(NamedTuple):
     run_chunk: Any  # jitted (state, active, num_updates) -> (state, metrics)
     network: PPONetwork
     state_shapes: Any  # n_seeds -> the stacked TrainState as ShapeDtypeStructs (to compile before init)
+    host: bool = False  # run_chunk steps host envs in Python (ppo.host_program): nothing to compile ahead
+    close: Any = None  # releases what the program holds (the host envs), if anything
 
 
 class UpdateMetrics(NamedTuple):

@@ -9,6 +9,7 @@ neither retraces nor recompiles.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,14 @@ def enable_compilation_cache() -> Path | None:
     return path
 
 
+def uses_host_envs(config: Config) -> bool:
+    """Whether ``config`` trains through host-side gymnasium envs (``ppo.host_program``): its env has no
+    JAX implementation, or the config asks for it (``env.backend: host``)."""
+    from ppo.envs import env_spec
+
+    return config.env.backend == "host" or env_spec(config.env.id).host
+
+
 def get_program(config: Config) -> Any:  # ppo.program.Program
     """The (cached) program of ``config``; the first build turns the persistent compilation cache on."""
     key = config.config_hash()
@@ -45,7 +54,12 @@ def get_program(config: Config) -> Any:  # ppo.program.Program
         from ppo.program import make_program
 
         enable_compilation_cache()
-        _PROGRAMS[key] = make_program(config)
+        if uses_host_envs(config):
+            from ppo.host_program import make_host_program
+
+            _PROGRAMS[key] = make_host_program(config)
+        else:
+            _PROGRAMS[key] = make_program(config)
     return _PROGRAMS[key]
 
 
@@ -105,6 +119,8 @@ class Runtime:
         """Lower and compile one chunk for (abstract or concrete) ``state``/``active``."""
         import jax
 
+        if self.program.host:  # Python around small jitted steps: they compile on first use
+            return functools.partial(self.program.run_chunk, num_updates=num_updates)
         t = time.perf_counter()
         fn, plan = self.program.run_chunk, self.plan
         if plan is not None:  # same program, laid out on the mesh; outputs stay where inputs are
@@ -127,7 +143,7 @@ class Runtime:
         init's time. :meth:`chunk_fn` waits for it.
         """
         key = (self.config.config_hash(), num_updates)
-        if key in _COMPILED:
+        if key in _COMPILED or self.program.host:
             return
         import jax
 

@@ -68,9 +68,11 @@ def plan_for(config: Config, devices: list[Any] | None = None) -> Plan | None:
     Seeds go to as many devices as divide them evenly (6 seeds on 4 devices: 3 devices, 2 seeds each);
     on accelerators, a seed count that no device count > 1 divides splits the envs instead.
     """
+    from ppo.runtime import uses_host_envs
+
     devices = list(devices if devices is not None else jax.devices())
     n, seeds, envs = len(devices), len(config.train.seeds), config.env.num_envs
-    if n == 1:
+    if n == 1 or uses_host_envs(config):  # host envs: the policy steps stay on one device
         return None
     use = max(d for d in range(1, n + 1) if seeds % d == 0)
     if use > 1:

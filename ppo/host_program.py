@@ -1,0 +1,223 @@
+"""The training program for gymnasium envs without a JAX twin (e.g. LunarLander-v3): host-side vector envs,
+jitted policy steps and a jitted PPO update.
+
+Same interface as :func:`ppo.program.make_program` (``init``, ``run_chunk``, ``state_shapes``), same
+:class:`~ppo.program.TrainState` (its ``env_state`` is ``None``: the envs live on the host), same
+learner (:func:`ppo.program.make_learner`), same step books (:func:`ppo.rollout.after_step`: episode
+returns, observation/reward normalisation), same budgets; so the trainer, checkpoints, tracking, the
+pipeline and the gate do not know which program ran.
+
+Per seed, one ``SyncVectorEnv`` of ``env.num_envs`` real envs with same-step autoreset: a finished
+episode's true final observation comes back in ``info["final_obs"]`` and is what a truncated step
+bootstraps from. One policy
+step for all seeds at once is one jitted call; the envs then step on the host; after ``num_steps`` steps
+one jitted call runs GAE and the epochs for every seed.
+
+Resuming: gymnasium envs cannot be saved, so after a restore the envs start fresh episodes (seeded from
+the seed and the update count); the learner state (parameters, optimiser, statistics, books) is restored
+exactly. Such a resumed run is therefore not bit-identical to an uninterrupted one (the JAX path is).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppo.config import Config
+from ppo.distributions import distribution
+from ppo.envs import env_spec
+from ppo.networks import init_params
+from ppo.normalize import RewardScale, init_stats, update_stats
+from ppo.program import (
+    Program,
+    TrainState,
+    UpdateMetrics,
+    make_budget,
+    make_learner,
+    make_network,
+    make_optimizer,
+    new_episode_stats,
+)
+from ppo.rollout import Transition, act, after_step
+
+
+def make_vector_env(env_id: str, num_envs: int, max_steps: int) -> Any:
+    """``num_envs`` copies of the real env in a ``SyncVectorEnv`` with same-step autoreset (a finished
+    episode's final observation in the info). gymnasium's native vectorised envs (CartPole's) reset on the
+    next step instead, so they are not used: one semantics for every env."""
+    import gymnasium as gym
+
+    from ppo.envs import make_gymnasium_env
+
+    return gym.vector.SyncVectorEnv(
+        [lambda: make_gymnasium_env(env_id, max_steps) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+
+
+def _env_seeds(seed: int, update: int, num_envs: int) -> list[int]:
+    """Distinct gymnasium seeds for a seed's envs (fresh ones after a resume at ``update``)."""
+    sequence = np.random.SeedSequence([int(seed), int(update), 0x454E56])  # "ENV"
+    return [int(x) for x in sequence.generate_state(num_envs, np.uint32)]
+
+
+def make_host_program(config: Config) -> Program:
+    """Build ``init`` / ``run_chunk`` for a host-env config (see the module docstring)."""
+    spec = env_spec(config.env.id)
+    network, tx = make_network(config), make_optimizer(config)
+    dist = distribution(spec.action)
+    ppo = config.ppo
+    num_envs, num_steps, window = config.env.num_envs, config.num_steps, config.train.convergence_window
+    seeds = [int(s) for s in config.train.seeds]
+    max_steps = config.env.max_steps_per_episode or spec.max_episode_steps()
+    within_budget, learn = make_budget(config), make_learner(config, network, tx, dist)
+    envs: list[Any] = []  # per seed, created on the first init or chunk of this process
+
+    def policy_step(variables: Any, obs: jnp.ndarray, key: jax.Array) -> tuple:
+        """``(seen, actions, log_probs, values, env_actions, key)`` for one seed's envs."""
+        key, k_action = jax.random.split(key)
+        seen, actions, log_probs, values = act(network, dist, variables, obs, k_action)
+        return seen, actions, log_probs, values, dist.env_action(actions), key
+
+    def books_then_policy(
+        variables: Any, stats: Any, scale: Any, key: jax.Array, step: tuple, act_next: bool
+    ) -> tuple:
+        """The books of the step just taken, then (``act_next``) the policy on its observations: one
+        jitted call per env step instead of two (the host path is bound by dispatches, not FLOPs)."""
+        rewards, dones, next_obs, final = step
+        variables, stats, scale, learner_rewards, seen_final = after_step(
+            variables, stats, scale, rewards, dones, next_obs, final, ppo.gamma
+        )
+        nxt = policy_step(variables, next_obs, key) if act_next else None
+        return variables, stats, scale, learner_rewards, seen_final, nxt
+
+    first_policy = jax.jit(jax.vmap(policy_step))
+    after_env_step = jax.jit(jax.vmap(books_then_policy, in_axes=(0, 0, 0, 0, 0, None)), static_argnums=5)
+
+    def learn_masked(
+        state: TrainState,
+        active: jnp.ndarray,
+        traj: Transition,
+        variables: Any,
+        stats: Any,
+        scale: Any,
+        key: jax.Array,
+        obs: jnp.ndarray,
+    ) -> tuple[TrainState, UpdateMetrics]:
+        go = within_budget(state, active)
+        variables, opt_state, key, metrics = learn(variables, state.opt_state, key, traj, stats)
+        new = TrainState(variables, opt_state, None, obs, key, stats, state.update + 1, scale)
+        new = jax.tree.map(lambda n, o: jnp.where(go, n, o), new, state)
+        metrics = jax.tree.map(lambda m: jnp.where(go, m, jnp.zeros_like(m)), metrics)
+        return new, metrics._replace(ran=go)
+
+    learn_all = jax.jit(jax.vmap(learn_masked))
+    budgets = jax.jit(jax.vmap(within_budget))
+
+    def open_envs(update: np.ndarray) -> np.ndarray:
+        """Create and reset every seed's envs; their first observations ``[seeds, envs, ...]``."""
+        envs.clear()
+        first = []
+        for seed, u in zip(seeds, update, strict=True):
+            venv = make_vector_env(config.env.id, num_envs, max_steps)
+            obs, _ = venv.reset(seed=_env_seeds(seed, int(u), num_envs))
+            envs.append(venv)
+            first.append(np.asarray(obs, np.float32))
+        return np.stack(first)
+
+    def init_one(seed: int, obs: np.ndarray) -> TrainState:
+        variables: dict[str, Any] = init_params(network, spec.observation_shape, seed)
+        if config.env.normalize_observations:  # the reset observations count, as in VecNormalize.reset
+            variables = {**variables, "obs_norm": update_stats(init_stats(spec.observation_shape), obs)}
+        scale = RewardScale.create(num_envs) if config.env.normalize_rewards else None
+        key = jax.random.split(jax.random.PRNGKey(seed), 3)[0]
+        return TrainState(
+            variables,
+            tx.init(variables["params"]),
+            None,
+            jnp.asarray(obs),
+            key,
+            new_episode_stats(num_envs, window),
+            jnp.int32(0),
+            scale,
+        )
+
+    def init(seed_array: Any) -> TrainState:
+        first = open_envs(np.zeros(len(seeds), np.int64))
+        states = jax.device_get([init_one(int(s), first[i]) for i, s in enumerate(np.asarray(seed_array))])
+        return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *states)
+
+    def state_shapes(n_seeds: int) -> Any:
+        one = jax.eval_shape(
+            lambda obs: init_one(0, obs),
+            jax.ShapeDtypeStruct((num_envs, *spec.observation_shape), jnp.float32),
+        )
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype), one)
+
+    def step_envs(actions: np.ndarray, obs: np.ndarray, go: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Step each active seed's envs; a frozen seed's envs do not move (its state is kept anyway)."""
+        next_obs, final = obs.copy(), obs.copy()
+        rewards = np.zeros((len(seeds), num_envs), np.float32)
+        terminated = np.zeros((len(seeds), num_envs), bool)
+        truncated = np.zeros_like(terminated)
+        for i, venv in enumerate(envs):
+            if not go[i]:
+                continue
+            o, r, term, trunc, info = venv.step(actions[i])
+            next_obs[i] = final[i] = np.asarray(o, np.float32)
+            if "_final_obs" in info:
+                for j in np.flatnonzero(info["_final_obs"]):
+                    final[i, j] = np.asarray(info["final_obs"][j], np.float32)
+            rewards[i], terminated[i], truncated[i] = r, term, trunc
+        return next_obs, final, rewards, terminated, truncated
+
+    def run_chunk(state: TrainState, active: Any, num_updates: int) -> tuple[TrainState, UpdateMetrics]:
+        active = jnp.asarray(active)
+        if not envs:  # a restored state: fresh episodes, the books' episode in progress is dropped
+            obs = open_envs(np.asarray(state.update))
+            state = state.replace(
+                obs=jnp.asarray(obs),
+                stats=state.stats._replace(ep_return=jnp.zeros_like(state.stats.ep_return)),
+            )
+        history = []
+        for _ in range(num_updates):
+            go = np.asarray(budgets(state, active))
+            variables, key, scale = state.params, state.key, state.reward_scale
+            stats = state.stats._replace(
+                completed=jnp.zeros_like(state.stats.completed),
+                completed_return=jnp.zeros_like(state.stats.completed_return),
+            )
+            obs = np.asarray(state.obs)
+            seen, actions, log_probs, values, to_env, key = jax.device_get(
+                first_policy(variables, jnp.asarray(obs), key)
+            )
+            steps = []
+            for t in range(num_steps):
+                next_obs, final, rewards, terminated, truncated = step_envs(to_env, obs, go)
+                dones = terminated | truncated
+                variables, stats, scale, learner_rewards, seen_final, nxt = after_env_step(
+                    variables, stats, scale, key, (rewards, dones, next_obs, final), t + 1 < num_steps
+                )
+                learner_rewards, seen_final = jax.device_get((learner_rewards, seen_final))
+                steps.append(
+                    (seen, actions, log_probs, values, learner_rewards, terminated, dones, seen_final)
+                )
+                if nxt is not None:
+                    seen, actions, log_probs, values, to_env, key = jax.device_get(nxt)
+                obs = next_obs
+            # [seeds, steps, envs, ...]: the learner's [steps, envs, ...] under the seed axis, stacked
+            # on the host and sent to the device once
+            traj = Transition(*(jnp.asarray(np.stack(xs, axis=1)) for xs in zip(*steps, strict=True)))
+            state, metrics = learn_all(state, active, traj, variables, stats, scale, key, jnp.asarray(obs))
+            history.append(metrics)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *history)
+
+    def close() -> None:
+        for venv in envs:
+            venv.close()
+        envs.clear()
+
+    return Program(init, run_chunk, network, state_shapes, host=True, close=close)
