@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from ppo import atomic
 from ppo.config import Config, confined_path, ppo_home
 from ppo.tracking.probe import probe
 from ppo.tracking.uris import local_store_path
@@ -197,6 +198,11 @@ def ensure_sqlite_store(path: Path) -> None:
                 os.link(tmp, path)
             except FileExistsError:  # another process created it meanwhile: theirs is used
                 pass
+    except OSError as e:
+        if e.errno not in atomic.NO_SPACE or isinstance(e, atomic.DiskFullError):
+            raise
+        size = tmp.stat().st_size if tmp.exists() else 0
+        raise atomic.DiskFullError(e.errno, atomic.no_space_message(path, size, e)) from e
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -102,6 +102,9 @@ def test_the_pipeline_does_not_retry_a_train_task_whose_disk_is_full(ppo_home, m
         calls.append(1)
         return train(cfg.to_dict(), cfg.config_hash())
 
+    from ppo.tracking.store import connect
+
+    connect()  # the MLflow store exists before the disk fills (its creation fsyncs too)
     monkeypatch.setattr(atomic.os, "fsync", disk_full)
     with prefect_test_harness(server_startup_timeout=120):
         state = train_only(return_state=True)
