@@ -4,7 +4,9 @@ The ``ppo`` command itself is :mod:`flows.cli`: these commands plus the orchestr
 sweep, promote), which run the Prefect flows; this module imports neither Prefect nor ``flows``.
 
 Every command validates its config first and exits with status 2 and a message naming the field
-before any training starts.
+before any training starts. Ctrl-C (SIGINT) and SIGTERM stop ``train`` within seconds with one line,
+``interrupted: <signal>; ...``, and exit 130 / 143 (:func:`interruptible`): the MLflow run ends KILLED,
+the last checkpoint is kept for ``--resume``.
 """
 
 from __future__ import annotations
