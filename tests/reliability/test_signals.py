@@ -237,3 +237,20 @@ def test_kill_9_of_pipeline_leaves_no_server_and_the_next_run_crashes_its_flow_r
     assert "marked Crashed" in nxt.stderr_path.read_text(), nxt.tail()
     states = _flow_runs(tmp_path)
     assert [state for _, state in states] == ["CRASHED", "FAILED"], states
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_of_ppo_train_marks_the_mlflow_run_killed(tmp_path, sig, code):
+    cmd = Command(tmp_path, "train", "-c", str(_config(tmp_path)), "--mlflow")
+    try:
+        ckpt = cmd.wait_for_checkpoint()
+        sent = cmd.signal(sig, group=sig == signal.SIGINT)  # Ctrl-C reaches the group, `kill` the process
+        got = cmd.wait(timeout=60)
+        took = time.time() - sent
+    finally:
+        cmd.close()
+    assert got == code, cmd.after()[-3000:]
+    assert took < 10, f"{took:.1f} s to stop"
+    _one_line(cmd.after(), signal.Signals(sig).name)
+    assert ckpt.is_file()
+    assert _mlflow_statuses(cmd.home) == ["KILLED"]
