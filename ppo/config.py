@@ -269,7 +269,8 @@ class Config(_Section):
 
         if not isinstance(data, dict):
             return data
-        env = data.get("env") if isinstance(data.get("env"), dict) else {}
+        given = data.get("env")
+        env: dict[str, Any] = given if isinstance(given, dict) else {}
         try:
             spec = env_spec(str(env.get("id", EnvConfig.model_fields["id"].default)))
         except ValueError:
@@ -536,7 +537,9 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(x) for x in e.errors())) from None
+        raise ConfigError(
+            "invalid config:\n  " + "\n  ".join(_describe(dict(x)) for x in e.errors())
+        ) from None
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:

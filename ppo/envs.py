@@ -380,7 +380,7 @@ def _faithful_continuous_mountain_car(base: type) -> type:
     """
     import jax.numpy as jnp
 
-    class ContinuousMountainCar(base):  # type: ignore[misc, valid-type]
+    class ContinuousMountainCar(base):
         def step_env(self, key: Any, state: Any, action: Any, params: Any) -> Any:
             force = jnp.clip(action, params.min_action, params.max_action)
             velocity = state.velocity + force * params.power - jnp.cos(3 * state.position) * params.gravity

@@ -84,7 +84,7 @@ def evaluate_gymnasium(
         venv.reset(seed=seed)
         # start env j where gymnasium.make(env_id).reset(seed=seed + j) starts (the vector env draws all
         # its start states from one generator, which would tie every episode to (seed, n))
-        single = gym.make(env_id).unwrapped
+        single: Any = gym.make(env_id).unwrapped  # CartPoleEnv: its start state is .state
         starts = []
         for j in range(n):
             single.reset(seed=seed + j)

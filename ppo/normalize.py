@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from ppo.policy import NORM_CLIP, NORM_EPS
 
@@ -36,9 +37,9 @@ def init_stats(shape: tuple[int, ...]) -> dict[str, jnp.ndarray]:
     }
 
 
-def update_stats(stats: dict[str, jnp.ndarray], batch: jnp.ndarray) -> dict[str, jnp.ndarray]:
+def update_stats(stats: dict[str, jnp.ndarray], batch: ArrayLike) -> dict[str, jnp.ndarray]:
     """Fold a batch (leading axis = samples) into the running mean and (population) variance."""
-    batch = batch.astype(jnp.float32)
+    batch = jnp.asarray(batch, jnp.float32)
     n = jnp.float32(batch.shape[0])
     batch_mean = batch.mean(axis=0)
     batch_var = batch.var(axis=0)
@@ -49,9 +50,9 @@ def update_stats(stats: dict[str, jnp.ndarray], batch: jnp.ndarray) -> dict[str,
     return {"mean": mean, "var": m2 / total, "count": total}
 
 
-def normalize_obs(stats: dict[str, jnp.ndarray], obs: jnp.ndarray) -> jnp.ndarray:
+def normalize_obs(stats: dict[str, jnp.ndarray], obs: ArrayLike) -> jnp.ndarray:
     """What the networks see: standardised and clipped (the NumPy twin is :func:`ppo.policy.normalized`)."""
-    z = (obs.astype(jnp.float32) - stats["mean"]) / jnp.sqrt(stats["var"] + NORM_EPS)
+    z = (jnp.asarray(obs, jnp.float32) - stats["mean"]) / jnp.sqrt(stats["var"] + NORM_EPS)
     return jnp.clip(z, -NORM_CLIP, NORM_CLIP)
 
 
@@ -77,6 +78,7 @@ def scale_rewards(
     return RewardScale(jnp.where(dones, 0.0, returns), stats), scaled
 
 
-def observe(variables: dict[str, Any], obs: jnp.ndarray) -> jnp.ndarray:
+def observe(variables: dict[str, Any], obs: ArrayLike) -> jnp.ndarray:
     """``obs`` as the networks see it under ``variables``: normalised when they carry ``obs_norm``."""
-    return normalize_obs(variables["obs_norm"], obs) if "obs_norm" in variables else obs.astype(jnp.float32)
+    obs = jnp.asarray(obs, jnp.float32)
+    return normalize_obs(variables["obs_norm"], obs) if "obs_norm" in variables else obs

@@ -83,8 +83,10 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     last optimiser step of the last update ``train.max_env_steps`` allows (every step uses a rate > 0)."""
     ppo = config.ppo
     lr: Any = ppo.learning_rate
+    total_updates = config.total_updates()
     if ppo.anneal_lr:
-        steps = config.total_updates() * config.num_minibatches * ppo.epochs_per_update
+        assert total_updates is not None  # the config refuses anneal_lr without train.max_env_steps
+        steps = total_updates * config.num_minibatches * ppo.epochs_per_update
         lr = optax.linear_schedule(ppo.learning_rate, 0.0, steps)
     return optax.chain(optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(lr, eps=ppo.adam_eps))
 
@@ -148,7 +150,9 @@ def make_learner(config: Config, network: PPONetwork, tx: optax.GradientTransfor
         return (params, opt_state), (info, grad_norm)
 
     def learn(variables: Any, opt_state: Any, key: jax.Array, traj: Any, stats: EpisodeStats):
-        next_values = network.apply({"params": variables["params"]}, traj.next_obs, method=PPONetwork.value)
+        next_values: jax.Array = network.apply(  # type: ignore[assignment]  # Flax types apply's output loosely
+            {"params": variables["params"]}, traj.next_obs, method=PPONetwork.value
+        )
         advantages, returns = gae(
             traj.rewards, traj.values, next_values, traj.terminated, traj.dones, ppo.gamma, ppo.gae_lambda
         )

@@ -133,7 +133,7 @@ def update_convergence(
     episodes: np.ndarray,
     trained: np.ndarray,
     window: int,
-    target_reward: float,
+    target_reward: float | None,
     patience: int,
 ) -> None:
     """After a chunk: best window mean, and convergence (the window mean at or above ``target_reward``
@@ -144,7 +144,7 @@ def update_convergence(
         best = books.best_avg[i]
         if best is None or m > best:
             books.best_avg[i] = m
-        if episodes[i] >= window and m >= target_reward:
+        if target_reward is not None and episodes[i] >= window and m >= target_reward:
             if books.converged_since[i] is None:
                 books.converged_since[i] = int(episodes[i])
             if episodes[i] - books.converged_since[i] >= patience:

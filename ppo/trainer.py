@@ -309,7 +309,7 @@ class PPOTrainer:
                 )
 
             episodes = np.asarray(stats.episodes)
-            trained = ran.any(axis=1)  # seeds that took at least one update in this chunk
+            trained = np.asarray(ran.any(axis=1))  # seeds that took at least one update in this chunk
             means = progress.window_means(stats.window, episodes, tr.convergence_window)
             progress.update_convergence(
                 books,

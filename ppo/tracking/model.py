@@ -25,6 +25,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc.model import PythonModel
 
 from ppo.params_io import read_params
 from ppo.policy import GreedyPolicy, observation_batch
@@ -41,7 +42,7 @@ _PPO_PACKAGE = Path(__file__).resolve().parents[1]
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
-    class PPOPolicyModel(mlflow.pyfunc.PythonModel):
+    class PPOPolicyModel(PythonModel):
         """Greedy PPO policy: observations → actions."""
 
         def load_context(self, context):
