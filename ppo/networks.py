@@ -27,6 +27,31 @@ def _dense(features: int, gain: float) -> nn.Dense:
     )
 
 
+class Conv3x3(nn.Module):
+    """``nn.Conv(features, (3, 3), padding="VALID")`` (same parameters, same result), computed as one
+    matrix product over the nine shifted views of the input (im2col).
+
+    Why: XLA's CPU convolution, batched over envs and seeds and differentiated, ran MinAtar training at
+    ~450 env steps/s here; the same arithmetic as a matmul runs ~50x faster (bench figures in the README).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        channels = x.shape[-1]
+        kernel = self.param(
+            "kernel", nn.initializers.orthogonal(np.sqrt(2.0)), (3, 3, channels, self.features)
+        )
+        bias = self.param("bias", nn.initializers.constant(0.0), (self.features,))
+        h, w = x.shape[-3] - 2, x.shape[-2] - 2
+        # patches[..., y, x, (i * 3 + j) * C + c] = x[..., y + i, x + j, c]: kernel[i, j, c] flattened
+        patches = jnp.concatenate(
+            [x[..., i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
+        )
+        return patches @ kernel.reshape(9 * channels, self.features) + bias
+
+
 def _torso(
     x: jnp.ndarray, conv_channels: Sequence[int], hidden_sizes: Sequence[int], obs_rank: int
 ) -> jnp.ndarray:
@@ -34,16 +59,8 @@ def _torso(
     as MinAtar's 10x10xC, as in the MinAtar paper's networks), then a flattened tanh MLP. Without
     convolutions a grid is flattened straight into the MLP. The batch is every leading axis of ``x``
     before the observation's own ``obs_rank`` axes (1 for vectors, 3 for grids)."""
-    for c in conv_channels:
-        x = nn.relu(
-            nn.Conv(
-                c,
-                (3, 3),
-                padding="VALID",
-                kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)),
-                bias_init=nn.initializers.constant(0.0),
-            )(x)
-        )
+    for i, c in enumerate(conv_channels):
+        x = nn.relu(Conv3x3(c, name=f"Conv_{i}")(x))
     if obs_rank > 1:
         x = x.reshape((*x.shape[: x.ndim - obs_rank], -1))
     for h in hidden_sizes:

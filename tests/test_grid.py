@@ -110,3 +110,17 @@ print(json.dumps({{
     assert reply["grid"] == expected
     assert list(reply["inputs"][0]["tensor-spec"]["shape"]) == [-1, 10, 10, 4]
     assert reply["jax"] is False
+
+
+def test_the_matmul_convolution_equals_flax_conv():
+    """Conv3x3 (im2col + one matmul, fast on CPU) computes exactly what nn.Conv(VALID) computes with the
+    same parameters, over extra leading batch axes too."""
+    import flax.linen as nn
+
+    from ppo.networks import Conv3x3
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 10, 10, 4))
+    ours = Conv3x3(7)
+    params = ours.init(jax.random.PRNGKey(1), x)
+    reference = nn.Conv(7, (3, 3), padding="VALID").apply(params, x)
+    np.testing.assert_allclose(np.asarray(ours.apply(params, x)), np.asarray(reference), atol=1e-5)
