@@ -164,12 +164,15 @@ class PPOTrainer:
         cfg, tr = self.config, self.config.train
         started = time.perf_counter()
         runtime = self.runtime
-        runtime.compile_ahead(tr.updates_per_chunk)
-        state = runtime.init_state()
         books = Books.new(len(tr.seeds), tr.eval_frequency, cfg.config_hash())
         resumed_from = None
+        # resuming loads into the state's shapes (jax.eval_shape): the init (and, for a finished run,
+        # the chunk's compile) would be wasted work
+        restored = load_checkpoint(self.checkpoint_dir, runtime.state_shapes()) if resume else None
+        if restored is None or not self._finished(restored[1]):
+            runtime.compile_ahead(tr.updates_per_chunk)
+        state = runtime.init_state() if restored is None else None
         if resume:
-            restored = load_checkpoint(self.checkpoint_dir, state)
             if restored is not None:
                 state, meta = restored
                 state = runtime.place(jax.tree.map(jnp.asarray, state))
@@ -250,6 +253,14 @@ class PPOTrainer:
             raise
         logger.end(status="FINISHED")
         return result
+
+    def _finished(self, meta: dict[str, Any]) -> bool:
+        """Whether a checkpoint's books say its run is over (and its result was written)."""
+        return (
+            bool(meta.get("finished"))
+            and meta.get("stop_reason") != "callback"
+            and (self.checkpoint_dir / "result.json").is_file()
+        )
 
     def _open_logger(self, resumed: bool) -> RunLogger | None:
         if self.logger is None:

@@ -176,3 +176,18 @@ def test_restore_loads_into_the_states_shapes_without_running_init(reference_run
     other = PPOTrainer(config=small_config(**{"ppo.hidden_sizes": [8]}))
     with pytest.raises(CheckpointError, match="shapes"):
         load_checkpoint(trainer.checkpoint_dir, other.runtime.state_shapes())
+
+
+def test_resuming_a_finished_run_runs_no_init_and_compiles_nothing(reference_run, monkeypatch):
+    """train(resume=True) on a finished checkpoint loads into the state's shapes and hands back the result:
+    neither the jitted init nor a chunk compile runs (they used to, only to be thrown away)."""
+    from ppo.runtime import Runtime
+
+    trainer, result, _ = reference_run
+    monkeypatch.setattr(Runtime, "init_state", lambda self: pytest.fail("resume ran the jitted init"))
+    monkeypatch.setattr(Runtime, "compile_ahead", lambda self, n: pytest.fail("resume compiled a chunk"))
+    again = PPOTrainer(config=small_config())
+    out = again.train(resume=True)
+    assert out["resumed_from_chunk"] is not None and out["env_steps"] == result["env_steps"]
+    for a, b in zip(jax.tree.leaves(again.agent.params), jax.tree.leaves(trainer.agent.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
