@@ -259,12 +259,20 @@ def serve(
     config: ConfigOpt = None,
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 5001,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="largest request body accepted (MiB); larger ones get 413")
+    ] = 8.0,
 ) -> None:
-    """Serve a registered model over HTTP (``mlflow models serve --env-manager local``)."""
-    import os
-    import shutil
+    """Serve a registered model over HTTP: MLflow's scoring contract (/ping, /version, /invocations) from a
+    lean ASGI app (ppo.tracking.server), after checking the model's files against the digest recorded at
+    registration (a mismatch: one error line, exit 1, nothing served)."""
+    import tempfile
 
     cfg = load_or_exit(config, None)
+    from ppo.config import ppo_home
+    from ppo.tracking.model import ModelIntegrityError
+    from ppo.tracking.registry import download_verified
+    from ppo.tracking.server import serve as serve_app
     from ppo.tracking.store import check_reachable, default_tracking_uri
 
     uri = model or f"models:/{cfg.model_name}@champion"
@@ -273,19 +281,19 @@ def serve(
         check_reachable(tracking)
     except RuntimeError as e:
         fail(str(e), code=1)
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking,
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-    }
-    mlflow_bin = shutil.which("mlflow", path=env["PATH"]) or "mlflow"
-    console.print(f"serving {uri} on http://{host}:{port}/invocations (store {tracking})", highlight=False)
-    os.execvpe(
-        mlflow_bin,
-        [mlflow_bin, "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)],
-        env,
-    )
+    (ppo_home() / "serve").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ppo_home() / "serve") as tmp:
+        try:
+            # the files checked are the files served: downloaded once, verified, then loaded from here
+            local = download_verified(uri, tmp)
+            console.print(
+                f"serving {uri} on http://{host}:{port}/invocations (store {tracking})", highlight=False
+            )
+            serve_app(str(local), host, port, max_body=int(max_body_mb * 1024 * 1024))
+        except ModelIntegrityError as e:
+            fail(str(e), code=1)
+        except FileNotFoundError as e:  # no such model, alias or version; or its files are gone
+            fail(str(e), code=1)
 
 
 if __name__ == "__main__":  # pragma: no cover

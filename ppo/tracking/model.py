@@ -8,6 +8,11 @@ observations (n, obs_dim) as an array or DataFrame; output: the greedy actions o
 actions, float32 ``(n, act_dim)`` within the bounds for continuous ones. :func:`log_policy_model` logs it
 to a run (registering is the registry's job).
 
+Integrity: :func:`model_artifacts` also writes ``digests.json`` (sha256 of each artifact file) and
+``load_context`` refuses files that do not match it (:class:`ModelIntegrityError`), so a ``params.msgpack``
+overwritten with plausible floats is never served; the registry adds a digest over the whole model folder as
+the version tag ``model.sha256`` (:func:`folder_digest`), which also covers ``digests.json`` itself.
+
 Importing this module (which the served model does) imports MLflow and NumPy, not JAX, and neither does
 loading or using the model: ``params.msgpack`` is read by :mod:`ppo.params_io` (NumPy and ``msgpack``).
 Only writing the artifacts (:func:`model_artifacts`, in the trainer's process) uses Flax.
@@ -15,6 +20,7 @@ Only writing the artifacts (:func:`model_artifacts`, in the trainer's process) u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import warnings
@@ -31,6 +37,68 @@ from ppo.params_io import read_params
 from ppo.policy import GreedyPolicy, observation_batch
 from ppo.spaces import ActionSpace
 
+#: the artifact (and file) holding the sha256 of every other artifact file, written at logging time
+DIGESTS = "digests.json"
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model file does not match the digest recorded when the model was logged or registered (it was
+    changed or replaced afterwards): the model is refused rather than served."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (model files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_digest(folder: str | Path) -> str:
+    """One sha256 over every file under ``folder``: its relative path and content digest, in sorted order
+    (the version tag ``model.sha256``). Left out: byte-compiled caches (Python may write them while a
+    model is loaded) and ``registered_model_meta``, which MLflow writes into every ``models:/`` download."""
+    root = Path(folder)
+    h = hashlib.sha256()
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix != ".pyc"
+        and p.relative_to(root).as_posix() != "registered_model_meta"
+    )
+    for p in files:
+        h.update(f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def verify_artifacts(artifacts: dict[str, str]) -> None:
+    """Check the artifact files against ``digests.json`` (also an artifact); raise
+    :class:`ModelIntegrityError` naming the first file that differs. Models logged before digests were
+    recorded have no ``digests`` artifact: nothing to check against."""
+    if "digests" not in artifacts:
+        return
+    try:
+        expected = json.loads(Path(artifacts["digests"]).read_text())
+    except (OSError, ValueError) as e:
+        raise ModelIntegrityError(f"the model's {DIGESTS} is unreadable: {e}") from None
+    for name, path in sorted(artifacts.items()):
+        if name == "digests":
+            continue
+        file = Path(path).name
+        if file not in expected:
+            raise ModelIntegrityError(f"the model file {file} has no recorded digest in {DIGESTS}")
+        actual = file_sha256(path)
+        if actual != expected[file]:
+            raise ModelIntegrityError(
+                f"the model file {file} does not match the digest recorded when it was logged "
+                f"(sha256 {actual[:12]}..., expected {expected[file][:12]}...): it was changed afterwards; "
+                "refusing to load it"
+            )
+
+
 #: the ``ppo`` package folder, shipped with every logged model (``code_paths``): the served model imports
 #: :mod:`ppo.policy` and this module from it
 _PPO_PACKAGE = Path(__file__).resolve().parents[1]
@@ -46,6 +114,7 @@ with warnings.catch_warnings():
         """Greedy PPO policy: observations → actions."""
 
         def load_context(self, context):
+            verify_artifacts(context.artifacts)  # a tampered params.msgpack is refused, never served
             meta = json.loads(Path(context.artifacts["policy"]).read_text())
             params = read_params(context.artifacts["params"])  # NumPy + msgpack: loading imports no JAX
             self.policy = GreedyPolicy(params, action_space(meta))
@@ -73,10 +142,10 @@ def model_artifacts(agent: Any, config: Any, directory: Path) -> dict[str, str]:
 
     agent.save(directory)  # params.msgpack + agent.json: the agent's own format
     (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return {
-        name: str(directory / file)
-        for name, file in (("params", "params.msgpack"), ("policy", "agent.json"), ("config", "config.yaml"))
-    }
+    files = (("params", "params.msgpack"), ("policy", "agent.json"), ("config", "config.yaml"))
+    digests = {file: file_sha256(directory / file) for _, file in files}
+    (directory / DIGESTS).write_text(json.dumps(digests, indent=1, sort_keys=True))
+    return {name: str(directory / file) for name, file in (*files, ("digests", DIGESTS))}
 
 
 def action_space(meta: dict[str, Any]) -> ActionSpace:

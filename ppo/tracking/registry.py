@@ -3,6 +3,11 @@
 Only the pipeline's register task registers (training never does); a version becomes champion only with
 the tag ``gate.passed=true`` that the register task writes after a passed gate. Registration is
 idempotent per run id.
+
+Integrity: registration records ``model.sha256``, one digest over every file of the model
+(:func:`ppo.tracking.model.folder_digest`), as a version tag; :func:`verify_version` checks a download
+against it (``ppo serve`` and the gate's champion evaluation), so files changed after registration are
+refused (:class:`ModelIntegrityError`, or :class:`BrokenVersionError` for the champion in the gate).
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ import mlflow
 from mlflow.entities import RunTag
 
 from ppo.config import ppo_home
+from ppo.tracking.model import ModelIntegrityError, folder_digest
 from ppo.tracking.store import client
 
 CHAMPION = "champion"
+#: the version tag holding :func:`ppo.tracking.model.folder_digest` of the model, written at registration
+DIGEST_TAG = "model.sha256"
 
 
 def find_version(model_name: str, run_id: str, uri: str | None = None) -> str | None:
@@ -41,16 +49,69 @@ def register_model(
     model_uri = run.data.tags.get("model_uri")
     if not model_uri:
         raise ValueError(f"run {run_id} has no logged model: nothing to register")
+    with tempfile.TemporaryDirectory() as tmp:  # the digest of the files as they are when registered
+        digest = folder_digest(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
     version = mlflow.register_model(
         model_uri,
         model_name,
         tags={
             "run_id": run_id,
             "config_hash": run.data.tags.get("config_hash", ""),
+            DIGEST_TAG: digest,
             **{k: str(v) for k, v in (tags or {}).items()},
         },
     )
     return str(version.version)
+
+
+def verify_version(model_name: str, version: str | int, local: str | Path) -> None:
+    """Check a downloaded model folder against the version's ``model.sha256`` tag; raise
+    :class:`ModelIntegrityError` (one line, naming the version) when they differ. A version registered
+    before digests were recorded has no tag: nothing to check it against (its files are still checked
+    against their ``digests.json`` when loaded, if the model has one)."""
+    expected = client().get_model_version(model_name, str(version)).tags.get(DIGEST_TAG)
+    if not expected:
+        return
+    actual = folder_digest(local)
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"{model_name} version {version}: its model files do not match the digest recorded at "
+            f"registration (tag {DIGEST_TAG}: {expected[:12]}..., files now: {actual[:12]}...); they were "
+            "changed after registration; refusing to use them"
+        )
+
+
+def resolve_version(uri: str) -> tuple[str, str] | None:
+    """``(model name, version)`` of a ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` URI; None
+    for other URIs (a run's model, a folder), which have no version tag to verify."""
+    if not uri.startswith("models:/"):
+        return None
+    rest = uri[len("models:/") :].strip("/")
+    c = client()
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, str(c.get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.rpartition("/")
+    if not name or not version.isdigit():
+        return None
+    return name, version
+
+
+def download_verified(uri: str, dst: str | Path) -> Path:
+    """Download the model at ``uri`` into ``dst`` and verify it against its version's digest tag (for a
+    registered version); the caller serves these very files, so what was checked is what is served.
+    Raises :class:`FileNotFoundError` (one line) when there is no such model or its files are gone."""
+    try:
+        target = resolve_version(uri)
+        if target is not None:  # pin an alias to the version it points at now: the files checked are its own
+            uri = f"models:/{target[0]}/{target[1]}"
+        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst)))
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise FileNotFoundError(f"cannot download the model {uri}: {first[:300]}") from None
+    if target is not None:
+        verify_version(*target, local)
+    return local
 
 
 class UngatedVersionError(ValueError):
@@ -101,6 +162,10 @@ def version_params(model_name: str, version: str | int) -> tuple[Any, dict[str, 
             local = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=tmp))
         except (mlflow.exceptions.MlflowException, OSError) as e:
             raise BrokenVersionError(f"{where}: its artifacts cannot be downloaded: {e}") from None
+        try:
+            verify_version(model_name, mv.version, local)
+        except ModelIntegrityError as e:  # tampered files are as unusable as missing ones
+            raise BrokenVersionError(str(e)) from None
         params_file = next(local.rglob("params.msgpack"), None)
         meta_file = next(local.rglob("agent.json"), None) or next(local.rglob("policy.json"), None)
         missing = [n for n, f in (("params.msgpack", params_file), ("agent.json", meta_file)) if f is None]

@@ -109,3 +109,73 @@ def test_listens_on_loopback_only_and_holds_no_pickle(served):
         for f in files
         if f.suffix in (".pkl", ".pickle") or f.read_bytes()[:2] in (b"\x80\x04", b"\x80\x05")
     ]
+
+
+# -- issue 16, item 6: bounded bodies, short messages, deep JSON -------------------------------------
+
+
+def _rss_mb(server) -> float:
+    procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
+    return sum(p.memory_info().rss for p in procs) / 2**20
+
+
+def _still_serves(url: str, trainer) -> None:
+    obs = np.random.default_rng(2).normal(size=(2, 4)).astype(np.float32)
+    status, reply = _post(url + "/invocations", {"inputs": obs.tolist()})
+    assert status == 200 and reply["predictions"] == trainer.agent.predict(obs).tolist()
+
+
+def test_a_body_over_the_limit_gets_413_without_being_held(served):
+    """A 96 MB body took 2.8 GB: now it is refused (413, default limit 8 MiB) and memory stays put."""
+    url, server, trainer, _ = served
+    before = _rss_mb(server)
+    body = b'{"inputs": [' + b"[0.0, 0.0, 0.0, 0.0], " * (96 * 2**20 // 22) + b"[0.0, 0.0, 0.0, 0.0]]}"
+    try:
+        status, reply = _post(url + "/invocations", body)
+    except (ConnectionError, urllib.error.URLError):  # the server may answer and close before all is sent
+        status, reply = 413, {"message": "limit"}
+    assert status == 413, (status, reply)
+    assert "limit" in reply["message"]
+    assert _rss_mb(server) - before < 200
+    _still_serves(url, trainer)
+
+
+def test_a_huge_bad_input_is_not_echoed(served):
+    """A 5 MB bad input was echoed whole in the error; now the message quotes a short excerpt."""
+    url, _, trainer, _ = served
+    status, reply = _post(url + "/invocations", {"inputs": [["x" * 5_000_000, 1, 2, 3]]})
+    assert 400 <= status < 500, (status, str(reply)[:300])
+    assert len(reply["message"]) < 1000, len(reply["message"])
+    status, reply = _post(url + "/invocations", b"{not json " + b"y" * 5_000_000)
+    assert status == 400 and len(reply["message"]) < 1000, (status, len(str(reply)))
+    _still_serves(url, trainer)
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a":'])
+def test_deeply_nested_json_gets_400(served, opening):
+    """200k-deep JSON answered 500; now 400 with a message saying why."""
+    url, _, trainer, _ = served
+    closing = "]" if opening == "[" else "}"
+    body = ('{"inputs": ' + opening * 200_000 + "0" + closing * 200_000 + "}").encode()
+    status, reply = _post(url + "/invocations", body)
+    assert status == 400, (status, str(reply)[:300])
+    assert "nested" in reply["message"]
+    _still_serves(url, trainer)
+
+
+def test_the_scoring_contract_is_kept(served):
+    """The same endpoints and JSON formats as MLflow's scoring server: /ping, /health, /version and the
+    ``inputs``, ``instances`` and ``dataframe_split`` bodies give the same predictions."""
+    url, _, trainer, _ = served
+    for path in ("/ping", "/health", "/version"):
+        with urllib.request.urlopen(url + path, timeout=10) as r:
+            assert r.status == 200
+    obs = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
+    expected = trainer.agent.predict(obs).tolist()
+    for body in (
+        {"inputs": obs.tolist()},
+        {"instances": obs.tolist()},
+        {"dataframe_split": {"columns": [0, 1, 2, 3], "data": obs.tolist()}},
+    ):
+        status, reply = _post(url + "/invocations", body)
+        assert status == 200 and reply["predictions"] == expected, (body, reply)
