@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,8 @@ EXCERPT = 120
 #: hold up the small ones on the event loop
 INLINE_BODY = 64 * 1024
 
-_BRACKETS = re.compile(rb"[\[\]{}]")
+#: every byte but the four brackets, deleted to measure nesting
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def excerpt(value: Any, limit: int = EXCERPT) -> str:
@@ -64,19 +64,14 @@ class BadRequest(ValueError):
 
 def json_depth_ok(body: bytes, max_depth: int) -> bool:
     """Whether no bracket in ``body`` is nested deeper than ``max_depth`` (brackets inside strings count
-    too, which errs on the safe side). Checked only when the body has more than ``max_depth`` opening
-    brackets, so the usual request costs one ``bytes.count``."""
+    too, which errs on the safe side), without parsing it: the brackets alone (``bytes.translate``, in C)
+    and their running depth (a NumPy cumulative sum): ~30 us for a batch of 256, where a Python loop took
+    0.5 ms. A body with at most ``max_depth`` opening brackets costs two ``bytes.count``."""
     if body.count(b"[") + body.count(b"{") <= max_depth:
         return True
-    depth = 0
-    for m in _BRACKETS.finditer(body):
-        if m.group() in (b"[", b"{"):
-            depth += 1
-            if depth > max_depth:
-                return False
-        else:
-            depth -= 1
-    return True
+    brackets = np.frombuffer(body.translate(None, _NOT_BRACKETS), np.uint8)
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps, dtype=np.int32).max()) <= max_depth
 
 
 class ModelApp:
@@ -228,9 +223,20 @@ def serve(
     local_model: str, host: str, port: int, max_body: int = MAX_BODY, max_depth: int = MAX_DEPTH
 ) -> None:
     """Load the model folder (its ``load_context`` verifies the artifact digests) and serve it with
-    uvicorn: one process, uvloop when installed, access log off (it costs more than a prediction)."""
+    uvicorn: one process, uvloop when installed, access log off (it costs more than a prediction).
+
+    NumPy's BLAS is held to one thread: a prediction is a few small matmuls, and OpenBLAS's worker threads
+    spinning beside the event loop on a busy 2-core machine made a batch of 256 take 11.6 ms instead of
+    0.46 ms. (``threadpoolctl`` comes with MLflow's scikit-learn; without it the limit is skipped.)"""
     import mlflow
     import uvicorn
+
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - an install without scikit-learn
+        pass
 
     model = mlflow.pyfunc.load_model(local_model)
     app = ModelApp(model, max_body=max_body, max_depth=max_depth)
