@@ -132,3 +132,39 @@ def test_another_web_page_cannot_drive_the_prefect_api(served):
     assert e.value.code == 403
     # Prefect's own client (CLI, worker) fetches the token and still works
     assert prefect_cli(env, "deployment", "ls").returncode == 0
+
+
+def _status(url: str, host: str) -> int:
+    """The HTTP status of a GET of ``url`` sent with the given ``Host`` header (as a page on a rebinding
+    domain, resolved to 127.0.0.1, would send it)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers={"Host": host})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_servers_refuse_a_foreign_host_header(served):
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 reaches the servers with
+    ``Host: evil.example``; both refuse it, and still answer their own names."""
+    env, _ = served
+    api = env["PREFECT_API_URL"]
+    prefect_port = api.split(":")[2].split("/")[0]
+    mlflow = env["MLFLOW_TRACKING_URI"]
+    mlflow_port = mlflow.rsplit(":", 1)[1]
+    search = f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
+    for url, port in ((f"{api}/admin/version", prefect_port), (search, mlflow_port)):
+        assert _status(url, "evil.example") in (400, 403), url
+        assert _status(url, f"evil.example:{port}") in (400, 403), url
+        assert _status(url, f"127.0.0.1:{port}") == 200, url
+        assert _status(url, f"localhost:{port}") == 200, url
+    # the clients still work: Prefect's CLI and MLflow's client
+    assert prefect_cli(env, "deployment", "ls").returncode == 0
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(mlflow).search_experiments(max_results=1) is not None
