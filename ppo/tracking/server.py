@@ -232,7 +232,7 @@ def serve(
     import uvicorn
 
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         threadpool_limits(1)
     except ImportError:  # pragma: no cover - an install without scikit-learn
