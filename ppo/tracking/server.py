@@ -232,7 +232,7 @@ def serve(
     import uvicorn
 
     try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+        from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)
     except ImportError:  # pragma: no cover - an install without scikit-learn
