@@ -119,6 +119,10 @@ start mlflow-server mlflow server --host "$HOST" --port "$MLFLOW_PORT" --workers
   --allowed-hosts "$MLFLOW_HOSTS" --cors-allowed-origins "$MLFLOW_ORIGINS" "${MLFLOW_APP[@]}"
 wait_http prefect-server "$PREFECT_API_URL/health"
 wait_http mlflow-server "$MLFLOW_TRACKING_URI/health"
+if [ "$AUTH" = 1 ]; then  # MLflow's user store (password hashes) is created on its first start
+  for _ in $(seq 1 20); do [ -f "$PPO_HOME/mlflow-auth.db" ] && break; sleep 0.5; done
+  chmod 600 "$PPO_HOME/mlflow-auth.db" 2>/dev/null || true
+fi
 
 prefect work-pool inspect ppo-local >/dev/null 2>&1 || prefect work-pool create ppo-local --type process >/dev/null
 (cd "$ROOT" && prefect --no-prompt deploy --all) >"$RUN/deploy.log" 2>&1 || {

@@ -68,7 +68,8 @@ def team(tmp_path_factory):
 def test_credentials_are_private_and_never_printed(team):
     env, home, output = team
     auth = home / "auth.env"
-    assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+    for private in (auth, home / "mlflow-secret-key", home / "mlflow-auth.db"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     secrets = _read_env(auth)
     assert set(secrets) >= {"PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
     assert f"source {auth}" in output  # serve.sh says how to use them
