@@ -35,6 +35,12 @@ class Categorical(NamedTuple):
         log_p = jax.nn.log_softmax(pi)
         return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
 
+    def log_prob_entropy(self, pi: jnp.ndarray, actions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Both from one log-softmax (what the loss needs; the same rounding as one shared softmax)."""
+        log_p = jax.nn.log_softmax(pi)
+        chosen = jnp.take_along_axis(log_p, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return chosen, -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
     def mode(self, pi: jnp.ndarray) -> jnp.ndarray:
         return jnp.argmax(pi, axis=-1)
 
@@ -60,6 +66,9 @@ class DiagGaussian(NamedTuple):
     def entropy(self, pi: Any) -> jnp.ndarray:
         _, log_std = pi
         return jnp.sum(log_std + 0.5 * math.log(2.0 * math.pi * math.e), axis=-1)
+
+    def log_prob_entropy(self, pi: Any, actions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        return self.log_prob(pi, actions), self.entropy(pi)
 
     def mode(self, pi: Any) -> jnp.ndarray:
         return pi[0]

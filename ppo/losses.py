@@ -53,7 +53,7 @@ def ppo_loss(
     ``pi`` is the actor's output for the minibatch (logits, or a Gaussian's ``(mean, log_std)``), read
     through ``dist``; ``old_log_probs`` are the log-probabilities of ``actions`` when they were taken.
     """
-    log_probs = dist.log_prob(pi, actions)
+    log_probs, entropies = dist.log_prob_entropy(pi, actions)
     if normalize_advantages:
         advantages = normalize(advantages)
     log_ratio = log_probs - old_log_probs
@@ -61,7 +61,7 @@ def ppo_loss(
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages)
     policy_loss = -surrogate.mean()
     value_loss = jnp.mean((values - returns) ** 2)
-    entropy = dist.entropy(pi).mean()
+    entropy = entropies.mean()
     approx_kl = jnp.mean((ratio - 1.0) - log_ratio)
     clip_fraction = jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))
     total = policy_loss + value_coef * value_loss - entropy_coef * entropy
