@@ -161,8 +161,9 @@ def eval_returns_plot(
 
 def policy_gif(
     agent: Any, env_id: str, path: Path, seed: int = 0, max_frames: int = 250, every: int = 2
-) -> Path:
-    """Render the greedy policy in the real gymnasium env (``rgb_array``) into an animated GIF."""
+) -> Path | None:
+    """Render the greedy policy in the real gymnasium env (``rgb_array``) into an animated GIF; ``None``
+    when the env cannot render (a user's env without ``render``, or one evaluated on its JAX twin)."""
     import os
 
     from PIL import Image
@@ -171,14 +172,23 @@ def policy_gif(
 
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # pygame renders offscreen; no sound card here
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    from ppo.envs import env_spec
+
+    if env_spec(env_id).evaluates_on_jax:
+        return None
     env = make_gymnasium_env(env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames: list[Image.Image] = []
     t, done = 0, False
     while not done and len(frames) < max_frames:
         if t % every == 0:
-            frame = env.render()
-            assert isinstance(frame, np.ndarray)  # render_mode="rgb_array" renders one RGB array
+            try:
+                frame = env.render()
+            except NotImplementedError:
+                frame = None
+            if not isinstance(frame, np.ndarray):  # rgb_array rendering is not implemented
+                env.close()
+                return None
             frames.append(Image.fromarray(frame).resize((300, 200)))
         obs, _, term, trunc, _ = env.step(agent.predict(np.asarray(obs, np.float32)[None])[0])
         done, t = term or trunc, t + 1
@@ -237,7 +247,9 @@ def write_report(
             candidate_returns, champion_returns, directory / "eval_returns.png", min_return
         )
     if agent is not None:
-        files["policy"] = policy_gif(agent, config.env.id, directory / "policy.gif")
+        gif = policy_gif(agent, config.env.id, directory / "policy.gif")
+        if gif is not None:  # an env that cannot render (a user's twin without render) has no GIF
+            files["policy"] = gif
 
     fe = result.get("final_eval") or {}
     summary = [

@@ -36,6 +36,19 @@ def small_config(**overrides):
     return build_config(base, overrides)
 
 
+def tiny_breakout_config():
+    """A few updates of Breakout-MinAtar with a small CNN, tracked: enough to log a servable image model."""
+    from ppo.config import build_config
+
+    return build_config(
+        {
+            "env": {"id": "Breakout-MinAtar", "num_envs": 8},
+            "ppo": {"batch_size": 128, "minibatch_size": 64, "conv_channels": [8], "hidden_sizes": [32]},
+            "train": {"max_env_steps": 256, "seeds": [0], "updates_per_chunk": 2, "eval_episodes": 2},
+        }
+    )
+
+
 def free_port() -> int:
     import socket
 

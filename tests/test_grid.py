@@ -18,6 +18,7 @@ from ppo.config import ConfigError, build_config
 from ppo.envs import env_spec
 from ppo.networks import PPONetwork, init_params
 from ppo.policy import GreedyPolicy
+from tests.helpers import tiny_breakout_config
 
 
 def _breakout_obs(n: int, seed: int = 0) -> np.ndarray:
@@ -74,14 +75,7 @@ def test_logged_breakout_model_takes_image_observations_without_jax(tmp_path, mo
     from ppo import PPOTrainer
 
     monkeypatch.setenv("PPO_HOME", str(tmp_path))
-    cfg = build_config(
-        {
-            "env": {"id": "Breakout-MinAtar", "num_envs": 8},
-            "ppo": {"batch_size": 128, "minibatch_size": 64, "conv_channels": [8], "hidden_sizes": [32]},
-            "train": {"max_env_steps": 256, "seeds": [0], "updates_per_chunk": 2, "eval_episodes": 2},
-        }
-    )
-    trainer = PPOTrainer(config=cfg, enable_mlflow=True)
+    trainer = PPOTrainer(config=tiny_breakout_config(), enable_mlflow=True)
     result = trainer.train()
     from mlflow.tracking import MlflowClient
 

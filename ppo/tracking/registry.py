@@ -162,15 +162,16 @@ def version_params(model_name: str, version: str | int) -> tuple[Any, dict[str, 
             local = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=tmp))
         except (mlflow.exceptions.MlflowException, OSError) as e:
             raise BrokenVersionError(f"{where}: its artifacts cannot be downloaded: {e}") from None
-        try:
-            verify_version(model_name, mv.version, local)
-        except ModelIntegrityError as e:  # tampered files are as unusable as missing ones
-            raise BrokenVersionError(str(e)) from None
+        # missing files first (a deleted artifact is named as such), then the digest of what is there
         params_file = next(local.rglob("params.msgpack"), None)
         meta_file = next(local.rglob("agent.json"), None) or next(local.rglob("policy.json"), None)
         missing = [n for n, f in (("params.msgpack", params_file), ("agent.json", meta_file)) if f is None]
         if params_file is None or meta_file is None:
             raise BrokenVersionError(f"{where}: {' and '.join(missing)} missing from its artifacts")
+        try:
+            verify_version(model_name, mv.version, local)
+        except ModelIntegrityError as e:  # tampered files are as unusable as missing ones
+            raise BrokenVersionError(str(e)) from None
         try:
             params = serialization.msgpack_restore(params_file.read_bytes())
             meta = json.loads(meta_file.read_text())

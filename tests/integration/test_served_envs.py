@@ -16,7 +16,7 @@ import pytest
 
 from ppo import PPOTrainer, tracking
 from ppo.config import build_config
-from tests.helpers import Background, free_port, register_passed, venv_env, wait_http
+from tests.helpers import Background, free_port, register_passed, tiny_breakout_config, venv_env, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,7 @@ def _pendulum_obs() -> np.ndarray:
 
 def test_served_breakout_takes_image_observations(tmp_path, monkeypatch):
     monkeypatch.setenv("PPO_HOME", str(tmp_path))
-    cfg = build_config(
-        {
-            "env": {"id": "Breakout-MinAtar", "num_envs": 8},
-            "ppo": {"batch_size": 128, "minibatch_size": 64, "conv_channels": [8], "hidden_sizes": [32]},
-            "train": {"max_env_steps": 256, "seeds": [0], "updates_per_chunk": 2, "eval_episodes": 2},
-        }
-    )
-    trainer = PPOTrainer(config=cfg, enable_mlflow=True)
+    trainer = PPOTrainer(config=tiny_breakout_config(), enable_mlflow=True)
     version = register_passed(trainer.train()["run_id"], "ppo-breakout-minatar")
     obs = (np.random.default_rng(2).random((5, 10, 10, 4)) < 0.2).astype(np.float32)
     predictions = _serve_and_ask(f"models:/ppo-breakout-minatar/{version}", tmp_path, obs)

@@ -116,7 +116,8 @@ def test_deployment_runs_with_credentials(team, monkeypatch):
     # MLflow's client reads the credentials from the environment, as a sourced auth.env provides them
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(key, env[key])
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    # the registry too: an earlier test in this process may have set the global registry URI elsewhere
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     versions = client.search_model_versions("name='ppo-cartpole'")
     assert [v.version for v in versions] == ["1"]
     assert client.get_run(versions[0].run_id).info.status == "FINISHED"

@@ -169,45 +169,44 @@ def _one_line(text: str, sig_name: str) -> None:
     assert not any(word in text for word in NOISE), text[-3000:]
 
 
-def test_ctrl_c_on_pipeline_stops_within_seconds_with_one_line(tmp_path):
-    cmd, family = Command(tmp_path, "pipeline", "-c", str(_config(tmp_path))), []
-    try:
-        ckpt = cmd.wait_for_checkpoint()
-        family = cmd.family()
-        sent = cmd.signal(signal.SIGINT, group=True)  # what a terminal's Ctrl-C does
-        code = cmd.wait(timeout=60)
-        took = time.time() - sent
-        left = _alive(family)
-    finally:
-        cmd.close()
-        _reap(family)
-    assert code == 130, cmd.after()[-3000:]
-    assert took < 15, f"{took:.1f} s to stop"
-    _one_line(cmd.after(), "Ctrl-C")
-    assert ckpt.is_file()
-    assert _mlflow_statuses(cmd.home) == ["KILLED"]
-    assert [state for _, state in _flow_runs(tmp_path)] in (["CRASHED"], ["CANCELLED"])
-    assert left == []
-
-
-def test_sigterm_of_pipeline_ends_the_flow_run_and_its_server(tmp_path):
+def _interrupt_pipeline(tmp_path, sig: int, *, group: bool) -> tuple:
+    """Start ``ppo pipeline``, send ``sig`` once its first checkpoint exists, wait for it to end; return
+    (exit code, seconds it took, its output after the signal, the checkpoint, processes left alive)."""
     cmd, family = Command(tmp_path, "pipeline", "-c", str(_config(tmp_path))), []
     try:
         ckpt = cmd.wait_for_checkpoint()
         family = cmd.family()
         assert len(family) >= 2, "no embedded Prefect server under ppo pipeline"
-        sent = cmd.signal(signal.SIGTERM)  # `kill PID`, a CI runner's cancel
+        sent = cmd.signal(sig, group=group)
         code = cmd.wait(timeout=60)
         took = time.time() - sent
         left = _alive(family)
     finally:
         cmd.close()
         _reap(family)
-    assert code == 143, cmd.after()[-3000:]
+    return code, took, cmd.after(), ckpt, left, cmd.home
+
+
+def test_ctrl_c_on_pipeline_stops_within_seconds_with_one_line(tmp_path):
+    # a terminal's Ctrl-C: SIGINT to the whole process group
+    code, took, after, ckpt, left, home = _interrupt_pipeline(tmp_path, signal.SIGINT, group=True)
+    assert code == 130, after[-3000:]
     assert took < 15, f"{took:.1f} s to stop"
-    _one_line(cmd.after(), "SIGTERM")
+    _one_line(after, "Ctrl-C")
     assert ckpt.is_file()
-    assert _mlflow_statuses(cmd.home) == ["KILLED"]
+    assert _mlflow_statuses(home) == ["KILLED"]
+    assert [state for _, state in _flow_runs(tmp_path)] in (["CRASHED"], ["CANCELLED"])
+    assert left == []
+
+
+def test_sigterm_of_pipeline_ends_the_flow_run_and_its_server(tmp_path):
+    # `kill PID`, a CI runner's cancel
+    code, took, after, ckpt, left, home = _interrupt_pipeline(tmp_path, signal.SIGTERM, group=False)
+    assert code == 143, after[-3000:]
+    assert took < 15, f"{took:.1f} s to stop"
+    _one_line(after, "SIGTERM")
+    assert ckpt.is_file()
+    assert _mlflow_statuses(home) == ["KILLED"]
     assert [state for _, state in _flow_runs(tmp_path)] == ["CRASHED"]
     assert left == []
 
