@@ -337,9 +337,12 @@ def pipeline(
     Exit status: 0 promoted (or already the champion), 4 gated out or older than the champion, 5 lost a
     promotion race, 1 a failed task or service, 2 a bad config, 3 a non-finite loss, 130 Ctrl-C (SIGINT),
     143 SIGTERM."""
-    from ppo.config import parse_overrides
+    from ppo.config import ConfigError, parse_overrides, require_gate_threshold
 
-    load_or_exit(config, set_)  # fail fast, before Prefect starts, on a bad config
+    try:  # fail fast, before Prefect starts, on a bad config
+        require_gate_threshold(load_or_exit(config, set_))
+    except ConfigError as e:
+        fail(str(e))
     summary = _run_flow(
         "flows.train_ppo:train_ppo",
         "the flow run is marked Crashed, its MLflow run KILLED and the last checkpoint kept: run the same "

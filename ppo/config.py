@@ -65,11 +65,11 @@ class EnvConfig(_Section):
         try:
             env_spec(value)  # a user's class, or a registered gymnasium env: checked (and explained)
         except ValueError as e:
-            if ":" in value or str(e).startswith(value):
+            if ":" in value or value.startswith("brax/") or str(e).startswith(value):
                 raise
             raise ValueError(
                 f"{excerpt(value)} is not allowed; expected one of {', '.join(ENV_SPECS)}, a registered "
-                "gymnasium env id, or your own JAX env as '<module>:<Class>'"
+                "gymnasium env id, a Brax env as 'brax/<name>', or your own JAX env as '<module>:<Class>'"
             ) from None
         return value
 
@@ -525,6 +525,20 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
                 f"override {excerpt(item)}: value is not valid YAML ({excerpt(str(e).splitlines()[0], 120)})"
             ) from None
     return out
+
+
+def require_gate_threshold(cfg: Config) -> Config:
+    """``cfg``, or :class:`ConfigError` when the promotion gate would have no ``min_return`` to certify:
+    the env has no reward threshold to default to (a user env without ``reward_threshold``, a gymnasium
+    env without one, most Brax envs) and the config sets none. The pipeline checks this before it
+    trains; ``ppo train`` does not need it."""
+    if cfg.gate.min_return is None:
+        raise ConfigError(
+            f"invalid config:\n  gate.min_return: {excerpt(cfg.env.id)} has no reward threshold to default "
+            "to, so the promotion gate has nothing to certify; set the return a policy must reach, e.g. "
+            "--set gate.min_return=3000 (and train.target_reward, if training should stop there)"
+        )
+    return cfg
 
 
 def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Config:

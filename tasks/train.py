@@ -26,9 +26,9 @@ from tasks.promotion import NO_OP
 @task(name="validate-config", cache_policy=CacheKeyFnPolicy(cache_key_fn=file_key), **RESULTS)
 def validate_config(config_path: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load + validate; a bad config fails here, before any training, with the field named."""
-    from ppo.config import load_config
+    from ppo.config import load_config, require_gate_threshold
 
-    cfg = load_config(config_path, overrides or {})
+    cfg = require_gate_threshold(load_config(config_path, overrides or {}))
     get_run_logger().info(
         "config %s valid: %s, seeds %s", cfg.config_hash(), cfg.env.id, list(cfg.train.seeds)
     )

@@ -241,3 +241,32 @@ def test_the_config_cases_cover_every_section_and_every_kind_of_error(tmp_path, 
     )
     ids = [c[0] for c in CONFIG_CASES] + [c[0] for c in ARG_CASES]
     assert len(ids) == len(set(ids)), "duplicate case ids"
+
+
+NoThresholdPointEnv: type | None = None  # built in the test (importing PointEnv imports gymnax and JAX)
+
+
+def _no_threshold_env():
+    from examples.point_env import PointEnv
+
+    class NoThreshold(PointEnv):
+        reward_threshold = None
+
+    return NoThreshold
+
+
+def test_a_pipeline_without_a_gate_threshold_is_rejected_before_training(tmp_path, monkeypatch):
+    """An env with no reward threshold (a user env without ``reward_threshold``, a gymnasium env without
+    one, Brax's ant) and no ``gate.min_return``: ``ppo train`` is fine, but the pipeline's gate would have
+    nothing to certify; it used to train and then fail in the gate with a TypeError."""
+    global NoThresholdPointEnv
+    NoThresholdPointEnv = _no_threshold_env()  # noqa: N806 - importable as tests.reliability.test_bad_input:…
+    monkeypatch.setenv("PPO_USER_ENV_MODULES", "examples,tests.reliability.test_bad_input")
+    home, path = tmp_path / "home", tmp_path / "config.yaml"
+    env_id = "tests.reliability.test_bad_input:NoThresholdPointEnv"
+    path.write_text(yaml.safe_dump({"env": {"id": env_id}, "train": {"max_env_steps": 1000}}))
+    code, output = _invoke(["pipeline", "--config", str(path)], home)
+    assert code == 2, output
+    assert "gate.min_return" in output and "no reward threshold" in output, output
+    assert "Traceback" not in output
+    _nothing_written(home)
