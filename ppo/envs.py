@@ -241,13 +241,17 @@ def env_spec(env_id: str) -> EnvSpec:
     registered gymnasium env without a JAX twin (trained through host envs)."""
     if env_id in ENV_SPECS:
         return ENV_SPECS[env_id]
+    from ppo.brax_envs import brax_env_spec, is_brax_id
+
+    if is_brax_id(env_id):
+        return brax_env_spec(env_id)
     if ":" in env_id:
         return user_env_spec(env_id)
     if _registered(env_id):
         return gymnasium_env_spec(env_id)
     raise ValueError(
         f"unknown env id {env_id!r}; supported: {', '.join(ENV_SPECS)}, a registered gymnasium env id, "
-        "or your own JAX env as '<module>:<Class>'"
+        "a Brax env as 'brax/<name>', or your own JAX env as '<module>:<Class>'"
     )
 
 
