@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(
@@ -160,27 +161,44 @@ def train(
         f"{cfg.num_steps} steps per update, config {cfg.config_hash()}",
         highlight=False,
     )
+    # the bar counts env steps per seed against the budget that stops the run (train.max_env_steps); a
+    # config without one stops on train.max_episodes, and then the bar counts episodes
+    by_steps = cfg.train.max_env_steps is not None
+    total = cfg.train.max_env_steps if by_steps else cfg.train.max_episodes
+    unit = "steps" if by_steps else "episodes"
     progress = Progress(
-        TextColumn("[bold blue]{task.description}"),
+        TextColumn("[bold blue]{task.description:<9}"),
         BarColumn(),
-        TextColumn("ep {task.completed:.0f}/{task.total:.0f}"),
-        TextColumn("{task.fields[steps]} steps"),
-        TextColumn("avg {task.fields[avg]}"),
+        TextColumn("{task.fields[done]}"),
+        TextColumn("return {task.fields[avg]}"),
         TextColumn("{task.fields[sps]} steps/s"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
     )
-    task = progress.add_task("train", total=cfg.train.max_episodes, steps=0, avg="-", sps="-")
+    # "compiling" until the first chunk arrives: JAX compiles the program first (seconds)
+    task = progress.add_task("compiling", total=total, done=f"0/{total:,} {unit}", avg="-", sps="-")
+    # no terminal (CI, a log file): the bar is drawn once at the end, so a plain line every 30 s meanwhile
+    plain: dict[str, Any] = {"last": time.monotonic()}
+
+    def show(done: int, info: dict[str, Any] | None, description: str) -> None:
+        m = info["step_metrics"] if info else {}
+        done = min(int(done), total)
+        fields = {
+            "done": f"{done:,}/{total:,} {unit}",
+            "avg": fmt(m.get("avg_reward")),
+            "sps": fmt(m.get("env_steps_per_s")),
+        }
+        progress.update(task, description=description, completed=done, **fields)
+        if not progress.console.is_terminal and info and time.monotonic() - plain["last"] >= 30:
+            plain["last"] = time.monotonic()
+            line = f"{fields['done']}  return {fields['avg']}  {fields['sps']} steps/s"
+            progress.console.print(f"  {100 * done / total:.0f}%  {line}", highlight=False)
 
     def on_chunk(info: dict[str, Any]) -> None:
-        m = info["step_metrics"]
-        progress.update(
-            task,
-            completed=min(info["episode"], cfg.train.max_episodes),
-            steps=f"{info['env_steps']:,}",
-            avg=fmt(m.get("avg_reward")),
-            sps=fmt(m.get("env_steps_per_s")),
-        )
+        plain["info"] = info
+        show(info["env_steps"] if by_steps else info["episode"], info, "train")
         if "eval_metrics" in info:
             e = info["eval_metrics"]
             progress.console.print(
@@ -204,6 +222,9 @@ def train(
     try:
         with interruptible(explain), progress:
             result = trainer.train(callback=on_chunk, resume=resume)
+            # where the run ended (also for --resume of a finished run, which trains no chunk)
+            done = result.get("env_steps", 0) if by_steps else result.get("episodes", 0)
+            show(done, plain.get("info"), "converged" if result.get("converged") else "done")
     except NonFiniteLossError as e:
         fail(str(e), code=3)
     except CheckpointError as e:
