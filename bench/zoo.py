@@ -32,7 +32,9 @@ LunarLander-v3 200, Breakout-MinAtar 28). Wall time runs from the start of the s
 building the trainer, JAX compile included, cold: no persistent compilation cache unless ``--jax-cache
 DIR``; SB3: the zoo building envs and model) to the check, with the checks' own time taken out, for both;
 interpreter start and imports are reported apart (``import_s``) and not counted. The final score is a
-further 100-episode greedy evaluation (seeds from 20,000,000) after the budget, of every seed. Our
+further 100-episode greedy evaluation (seeds from 20,000,000) after the budget, of every seed
+(``--stop-at-threshold``: a run stops at the check where its seeds reached the threshold, for both
+systems; the final score is then that policy's, and the budget column is an upper bound). Our
 trainer's own final evaluation after the last chunk is not counted either (its wall ends at the last
 chunk).
 
@@ -208,7 +210,8 @@ def ours_worker(a: argparse.Namespace) -> None:
             book["check_s"] += time.perf_counter() - split_t
             check(params, steps_per_seed, steps, book["last_chunk"])
         book["next"] = (steps // a.check_every + 1) * a.check_every
-        return True
+        # --stop-at-threshold: once every seed has reached it, the rest of the budget measures nothing
+        return not (a.stop_at_threshold and all(r is not None for r in reached))
 
     t0 = time.perf_counter()
     trainer = Tapped.from_config(a.worker_config, enable_mlflow=False, **overrides)
@@ -426,6 +429,11 @@ def main() -> None:
     )
     ap.add_argument("--jax-cache", default="", help="a persistent compilation cache folder (default: cold)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
+    ap.add_argument(
+        "--stop-at-threshold",
+        action="store_true",
+        help="stop a run once its seeds reached the threshold (the final score is then that policy's)",
+    )
     ap.add_argument("--quick", action="store_true", help="cartpole+pendulum, 1 seed, tiny budgets")
     ap.add_argument("--markdown", action="store_true", help="print the README table at the end")
     ap.add_argument("--markdown-from", default="", help="print the table from a saved JSON-lines file")
@@ -486,10 +494,12 @@ def main() -> None:
         threshold = env_threshold(env_id) if a.threshold is None else a.threshold
         common = {"bench": "zoo", "env": name, "env_id": env_id, "threshold": threshold}
         common.update(date=stamp, machine=where, check_every=a.check_every, episodes=a.episodes)
+        common.update(stop_at_threshold=a.stop_at_threshold)
         rows: list[dict[str, Any]] = []
         ours_base = [sys.executable, str(Path(__file__).resolve()), "--worker-config", str(path)]
         ours_base += ["--check-every", str(a.check_every), "--episodes", str(a.episodes)]
         ours_base += ["--threshold", str(threshold), "--budget", str(a.budget), "--jax-cache", a.jax_cache]
+        ours_base += ["--stop-at-threshold"] if a.stop_at_threshold else []
         runs: list[tuple[str, list[int]]] = []
         if "ours" in systems:
             runs += [("ours", [s]) for s in range(a.seeds)]
@@ -516,6 +526,7 @@ def main() -> None:
                 cmd += ["--check-every", str(a.check_every), "--episodes", str(a.episodes)]
                 cmd += ["--threshold", str(threshold), "--eval-seed", str(EVAL_SEED)]
                 cmd += ["--final-seed", str(FINAL_SEED), "--threads", str(a.sb3_threads)]
+                cmd += ["--stop-at-threshold"] if a.stop_at_threshold else []
                 code, lines = run_lines(f"{name} sb3 seed={s}", cmd, dict(os.environ), a.timeout)
                 return s, next((x for x in lines if x.get("event") in ("result", "skip")), None), code
 

@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--eval-seed", type=int, default=10_000_000)
     ap.add_argument("--final-seed", type=int, default=20_000_000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as the zoo)")
+    ap.add_argument("--stop-at-threshold", action="store_true", help="stop learning once a check reached it")
     a = ap.parse_args()
 
     import numpy as np
@@ -144,7 +145,8 @@ def main() -> None:
                 state["next"] = (steps // a.check_every + 1) * a.check_every
 
         def _on_step(self) -> bool:
-            return True
+            # --stop-at-threshold: SB3 stops learn() when a callback's _on_step returns False
+            return not (a.stop_at_threshold and state["reached"] is not None)
 
     log_dir = tempfile.mkdtemp(prefix="zoo-sb3-")
     state["t0"] = time.perf_counter()
