@@ -32,6 +32,7 @@ class PPOAgent:
         observation_shape: the shape of one observation when it is a grid, e.g. ``(10, 10, 4)`` for
             MinAtar Breakout (``observation_dim`` is then its size); default ``(observation_dim,)``.
         conv_channels: 3x3 convolutions of the torsos (grid observations only).
+        activation: the MLP's activation, ``tanh`` or ``relu`` (``ppo.activation``).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class PPOAgent:
         log_std_init: float = 0.0,
         observation_shape: Sequence[int] | None = None,
         conv_channels: Sequence[int] = (),
+        activation: str = "tanh",
     ) -> None:
         from ppo.sharding import configure_cpu_devices
 
@@ -67,6 +69,7 @@ class PPOAgent:
             )
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.log_std_init = float(log_std_init)
+        self.activation = str(activation)
         self.network = PPONetwork(
             action_dim=self.action_dim,
             hidden_sizes=self.hidden_sizes,
@@ -74,6 +77,7 @@ class PPOAgent:
             log_std_init=self.log_std_init,
             conv_channels=self.conv_channels,
             obs_rank=len(self.observation_shape),
+            activation=self.activation,
         )
         if params is None:
             from ppo.networks import init_params
@@ -156,6 +160,7 @@ class PPOAgent:
                     "log_std_init": self.log_std_init,
                     "observation_shape": list(self.observation_shape),
                     "conv_channels": list(self.conv_channels),
+                    "activation": self.activation,
                 }
             ),
         )
@@ -178,6 +183,7 @@ class PPOAgent:
             log_std_init=float(meta.get("log_std_init", 0.0)),
             observation_shape=meta.get("observation_shape"),
             conv_channels=meta.get("conv_channels", ()),
+            activation=meta.get("activation", "tanh"),
         )
 
 

@@ -190,7 +190,14 @@ def train(
             "avg": fmt(m.get("avg_reward")),
             "sps": fmt(m.get("env_steps_per_s")),
         }
-        progress.update(task, description=description, completed=done, **fields)
+        progress.update(
+            task,
+            description=description,
+            completed=done,
+            done=fields["done"],
+            avg=fields["avg"],
+            sps=fields["sps"],
+        )
         if not progress.console.is_terminal and info and time.monotonic() - plain["last"] >= 30:
             plain["last"] = time.monotonic()
             line = f"{fields['done']}  return {fields['avg']}  {fields['sps']} steps/s"

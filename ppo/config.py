@@ -94,6 +94,9 @@ class PPOConfig(_Section):
         True, description="advantages normalised per minibatch (mean 0, std 1)"
     )
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, max_length=8)
+    activation: Literal["tanh", "relu"] = Field(
+        "tanh", description="the MLP's activation (tanh: PureJaxRL/SB3; relu: gymnax-blines' MinAtar agents)"
+    )
     conv_channels: tuple[int, ...] = Field(
         (),
         max_length=4,
@@ -421,6 +424,8 @@ class Config(_Section):
         d = self.to_dict()
         shaping = {k: d[k] for k in ("env", "ppo", "train")}
         shaping["train"] = {k: v for k, v in shaping["train"].items() if k != "checkpoint_dir"}
+        if shaping["ppo"].get("activation") == "tanh":  # added later: the default keeps earlier hashes
+            shaping["ppo"] = {k: v for k, v in shaping["ppo"].items() if k != "activation"}
         blob = json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from ppo.policy import ACTIVATION_KEY, ACTIVATIONS
+
 
 def _dense(features: int, gain: float) -> nn.Dense:
     return nn.Dense(
@@ -53,18 +55,24 @@ class Conv3x3(nn.Module):
 
 
 def _torso(
-    x: jnp.ndarray, conv_channels: Sequence[int], hidden_sizes: Sequence[int], obs_rank: int
+    x: jnp.ndarray,
+    conv_channels: Sequence[int],
+    hidden_sizes: Sequence[int],
+    obs_rank: int,
+    activation: str = "tanh",
 ) -> jnp.ndarray:
     """Observations → features: 3x3 convolutions (stride 1, 'VALID', ReLU; for grid/pixel observations such
-    as MinAtar's 10x10xC, as in the MinAtar paper's networks), then a flattened tanh MLP. Without
+    as MinAtar's 10x10xC, as in the MinAtar paper's networks), then a flattened MLP with ``activation``
+    (tanh, PureJaxRL's and SB3's default; or ReLU, as gymnax-blines' MinAtar agents). Without
     convolutions a grid is flattened straight into the MLP. The batch is every leading axis of ``x``
     before the observation's own ``obs_rank`` axes (1 for vectors, 3 for grids)."""
     for i, c in enumerate(conv_channels):
         x = nn.relu(Conv3x3(c, name=f"Conv_{i}")(x))
     if obs_rank > 1:
         x = x.reshape((*x.shape[: x.ndim - obs_rank], -1))
+    act = nn.tanh if activation == "tanh" else nn.relu
     for h in hidden_sizes:
-        x = nn.tanh(_dense(h, np.sqrt(2.0))(x))
+        x = act(_dense(h, np.sqrt(2.0))(x))
     return x
 
 
@@ -78,10 +86,11 @@ class ActorNetwork(nn.Module):
     log_std_init: float = 0.0
     conv_channels: Sequence[int] = ()
     obs_rank: int = 1
+    activation: str = "tanh"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> Any:
-        x = _torso(x, self.conv_channels, self.hidden_sizes, self.obs_rank)
+        x = _torso(x, self.conv_channels, self.hidden_sizes, self.obs_rank, self.activation)
         out = _dense(self.action_dim, 0.01)(x)
         if not self.continuous:
             return out
@@ -95,10 +104,11 @@ class CriticNetwork(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     conv_channels: Sequence[int] = ()
     obs_rank: int = 1
+    activation: str = "tanh"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = _torso(x, self.conv_channels, self.hidden_sizes, self.obs_rank)
+        x = _torso(x, self.conv_channels, self.hidden_sizes, self.obs_rank, self.activation)
         return jnp.squeeze(_dense(1, 1.0)(x), axis=-1)
 
 
@@ -111,13 +121,14 @@ class PPONetwork(nn.Module):
     log_std_init: float = 0.0
     conv_channels: Sequence[int] = ()  # a CNN torso for grid/pixel observations (e.g. MinAtar: (16,))
     obs_rank: int = 1  # axes of one observation: 1 for vectors, 3 for (H, W, C) grids
+    activation: str = "tanh"  # the MLP's (ppo.policy.ACTIVATIONS); the variables record a non-default one
 
     def setup(self) -> None:
         convs, hidden = tuple(self.conv_channels), tuple(self.hidden_sizes)
         self.actor = ActorNetwork(
-            self.action_dim, hidden, self.continuous, self.log_std_init, convs, self.obs_rank
+            self.action_dim, hidden, self.continuous, self.log_std_init, convs, self.obs_rank, self.activation
         )
-        self.critic = CriticNetwork(hidden, convs, self.obs_rank)
+        self.critic = CriticNetwork(hidden, convs, self.obs_rank, self.activation)
 
     def __call__(self, x: jnp.ndarray) -> tuple[Any, jnp.ndarray]:
         return self.actor(x), self.critic(x)
@@ -136,7 +147,10 @@ def param_shapes(network: PPONetwork, observation: int | Sequence[int]) -> Any:
     import jax
 
     x = jnp.zeros((1, *_shape(observation)), jnp.float32)
-    return jax.eval_shape(network.init, jax.random.PRNGKey(0), x)
+    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), x)
+    if network.activation != "tanh":  # as init_params records it
+        shapes = {**shapes, ACTIVATION_KEY: jax.ShapeDtypeStruct((), jnp.int32)}
+    return shapes
 
 
 def _orthogonal(rng: np.random.Generator, n_in: int, n_out: int) -> np.ndarray:
@@ -175,4 +189,11 @@ def init_params(network: PPONetwork, observation: int | Sequence[int], seed: int
         return out
 
     p = shapes["params"]
-    return {"params": {"actor": torso(p["actor"], 0.01), "critic": torso(p["critic"], 1.0)}}
+    variables: dict[str, Any] = {
+        "params": {"actor": torso(p["actor"], 0.01), "critic": torso(p["critic"], 1.0)}
+    }
+    if network.activation != "tanh":
+        # the NumPy forward (evaluation, the gate, the served model) reads the activation from the variables,
+        # which travel alone (checkpoints, registered models); tanh, the default, is not recorded
+        variables[ACTIVATION_KEY] = np.int32(ACTIVATIONS.index(network.activation))
+    return variables

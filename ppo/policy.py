@@ -22,6 +22,22 @@ NORM_CLIP = 10.0
 
 Layers = list[tuple[np.ndarray, np.ndarray]]
 
+#: the MLP's activation (``ppo.activation``), by the code the variables carry under :data:`ACTIVATION_KEY`.
+#: tanh (code 0) is the default and is not stored, so a tanh agent's variables are exactly as before.
+ACTIVATIONS = ("tanh", "relu")
+ACTIVATION_KEY = "activation"
+
+
+def activation_of(params: Any) -> str:
+    """The MLP activation an agent's variables were trained with (``tanh`` unless they say otherwise)."""
+    code = params.get(ACTIVATION_KEY) if isinstance(params, dict) else None
+    if code is None:
+        return "tanh"
+    i = int(np.asarray(code).reshape(-1)[0])
+    if not 0 <= i < len(ACTIVATIONS):
+        raise ValueError(f"unknown activation code {i} in the agent's variables (known: {ACTIVATIONS})")
+    return ACTIVATIONS[i]
+
 
 def actor_layers(params: Any, kind: str = "Dense") -> Layers:
     """The actor's (kernel, bias) pairs of one kind in call order (``Dense_0``, ``Dense_1``, ... or
@@ -40,16 +56,20 @@ def _conv_valid(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return np.einsum("nhwcij,ijco->nhwo", windows, kernel, optimize=True)
 
 
-def numpy_logits(layers: Layers, obs: np.ndarray, convs: Layers | None = None) -> np.ndarray:
+def numpy_logits(
+    layers: Layers, obs: np.ndarray, convs: Layers | None = None, activation: str = "tanh"
+) -> np.ndarray:
     """The actor's forward pass: same math as :class:`ppo.networks.ActorNetwork` (ReLU 3x3 convolutions
-    for grids, then a tanh MLP). Its output is the logits (discrete) or the Gaussian's mean (continuous)."""
+    for grids, then an MLP with ``activation``). Its output is the logits (discrete) or the Gaussian's mean
+    (continuous)."""
     x = np.asarray(obs, np.float32)
     for kernel, bias in convs or ():
         x = np.maximum(_conv_valid(x, kernel) + bias, 0.0)
     if x.ndim > 2:
         x = x.reshape(len(x), -1)
     for kernel, bias in layers[:-1]:
-        x = np.tanh(x @ kernel + bias)
+        x = x @ kernel + bias
+        x = np.tanh(x) if activation == "tanh" else np.maximum(x, 0.0)
     kernel, bias = layers[-1]
     return x @ kernel + bias
 
@@ -95,6 +115,7 @@ class GreedyPolicy:
         self.layers = actor_layers(params)
         self.convs = actor_layers(params, "Conv")
         self.stats = obs_stats(params)
+        self.activation = activation_of(params)
         out = self.layers[-1][0].shape[1]
         if out != action.n:
             raise ValueError(f"the actor has {out} outputs but the action space has n={action.n}")
@@ -104,7 +125,7 @@ class GreedyPolicy:
 
     def head(self, obs: np.ndarray) -> np.ndarray:
         """Logits (discrete) or means (continuous) for observations ``(n, obs_dim)``."""
-        return numpy_logits(self.layers, normalized(self.stats, obs), self.convs)
+        return numpy_logits(self.layers, normalized(self.stats, obs), self.convs, self.activation)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         out = self.head(obs)

@@ -75,6 +75,7 @@ def make_network(config: Config) -> PPONetwork:
         log_std_init=config.ppo.log_std_init,
         conv_channels=tuple(config.ppo.conv_channels),
         obs_rank=len(env_spec(config.env.id).observation_shape),
+        activation=config.ppo.activation,
     )
 
 

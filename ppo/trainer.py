@@ -87,6 +87,7 @@ class PPOTrainer:
                 overrides.setdefault("env.max_steps_per_episode", env.max_steps_per_episode)
         if agent is not None:
             overrides.setdefault("ppo.hidden_sizes", list(agent.hidden_sizes))
+            overrides.setdefault("ppo.activation", agent.activation)
         if isinstance(config, Config):
             self.config = build_config(config.to_dict(), overrides)
         else:
@@ -411,6 +412,7 @@ class PPOTrainer:
                 log_std_init=self.config.ppo.log_std_init,
                 observation_shape=spec.observation_shape,
                 conv_channels=self.config.ppo.conv_channels,
+                activation=self.config.ppo.activation,
             )
         else:
             self.agent.params = self.seed_params[best]
