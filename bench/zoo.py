@@ -139,6 +139,8 @@ def ours_worker(a: argparse.Namespace) -> None:
 
         os.environ["PPO_JAX_CACHE"] = a.jax_cache
         enable_compilation_cache()
+    else:
+        os.environ["PPO_JAX_CACHE"] = "0"  # cold: the trainer must not enable its default cache either
     import_s = time.perf_counter() - T0
     seeds = [int(s) for s in a.worker_seeds.split(",")]
     base = load_config(a.worker_config)
@@ -483,6 +485,9 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="zoo-ppo-home-")
     ours_env = {**os.environ, "PPO_HOME": home, "PYTHONPATH": str(ROOT)}
     ours_env.pop("MLFLOW_TRACKING_URI", None)
+    # cold means cold for every run: the trainer would otherwise keep JAX's persistent compilation cache in
+    # the shared $PPO_HOME, and every run after an env's first would find its programs compiled
+    ours_env["PPO_JAX_CACHE"] = a.jax_cache or "0"
     all_rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     for name in names:
