@@ -159,6 +159,20 @@ def eval_returns_plot(
     return path
 
 
+def _picture(frame: np.ndarray) -> Any:
+    """One rendered frame as a 300x200 RGB picture. gymnasium's classic-control and box2d envs render uint8;
+    minatar renders floats in [0, 1] (a colormap) at one pixel per cell, enlarged without smoothing."""
+    from PIL import Image
+
+    if frame.dtype != np.uint8:
+        scale = 255.0 if float(np.max(frame, initial=0.0)) <= 1.0 else 1.0
+        frame = np.clip(np.asarray(frame, np.float64) * scale, 0, 255).round().astype(np.uint8)
+    small = frame.shape[0] < 100
+    return Image.fromarray(frame).resize(
+        (300, 200), Image.Resampling.NEAREST if small else Image.Resampling.BICUBIC
+    )
+
+
 def policy_gif(
     agent: Any, env_id: str, path: Path, seed: int = 0, max_frames: int = 250, every: int = 2
 ) -> Path | None:
@@ -189,7 +203,7 @@ def policy_gif(
             if not isinstance(frame, np.ndarray):  # rgb_array rendering is not implemented
                 env.close()
                 return None
-            frames.append(Image.fromarray(frame).resize((300, 200)))
+            frames.append(_picture(frame))
         obs, _, term, trunc, _ = env.step(agent.predict(np.asarray(obs, np.float32)[None])[0])
         done, t = term or trunc, t + 1
     env.close()

@@ -80,3 +80,23 @@ def test_report_for_acrobot(tmp_path, monkeypatch):
     )
     _check(files)
     assert "Acrobot-v1" in open(files["report_html"]).read()
+
+
+def test_the_policy_gif_of_a_minatar_game(tmp_path):
+    """minatar renders float frames in [0, 1] (PIL cannot take them as they are): the Breakout pipeline
+    failed in its report task after 40 minutes of training."""
+    from PIL import Image
+
+    from ppo.agent import PPOAgent
+    from ppo.envs import env_spec
+    from ppo.report import policy_gif
+
+    spec = env_spec("Breakout-MinAtar")
+    agent = PPOAgent(spec.observation_dim, spec.action_dim, (16,), observation_shape=spec.observation_shape)
+    path = policy_gif(agent, "Breakout-MinAtar", tmp_path / "policy.gif", max_frames=6)
+    assert path is not None
+    with Image.open(path) as gif:
+        assert gif.n_frames >= 2
+        gif.seek(1)
+        colours = gif.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colours is not None and len(colours) > 1  # a picture, not one flat colour
