@@ -10,7 +10,7 @@ Brax's ``done`` is a termination (the ant fell over, the pole tipped past 0.2 ra
 Brax has no gymnasium twin: gymnasium's MuJoCo envs (``InvertedPendulum-v5``, ``Ant-v5``) load different
 model files through a different simulator, so they cannot be matched step by step. A Brax env is
 therefore evaluated, gated and reported on its own JAX implementation (like a user env without a
-``gymnasium_twin``); ``docs/environments.md`` says so. Actions are in ``[-1, 1]`` (Brax rescales them to
+``gymnasium_twin``); README, "Environments", says so. Actions are in ``[-1, 1]`` (Brax rescales them to
 the actuators' range).
 
 Brax is imported only when a ``brax/`` id is used (``import brax`` loads MuJoCo and takes seconds).
@@ -18,8 +18,11 @@ Brax is imported only when a ``brax/`` id is used (``import brax`` loads MuJoCo 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from ppo.spaces import ActionSpace
@@ -48,12 +51,17 @@ def _brax_name(env_id: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Brax warns "not actively being maintained" when it loads an env: nothing a user can act on here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def _brax_envs() -> Any:
     try:
-        import warnings
-
-        with warnings.catch_warnings():  # "not actively being maintained": nothing a user can act on here
-            warnings.simplefilter("ignore", UserWarning)
+        with _quiet():
             from brax import envs
     except ImportError:
         raise ValueError(
@@ -94,10 +102,7 @@ def brax_env_class(env_id: str) -> type:
         brax_name = short
 
         def __init__(self) -> None:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+            with _quiet():
                 self.brax_env = envs.get_environment(short, backend=BACKEND)
 
         @property
