@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,31 +39,61 @@ def _seed_columns(history: list[dict[str, Any]], prefix: str) -> dict[str, np.nd
     }
 
 
-# two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1); 1.96 beyond the table
-_T975 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    12: 2.179,
-    15: 2.131,
-    20: 2.086,
-    30: 2.042,
-}
+def return_bounds(env_id: str, max_steps_per_episode: int | None) -> tuple[float, float] | None:
+    """The lowest and highest return an episode of ``env_id`` can have under the time limit, or None.
+
+    Read off the env table (:data:`ppo.envs.ENV_SPECS`): the per-step reward range times the time limit,
+    plus the one-time bonus (CartPole-v1 under its 500 steps: (0, 500)). A per-step range of (0, 0) means
+    the table does not know it (LunarLander, Brax, a user's or a plain gymnasium env): then None, and
+    nothing is clipped, since a made-up range would hide what the agent really returned.
+    """
+    from ppo.envs import env_spec
+
+    try:
+        spec = env_spec(env_id)
+    except (ValueError, ImportError):  # an env this process cannot resolve: no range, no clipping
+        return None
+    low, high = spec.reward_per_step
+    if low == 0.0 and high == 0.0:
+        return None
+    steps = max_steps_per_episode or spec.max_episode_steps()
+    return float(low * steps + min(spec.bonus, 0.0)), float(high * steps + max(spec.bonus, 0.0))
 
 
-def t975(df: int) -> float:
-    return next((v for k, v in sorted(_T975.items()) if df <= k), 1.96)
+def _iqm_band(data: np.ndarray, confidence: float = 0.95, n_boot: int = 2000) -> tuple[np.ndarray, ...]:
+    """Per point (column) of ``data`` ``[seeds, points]``: the IQM over the seeds that have a value there
+    and its percentile-bootstrap CI, seeds resampled with replacement (rliable's interval estimate).
+
+    A Student-t interval on three seeds multiplies their spread by 4.3 and went past the possible returns
+    (CartPole: 830 above a 500 cap); a percentile bootstrap stays within the seeds' own values. With
+    one seed at a point there is no interval (NaN: the band has a gap there).
+    """
+    from ppo.stats import bootstrap_ci, iqm
+
+    mid, low, high = (np.full(data.shape[1], np.nan) for _ in range(3))
+    for t in range(data.shape[1]):
+        col = data[:, t][np.isfinite(data[:, t])]
+        if col.size == 1:
+            mid[t] = col[0]
+        elif col.size > 1:
+            # one "episode" per seed: the bootstrap draws seeds; seed=0 at every point draws the same
+            # resampled seed sets along the curve, so the band is one smooth estimate, not jittery noise
+            ci = bootstrap_ci(col[:, None], iqm, n_boot=n_boot, confidence=confidence, seed=0)
+            mid[t], low[t], high[t] = ci["point"], ci["ci_low"], ci["ci_high"]
+    return mid, low, high
 
 
-def learning_curve(history: list[dict[str, Any]], target: float | None, path: Path, env_id: str = "") -> Path:
-    """Episode return vs env steps: mean over seeds with a 95% CI band (Student t), thin per-seed lines."""
+def learning_curve(
+    history: list[dict[str, Any]],
+    target: float | None,
+    path: Path,
+    env_id: str = "",
+    return_range: tuple[float, float] | None = None,
+) -> Path:
+    """Episode return vs env steps: IQM over seeds with a 95% percentile-bootstrap band over seeds, thin
+    per-seed lines. ``return_range`` (:func:`return_bounds`), when known, clips the IQM and its band: no
+    summary may claim a return the env cannot give. The per-seed lines stay raw, so a value outside the
+    range (a bug upstream) still shows."""
     plt = _plt()
     steps = np.array([row["env_steps"] for row in history], float)
     per_seed = _seed_columns(history, "episode_return")
@@ -73,18 +104,15 @@ def learning_curve(history: list[dict[str, Any]], target: float | None, path: Pa
             ax.plot(
                 steps, ys, lw=0.8, alpha=0.35, label=name.replace("_", " ") if len(per_seed) <= 4 else None
             )
-        with np.errstate(all="ignore"):
-            m = np.nanmean(data, axis=0)
-            n = np.sum(~np.isnan(data), axis=0)
-            sem = (
-                np.nanstd(data, axis=0, ddof=1) / np.sqrt(np.maximum(n, 1))
-                if data.shape[0] > 1
-                else np.zeros_like(m)
+        mid, low, high = _iqm_band(data)
+        if return_range is not None:
+            mid, low, high = (np.clip(a, *return_range) for a in (mid, low, high))
+        seeds = data.shape[0]
+        ax.plot(steps, mid, lw=2.2, color="C0", label=f"IQM over {seeds} seeds" if seeds > 1 else "1 seed")
+        if seeds > 1:
+            ax.fill_between(
+                steps, low, high, color="C0", alpha=0.2, label="95% bootstrap CI of the IQM (seeds resampled)"
             )
-        ax.plot(steps, m, lw=2.2, color="C0", label=f"mean over {data.shape[0]} seed(s)")
-        if data.shape[0] > 1:
-            q = t975(data.shape[0] - 1)
-            ax.fill_between(steps, m - q * sem, m + q * sem, color="C0", alpha=0.2, label="95% CI over seeds")
     if target is not None and per_seed:
         lo, hi = np.nanmin(data), np.nanmax(data)
         span = max(hi - lo, 1.0)
@@ -127,6 +155,25 @@ def losses_plot(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def _histogram_bins(values: np.ndarray, also_shown: float | None) -> np.ndarray:
+    """Bin edges for ``values`` whose bars stay visible on an axis that also shows ``also_shown`` (the
+    gate's ``min_return`` line).
+
+    Fixed bins of (max - min + 2) / 29 made a hairline when every episode returned the same value (all
+    500 on CartPole) and the gate's ``min_return`` line widened the axis: then one bin, centred on the
+    value, 1% of it (at least 1, at least 1/25 of the axis) wide. Otherwise a bin is at least 1/60 of
+    the axis wide.
+    """
+    lo, hi = float(values.min()), float(values.max())
+    shown = hi - lo if also_shown is None else max(hi, also_shown) - min(lo, also_shown)
+    if hi == lo:
+        width = max(1.0, 0.01 * abs(lo), shown / 25)
+        return np.array([lo - width / 2, lo + width / 2])
+    width = max((hi - lo) / 29, shown / 60)
+    n = int(np.ceil((hi - lo) / width)) + 1  # half a bin of room on either side
+    return (lo + hi) / 2 + width * (np.arange(n + 1) - n / 2)
+
+
 def eval_returns_plot(
     candidate: np.ndarray,
     champion: np.ndarray | None,
@@ -134,23 +181,29 @@ def eval_returns_plot(
     min_return: float | None = None,
     labels: tuple[str, str] = ("candidate", "champion"),
 ) -> Path:
+    """Histogram of greedy evaluation returns (candidate, and champion on the same start states); a
+    policy whose every episode returns the same value gets one visible bar and says so."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     data = [np.asarray(candidate, float).ravel()]
-    names = [f"{labels[0]} (n={data[0].size})"]
     if champion is not None:
         data.append(np.asarray(champion, float).ravel())
-        names.append(f"{labels[1]} (n={data[1].size})")
-    lo = min(d.min() for d in data)
-    hi = max(d.max() for d in data)
-    bins = np.linspace(lo - 1, hi + 1, 30)
+    names = []
+    for d, label in zip(data, labels, strict=False):
+        same = f", all returned {d[0]:g}" if d.size > 1 and np.all(d == d[0]) else ""
+        names.append(f"{label} (n={d.size}{same})")
+    values = np.concatenate(data)
+    bins = _histogram_bins(values, min_return)
     for i, (d, name) in enumerate(zip(data, names, strict=True)):
         ax.hist(d, bins=bins, alpha=0.55, color=f"C{i}", label=name)
     if min_return is not None:
         ax.axvline(min_return, color="C3", ls="--", label=f"gate min_return {min_return:g}")
+    title = "Evaluation returns"
+    if values.size > 1 and np.all(values == values[0]):
+        title += f": all {values.size} episodes returned {values[0]:g}"
     ax.set_xlabel("greedy episode return (real gymnasium env)")
     ax.set_ylabel("episodes")
-    ax.set_title("Evaluation returns")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -222,6 +275,47 @@ def _save_figure(fig: Any, path: Path) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
+_MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+def _data_uri(path: Path) -> str:
+    """The image file as a ``data:`` URI: report.html carries its images, so it opens anywhere alone."""
+    mime = _MIME.get(path.suffix.lower(), "image/png")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+_IMAGE_REF = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def prefect_markdown(directory: Path, max_image_bytes: int = 400_000) -> str:
+    """report.md's summary (everything before its "## Config") with its images inlined as ``data:`` URIs.
+
+    The Prefect UI renders a markdown artifact in the browser, away from the report folder, so
+    report.md's relative image paths do not load there. An image over ``max_image_bytes`` (the policy
+    GIF can take megabytes, and the artifact is stored in Prefect's database), or one that is missing,
+    is left out with a short note naming its file instead.
+    """
+    summary = (directory / "report.md").read_text().split("## Config")[0]
+    root = directory.resolve()
+
+    def inline(match: re.Match[str]) -> str:
+        caption, target = match.group(1), match.group(2)
+        if target.startswith("data:image/"):
+            return match.group(0)
+        path = (directory / target).resolve()
+        if root not in path.parents or not path.is_file():  # only the report's own files are read
+            return f"*({caption or target}: left out, {target} not found in the report folder)*"
+        size = path.stat().st_size
+        if size > max_image_bytes:
+            return (
+                f"*({caption or target}: left out, {target} is {size / 1e6:.1f} MB, over the "
+                f"{max_image_bytes / 1e6:g} MB inlined here; see the full report)*"
+            )
+        return f"![{caption}]({_data_uri(path)})"
+
+    return _IMAGE_REF.sub(inline, summary)
+
+
 def _table_md(rows: list[tuple[str, Any]]) -> str:
     out = ["| item | value |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]
@@ -232,6 +326,52 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.2f}"
     return str(v)
+
+
+def _captions(seeds: int, champion: bool) -> dict[str, str]:
+    """What each image shows, for people (report.md's alt text and caption, report.html's figcaption):
+    the file names said little ("learning_curve.png") and were all a reader got."""
+    curve = (
+        f"Learning curve (training episodes, IQM over {seeds} seeds, 95% bootstrap band)"
+        if seeds > 1
+        else "Learning curve (training episodes, one seed)"
+    )
+    return {
+        "learning_curve": curve,
+        "losses": "PPO losses and diagnostics (mean over seeds)",
+        "eval_returns": "Greedy evaluation returns" + (", candidate and champion" if champion else ""),
+        "policy": "The greedy policy in the real environment (animation)",
+    }
+
+
+#: what ``registry["outcome"]`` says when nothing was promoted (tasks.promotion.outcome's words)
+_NOT_PROMOTED = {
+    "gated_out": "gated out",
+    "older_than_champion": "not gated: older than the champion",
+    "lost_race": "not promoted: the champion moved while this version was gated (gate it again)",
+}
+
+
+def registry_summary(registry: dict[str, Any] | None) -> str:
+    """One sentence for people on what the registry step did: the version registered (if any), whether
+    it was promoted and which version is champion now. ``registry=None``: the step had not run when the
+    report was written (the flow writes the report before it registers)."""
+    if registry is None:
+        return "The registry step had not run yet when this report was written (nothing registered yet)."
+    name = registry.get("model_name") or "the model"
+    version, champion = registry.get("version"), registry.get("champion")
+    outcome = registry.get("outcome") or ("promoted" if registry.get("promoted") else "gated_out")
+    said = f"{name} version {version} registered" if version else f"{name}: not registered"
+    if registry.get("promoted") or outcome == "promoted":
+        now = champion or version
+        return f"{said}; promoted: champion is now version {now}." if now else f"{said}; promoted."
+    if outcome == "already_champion":
+        now = champion or version
+        return f"{said}; already the champion" + (f" (version {now})." if now else ".")
+    why = _NOT_PROMOTED.get(outcome, "not promoted (" + str(outcome).replace("_", " ") + ")")
+    verb = "is now" if outcome == "lost_race" else "stays at"  # a lost race: another version moved in
+    stays = f"champion {verb} version {champion}" if champion else "no champion yet"
+    return f"{said}; {why}, {stays}."
 
 
 def write_report(
@@ -245,14 +385,26 @@ def write_report(
     agent: Any | None,
     run_id: str | None = None,
     mlflow_url: str | None = None,
+    registry: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Write all report files into ``directory``; return ``{name: path}``."""
+    """Write all report files into ``directory``; return ``{name: path}``.
+
+    ``registry``: what the registry step did, for the report's "Registry" section (see
+    :func:`registry_summary`): ``model_name``, ``version`` (None: nothing registered), ``promoted``,
+    ``champion`` (the champion version after this run, None: none) and ``outcome``
+    (:func:`tasks.promotion.outcome`'s word). None (the default): the section says the registry step had
+    not run yet, which is the truth for a report written before registering.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     history = result.get("history") or []
     if history:
         files["learning_curve"] = learning_curve(
-            history, config.train.target_reward, directory / "learning_curve.png", config.env.id
+            history,
+            config.train.target_reward,
+            directory / "learning_curve.png",
+            config.env.id,
+            return_bounds(config.env.id, config.env.max_steps_per_episode),
         )
         files["losses"] = losses_plot(history, directory / "losses.png")
     if candidate_returns is not None:
@@ -315,11 +467,16 @@ def write_report(
     import yaml
 
     cfg_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    images = [(n, p) for n, p in files.items()]
-    md = [f"# PPO report: {config.env.id}", "", "## Summary", _table_md(summary), ""]
+    captions = _captions(len(config.train.seeds), champion_returns is not None)
+    images = [(captions.get(n, n.replace("_", " ")), p) for n, p in files.items()]
+    registered = registry_summary(registry)
+    md = [f"# PPO report: {config.env.id}", "", "## Registry", "", registered, ""]
+    md += ["## Summary", _table_md(summary), ""]
     if gate_rows:
         md += ["## Promotion gate", _table_md(gate_rows), ""]
-    md += [f"![{n}]({p.name})" for n, p in images] + ["", "## Config", "```yaml", cfg_yaml, "```"]
+    for caption, p in images:
+        md += [f"![{caption}]({p.name})", f"*{caption}*", ""]
+    md += ["## Config", "```yaml", cfg_yaml, "```"]
     atomic.write_text(directory / "report.md", "\n".join(md))
 
     def table_html(rows: list[tuple[str, Any]], table_id: str) -> str:
@@ -328,11 +485,10 @@ def write_report(
         )
         return f'<table id="{table_id}">{body}</table>'
 
-    def img(name: str, p: Path) -> str:
-        mime = "image/gif" if p.suffix == ".gif" else "image/png"
-        data = base64.b64encode(p.read_bytes()).decode()
-        figure = f'<figure><img alt="{name}" src="data:{mime};base64,{data}">'
-        return f"{figure}<figcaption>{name}</figcaption></figure>"
+    def img(caption: str, p: Path) -> str:
+        text = html.escape(caption)
+        figure = f'<figure><img alt="{text}" src="{_data_uri(p)}">'
+        return f"{figure}<figcaption>{text}</figcaption></figure>"
 
     link = (
         f'<p><a href="{html.escape(mlflow_url)}">MLflow run {html.escape(run_id or "")}</a></p>'
@@ -353,9 +509,10 @@ def write_report(
         gate_html = f"<h2>Promotion gate: <span class='{verdict}</span></h2>" + table_html(gate_rows, "gate")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PPO report {title}</title>
 <style>{style}</style></head><body>
-<h1>PPO report: {title}</h1>{link}<h2>Summary</h2>{table_html(summary, "summary")}
+<h1>PPO report: {title}</h1>{link}<h2>Registry</h2><p>{html.escape(registered)}</p>
+<h2>Summary</h2>{table_html(summary, "summary")}
 {gate_html}
-{"".join(img(n, p) for n, p in images)}
+{"".join(img(caption, p) for caption, p in images)}
 <h2>Config</h2><pre>{html.escape(cfg_yaml)}</pre></body></html>"""
     atomic.write_text(directory / "report.html", page)
     atomic.write_text(directory / "gate.json", json.dumps(gate or {}, indent=2, default=str))

@@ -100,3 +100,187 @@ def test_the_policy_gif_of_a_minatar_game(tmp_path):
         gif.seek(1)
         colours = gif.convert("RGB").getcolors(maxcolors=1 << 16)
         assert colours is not None and len(colours) > 1  # a picture, not one flat colour
+
+
+# ---- synthetic inputs: the report's own logic, without training -------------------------------------
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every matplotlib figure the report saves, in order (the PNG is still written)."""
+    import ppo.report
+
+    saved = []
+    original = ppo.report._save_figure
+
+    def keep(fig, path):
+        saved.append(fig)
+        original(fig, path)
+
+    monkeypatch.setattr(ppo.report, "_save_figure", keep)
+    return saved
+
+
+def _history(per_seed_returns, points=6):
+    """Chunks of a run whose seeds' training returns stay as given (one value per seed)."""
+    seeds = {f"episode_return/seed_{s}": r for s, r in enumerate(per_seed_returns)}
+    return [{"env_steps": 1000 * (i + 1)} | seeds for i in range(points)]
+
+
+def _synthetic_report(directory, *, seeds=(0, 1, 2), returns=(500.0, 500.0, 200.0), **kwargs):
+    cfg = small_config(**{"train.seeds": list(seeds)})
+    result = {"history": _history(returns), "converged": False, "episodes": 40, "env_steps": 6000}
+    args = {
+        "config": cfg,
+        "result": result,
+        "gate": None,
+        "candidate_returns": np.full(8, 500.0),
+        "champion_returns": None,
+        "agent": None,
+        "run_id": "run42",
+    } | kwargs
+    return write_report(directory, **args)
+
+
+def _band(ax):
+    """The y values of the learning curve's band (fill_between) and of its summary line (the thick one;
+    the thin per-seed lines are the raw data)."""
+    band = np.concatenate([p.vertices[:, 1] for c in ax.collections for p in c.get_paths()])
+    thick = max(ax.lines, key=lambda line: line.get_linewidth())
+    return band, np.asarray(thick.get_ydata(), float)
+
+
+def test_the_learning_curve_band_stays_within_cartpoles_returns(figures, tmp_path):
+    """Three CartPole seeds at 500, 500 and 200: a Student-t interval on 3 points reached 830, above
+    the 500 an episode can return. The IQM's percentile bootstrap over seeds stays within the seeds'
+    own returns (here exactly [200, 500]: a resample of 3 is all-200 with probability 1/27 > 2.5%)."""
+    _synthetic_report(tmp_path)
+    ax = figures[0].axes[0]
+    band, lines = _band(ax)
+    assert band.max() <= 500.0 and band.min() >= 200.0
+    assert np.isclose(band.max(), 500.0) and np.isclose(band.min(), 200.0)
+    assert np.allclose(lines, 400.0)  # the IQM of three seeds trims nothing: their mean
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("IQM" in t for t in labels) and any("bootstrap" in t for t in labels)
+
+
+def test_the_learning_curve_is_clipped_to_a_known_return_range_only(figures, tmp_path):
+    """A range from the env's table clips (CartPole-v1: 0..500 per its 500-step limit); without one
+    (LunarLander's per-step reward is not tabulated) nothing is clipped."""
+    from ppo.report import learning_curve, return_bounds
+
+    assert return_bounds("CartPole-v1", 500) == (0.0, 500.0)
+    assert return_bounds("Acrobot-v1", 500) == (-500.0, 0.0)
+    assert return_bounds("LunarLander-v3", 1000) is None
+    assert return_bounds("no-such-env", 100) is None
+    history = _history([700.0, 650.0, 600.0])  # impossible on CartPole: shows whether clipping happens
+    learning_curve(history, None, tmp_path / "a.png", "CartPole-v1", return_range=(0.0, 500.0))
+    learning_curve(history, None, tmp_path / "b.png", "", return_range=None)
+    clipped, unclipped = (np.concatenate(_band(fig.axes[0])) for fig in figures)
+    assert clipped.max() <= 500.0
+    assert unclipped.max() >= 650.0
+
+
+def test_the_eval_histogram_shows_a_bar_when_every_episode_returns_the_same(figures, tmp_path):
+    """Every episode 500.0 and the gate's line at 475: 29 bins of width 2/29 made a hairline bar."""
+    from ppo.report import eval_returns_plot
+
+    eval_returns_plot(np.full(8, 500.0), None, tmp_path / "e.png", min_return=475.0)
+    fig = figures[0]
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if p.get_height() > 0]
+    assert len(bars) == 1 and bars[0].get_height() == 8
+    x0, x1 = bars[0].get_x(), bars[0].get_x() + bars[0].get_width()
+    assert x0 < 500.0 < x1
+    left, right = ax.get_xlim()
+    assert (x1 - x0) / (right - left) >= 0.02, "the bar must be visible, not a hairline"
+    title = ax.get_title() + " " + " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert "all 8 episodes" in title and "500" in title
+
+
+def test_images_have_human_captions(tmp_path):
+    """The file names (learning_curve.png) were the captions in report.md and report.html."""
+    files = _synthetic_report(tmp_path)
+    md = open(files["report_md"]).read()
+    page = open(files["report_html"]).read()
+    for key in ("learning_curve", "losses", "eval_returns"):
+        assert f"![{key}]" not in md
+        assert f"<figcaption>{key}</figcaption>" not in page and f'alt="{key}"' not in page
+    assert "![Learning curve" in md and "![Greedy evaluation returns" in md
+    assert "<figcaption>Learning curve" in page and "<figcaption>Greedy evaluation returns" in page
+
+
+@pytest.mark.parametrize(
+    "registry, says",
+    [
+        (
+            {
+                "model_name": "ppo-cartpole",
+                "version": "3",
+                "promoted": True,
+                "champion": "3",
+                "outcome": "promoted",
+            },
+            ["ppo-cartpole version 3 registered", "promoted: champion is now version 3"],
+        ),
+        (
+            {
+                "model_name": "ppo-cartpole",
+                "version": "4",
+                "promoted": False,
+                "champion": "2",
+                "outcome": "gated_out",
+            },
+            ["ppo-cartpole version 4 registered", "gated out", "champion stays at version 2"],
+        ),
+        (
+            {
+                "model_name": "ppo-cartpole",
+                "version": None,
+                "promoted": False,
+                "champion": None,
+                "outcome": "gated_out",
+            },
+            ["ppo-cartpole: not registered", "no champion yet"],
+        ),
+        (
+            {
+                "model_name": "ppo-cartpole",
+                "version": "2",
+                "promoted": False,
+                "champion": "2",
+                "outcome": "already_champion",
+            },
+            ["already the champion"],
+        ),
+        (None, ["registry step had not run"]),
+    ],
+)
+def test_the_report_says_what_the_registry_did(tmp_path, registry, says):
+    files = _synthetic_report(tmp_path, registry=registry)
+    md = open(files["report_md"]).read()
+    page = open(files["report_html"]).read()
+    head = md.split("## Summary")[0]
+    assert "## Registry" in head
+    assert "<h2>Registry</h2>" in page.split("<h2>Summary</h2>")[0]
+    section = page.split("<h2>Registry</h2>")[1].split("<h2>Summary</h2>")[0]
+    for phrase in says:
+        assert phrase in head and phrase in section
+    assert "None" not in head and "None" not in section
+
+
+def test_prefect_markdown_inlines_the_images(tmp_path):
+    """The Prefect UI cannot load report.md's relative image paths: its summary inlines them."""
+    import re
+
+    from ppo.report import prefect_markdown
+
+    _synthetic_report(tmp_path)
+    md = prefect_markdown(tmp_path)
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]*)\)", md)
+    assert len(refs) == 3
+    assert all(r.startswith("data:image/png;base64,") for r in refs)
+    assert "## Config" not in md and "## Summary" in md
+    small = prefect_markdown(tmp_path, max_image_bytes=100)
+    assert re.findall(r"!\[[^\]]*\]\(([^)]*)\)", small) == []
+    assert small.count("left out") == 3 and "learning_curve.png" in small
