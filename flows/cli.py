@@ -36,6 +36,7 @@ from ppo import cli as core
 from ppo.cli import Interrupted, SetOpt, console, fail, fmt, interruptible, load_or_exit
 
 app = typer.Typer(
+    rich_markup_mode=None,  # plain help, as ppo.cli's
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -45,18 +46,70 @@ app = typer.Typer(
 app.registered_commands.extend(core.app.registered_commands)
 
 
-def _prefect_env() -> None:
-    """Embedded defaults for Prefect (before it is imported): state under $PPO_HOME, no telemetry; the
-    embedded API server when no ``PREFECT_API_URL`` is set."""
+#: Prefect's home under $PPO_HOME: the embedded API of ``ppo pipeline`` / ``make run``, ``make serve``'s
+#: server and ``ppo ui`` all keep their runs in this one database, so each shows the others' history
+PREFECT_DIR = "prefect"
+
+
+def _served_env() -> dict[str, str] | None:
+    """The settings of the servers ``make serve`` started for this $PPO_HOME (``run/serve.env``, and
+    ``auth.env``'s credentials when it runs with PPO_AUTH=1), if its Prefect API answers; else None."""
+    import urllib.request
+
     from ppo.config import ppo_home
 
-    os.environ.setdefault("PREFECT_HOME", str(ppo_home() / "prefect"))
+    run = ppo_home() / "run"
+    found: dict[str, str] = {}
+    files = [run / "serve.env"]
+    if (run / "auth").is_file() and (run / "auth").read_text().strip() == "1":
+        files.append(ppo_home() / "auth.env")
+    for path in files:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            key, sep, value = line.removeprefix("export ").partition("=")
+            if sep and not key.startswith("#"):
+                found[key.strip()] = value.strip()
+    api = found.get("PREFECT_API_URL")
+    if not api:
+        return None
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with direct.open(api.rstrip("/") + "/health", timeout=2) as answer:
+            return found if answer.status == 200 else None
+    except OSError:  # not running (any more): serve.env outlives a crashed or stopped server
+        return None
+
+
+def _prefect_env() -> None:
+    """Defaults for Prefect (before it is imported): state under $PPO_HOME, no telemetry; the servers of
+    ``make serve`` when they run for this $PPO_HOME, else an embedded API server, when no
+    ``PREFECT_API_URL`` is set."""
+    from ppo.config import ppo_home
+
+    os.environ.setdefault("PREFECT_HOME", str(ppo_home() / PREFECT_DIR))
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(
         parents=True, exist_ok=True
     )  # Prefect won't make parents
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     api = os.environ.get("PREFECT_API_URL")
+    served = None if api else _served_env()
+    if served:
+        # two API servers on one sqlite database would contend for it; and the run belongs in the UI the
+        # user has open: use make serve's servers, both of them (with PPO_DB=postgres its MLflow store is
+        # not the sqlite file under $PPO_HOME)
+        for key, value in served.items():
+            if key != "PPO_HOME":
+                os.environ.setdefault(key, value)
+        api = os.environ["PREFECT_API_URL"]
+        console.print(
+            f"using the servers make serve started: Prefect {api.removesuffix('/api')}, "
+            f"MLflow {os.environ.get('MLFLOW_TRACKING_URI', '-')}",
+            highlight=False,
+        )
     if api:
         from ppo.tracking.probe import ServiceUnavailableError, probe
 
@@ -71,6 +124,9 @@ def _prefect_env() -> None:
     else:
         _start_embedded_api()
 
+
+#: where make serve (scripts/serve.sh) and ppo ui put the Prefect UI unless $PREFECT_PORT says otherwise
+DEFAULT_PREFECT_PORT = 4200
 
 #: set to the embedded server's API URL while this process runs one (tasks.promotion reads it: a lock on an
 #: embedded API is a file lock in $PREFECT_HOME, which dies with its holder)
@@ -125,9 +181,10 @@ def _start_embedded_api() -> None:
                 with direct.open(url + "/health", timeout=2) as answer:
                     if answer.status == 200:
                         os.environ["PREFECT_API_URL"] = os.environ[EMBEDDED_API_ENV] = url
-                        # no "View at http://127.0.0.1:<port>/runs/..." lines: it serves no UI, and it
-                        # ends with this command
-                        os.environ.setdefault("PREFECT_UI_URL", "")
+                        # it serves no UI and ends with this command; its runs are in the shared
+                        # database that make serve's and ppo ui's Prefect UI show, on this address
+                        ui_port = os.environ.get("PREFECT_PORT", "").strip() or str(DEFAULT_PREFECT_PORT)
+                        os.environ.setdefault("PREFECT_UI_URL", f"http://127.0.0.1:{ui_port}")
                         return
             except OSError:
                 time.sleep(0.1)
@@ -274,6 +331,26 @@ class _QuietWhileInterrupted(logging.Filter):
         return True
 
 
+class _SummaryPrintedByCommand(logging.Filter):
+    """Drops the summary task's log record from this process's console: the command prints the same
+    summary itself, laid out for a terminal, once. The record still reaches the Prefect API (the flow
+    run's logs, what ``prefect deployment run --watch`` streams)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "task_name", None) != "summary"
+
+
+def _console_shows_summary_once() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    quiet = _SummaryPrintedByCommand()
+    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values())]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and quiet not in handler.filters:
+                handler.addFilter(quiet)
+
+
 def _quiet_when_interrupted() -> None:
     """:class:`_QuietWhileInterrupted` on every handler Prefect's logging set-up made."""
     quiet = _QuietWhileInterrupted()
@@ -289,6 +366,7 @@ def _run(fn: Any, **kwargs: Any) -> dict[str, Any]:
     from prefect.exceptions import PrefectException, TerminationSignal
 
     _quiet_when_interrupted()
+    _console_shows_summary_once()
     _crash_dead_runs()
     mine = _process_tag()
     try:
@@ -308,6 +386,11 @@ def _run(fn: Any, **kwargs: Any) -> dict[str, Any]:
     return state.result()
 
 
+#: ``--json``: the command's result as one JSON line on stdout (always when stdout is not a terminal)
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="also print the result as one JSON line on stdout (always when piped)")
+]
+
 #: what ``ppo pipeline`` / ``ppo promote`` exit with for each outcome of the gate and promotion
 OUTCOME_EXIT = {
     "promoted": 0,
@@ -318,9 +401,11 @@ OUTCOME_EXIT = {
 }
 
 
-@app.command()
+@app.command(short_help="train, gate, register and promote: the train-ppo flow")
 def pipeline(
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")] = Path(
+        "configs/cartpole.yaml"
+    ),
     set_: SetOpt = None,
     retrain: Annotated[
         bool,
@@ -330,9 +415,11 @@ def pipeline(
             "it against the champion (what the weekly schedule does)",
         ),
     ] = False,
+    json_: JsonOpt = False,
 ) -> None:
-    """Run the whole ``train-ppo`` Prefect flow in this process (embedded Prefect API unless
-    PREFECT_API_URL is set): validate, train, evaluate, gate, report, register, promote.
+    """Run the whole train-ppo Prefect flow in this process (embedded Prefect API unless
+    PREFECT_API_URL is set, or make serve's servers when they run): validate, train, evaluate, gate,
+    register, promote, report; then one summary with links.
 
     Exit status: 0 promoted (or already the champion), 4 gated out or older than the champion, 5 lost a
     promotion race, 1 a failed task or service, 2 a bad config, 3 a non-finite loss, 130 Ctrl-C (SIGINT),
@@ -351,22 +438,40 @@ def pipeline(
         overrides=parse_overrides(set_),
         retrain=retrain,
     )
-    table = Table(title="train-ppo", show_header=False)
-    for k, v in summary.items():
-        table.add_row(k, fmt(v) if not isinstance(v, list) else ", ".join(fmt(x) for x in v))
-    console.print(table)
-    console.print(f"report: {summary['report']}", highlight=False)
-    sys.stdout.write(json.dumps(summary) + "\n")
+    _print_summary(summary)
+    if json_ or not sys.stdout.isatty():  # piped or captured: the result for a program, one JSON line
+        sys.stdout.write(json.dumps(summary) + "\n")
     raise typer.Exit(OUTCOME_EXIT[summary["outcome"]])
 
 
-@app.command()
+def _print_summary(summary: dict[str, Any]) -> None:
+    """The pipeline's result for a person (stderr), once: the headline, the gate's figures, and where to
+    look next. Links to the MLflow and Prefect UIs open while ``make serve`` or ``ppo ui`` runs."""
+    links = summary["links"]
+    style = "green" if summary["outcome"] in ("promoted", "already_champion") else "yellow"
+    console.print(f"[bold {style}]{summary['headline']}[/]")
+    rows = [
+        ("gate", summary["gate"]),
+        ("trained", f"seeds {', '.join(map(str, summary['seeds']))}; {summary['env_steps']:,} env steps"),
+        ("MLflow run", links["mlflow_run"]),
+        ("model", links["model_version"] or "not registered"),
+        ("report", links["report"]),
+        ("flow run", links["flow_run"] or "-"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:  # plain lines, never folded: a link must stay one piece to click or copy
+        console.print(f"  [dim]{k:<{width}}[/]  {v}", highlight=False, soft_wrap=True)
+    console.print("browse runs, models and reports: ppo ui  (or make serve)", highlight=False)
+
+
+@app.command(short_help="random search over a config's hyperparameters (Ray)")
 def sweep(
     spec: Annotated[Path, typer.Option("--spec", "-s", help="sweep file (search space)")] = Path(
         "configs/sweep-cartpole.yaml"
     ),
+    json_: JsonOpt = False,
 ) -> None:
-    """Run the ``sweep-ppo`` flow in this process: trials in parallel on Ray (local, or ``$RAY_ADDRESS``),
+    """Run the sweep-ppo flow in this process: trials in parallel on Ray (local, or $RAY_ADDRESS),
     each a nested MLflow run; ends with the comparison table and the best config's path."""
     from ppo.config import ConfigError
     from ppo.sweep import load_sweep, trial_configs
@@ -381,28 +486,70 @@ def sweep(
         "the flow run is marked Crashed; run the same command again to start the sweep over",
         sweep_path=str(spec),
     )
+    _print_sweep(summary)
+    if json_ or not sys.stdout.isatty():  # piped or captured: the result for a program, one JSON line
+        sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _print_sweep(summary: dict[str, Any]) -> None:
+    """The sweep's table for a terminal: the swept values (by their last name), the scores, env steps
+    and wall time (the full table, with standard deviations and MLflow run ids, is sweep.csv, the
+    ``ppo-sweep`` artifact and the parent run's artifact), then how the best trial was chosen."""
     import pandas as pd
 
-    table = Table(title=f"sweep-ppo (best: trial {summary['best_trial']})")
     rows = pd.read_csv(summary["table"]).to_dict("records")
-    for col in rows[0]:
-        table.add_column(col, overflow="fold")
+    fixed = {"trial", "status", "score_selection", "std_selection", "score_heldout", "std_heldout"}
+    fixed |= {"env_steps", "converged", "wall_s", "mlflow_run"}
+    swept = [k for k in rows[0] if k not in fixed]
+    from rich import box
+
+    # compact: header names wrap rather than being cut, no outer border
+    table = Table(title=f"sweep-ppo: {len(rows)} trials, best first", box=box.SIMPLE_HEAD, pad_edge=False)
+    names = [k.rsplit(".", 1)[-1] for k in swept]
+    for col in ["trial", *names, "score", "held-out", "env steps", "wall s"]:
+        table.add_column(col, justify="right", overflow="fold")
+    table.caption = "score: selection score (it ranks); held-out: the chosen trial on unseen episodes"
     for row in rows:
-        table.add_row(*(fmt(v) for v in row.values()))
+        selection = "diverged" if row["status"] != "ok" else fmt(row["score_selection"])
+        held = "" if pd.isna(row["score_heldout"]) else fmt(row["score_heldout"])
+        table.add_row(
+            str(row["trial"]),
+            *(fmt(row[k]) for k in swept),
+            selection,
+            held,
+            f"{int(row['env_steps']):,}",
+            fmt(row["wall_s"]),
+        )
     console.print(table)
+    best = next(r for r in rows if r["trial"] == summary["best_trial"])
+    tied = [
+        r["trial"] for r in rows if r["status"] == "ok" and r["score_selection"] == best["score_selection"]
+    ]
+    rule = "chosen: the highest selection score (greedy returns on the selection episodes)"
+    if len(tied) > 1:
+        at = fmt(best["score_selection"])
+        rule += f"; trials {', '.join(map(str, tied))} tie at {at}: the fewest env steps wins"
+    console.print(
+        f"{rule}. Best: trial {summary['best_trial']}, held-out score {fmt(summary['best_score_heldout'])} "
+        "(episodes no trial was chosen on)",
+        highlight=False,
+        soft_wrap=False,
+    )
     console.print(f"best config: {summary['best_config']}\nplot: {summary['plot']}", highlight=False)
-    sys.stdout.write(json.dumps(summary) + "\n")
 
 
-@app.command()
+@app.command(short_help="gate a registered version and promote it if it passes")
 def promote(
     version: Annotated[int, typer.Option("--version", "-v", min=1, help="model version to gate")],
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = Path("configs/cartpole.yaml"),
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="the config whose gate settings apply")
+    ] = Path("configs/cartpole.yaml"),
     set_: SetOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
-    """Run the ``promote-model`` flow for a registered version (for CI without a Prefect worker).
+    """Run the promote-model flow for a registered version (for CI without a Prefect worker).
 
-    Exit status as ``ppo pipeline``: 0 promoted (or already the champion), 4 gated out or older than the
+    Exit status as ppo pipeline: 0 promoted (or already the champion), 4 gated out or older than the
     champion, 5 lost a promotion race."""
     from ppo.config import parse_overrides
 
@@ -415,12 +562,13 @@ def promote(
         config_path=str(config) if config else None,
         overrides=parse_overrides(set_),
     )
+    champion = f"version {summary['champion']}" if summary["champion"] else "none yet"
     console.print(
-        f"{summary['outcome']}: {summary['gate_reason']}; "
-        f"{summary['model_name']}@champion = {summary['champion']}",
+        f"{summary['outcome']}: {summary['gate_reason']}; {summary['model_name']}@champion: {champion}",
         highlight=False,
     )
-    sys.stdout.write(json.dumps(summary) + "\n")
+    if json_ or not sys.stdout.isatty():  # piped or captured: the result for a program, one JSON line
+        sys.stdout.write(json.dumps(summary) + "\n")
     if summary["outcome"] == "lost_race":
         console.print(
             f"lost the race: another promotion moved {summary['model_name']}@champion to version "
@@ -429,6 +577,156 @@ def promote(
             highlight=False,
         )
     raise typer.Exit(OUTCOME_EXIT[summary["outcome"]])
+
+
+def _port(preferred: int) -> int:
+    """``preferred`` when nothing listens there (the address links in reports and artifacts assume),
+    else a free port."""
+    import socket
+
+    for candidate in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port")  # pragma: no cover: binding port 0 does not fail
+
+
+def _background(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
+    """A server in its own session (a terminal's Ctrl-C reaches this command, which stops it), its output
+    in ``log``, killed by the kernel if this command dies."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
+        )
+
+
+def _wait_healthy(name: str, url: str, proc: subprocess.Popen[Any], log: Path, timeout: float = 120) -> None:
+    import urllib.request
+
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            fail(f"{name} exited (status {proc.returncode}); last lines of {log}:\n{tail}", code=1)
+        try:
+            with direct.open(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    fail(f"{name} did not answer at {url} within {timeout:.0f} s (log {log})", code=1)
+
+
+@app.command(short_help="open the MLflow and Prefect UIs on this $PPO_HOME")
+def ui(
+    mlflow_port: Annotated[
+        int | None, typer.Option(help="MLflow UI port (default $MLFLOW_PORT or 5000, else a free one)")
+    ] = None,
+    prefect_port: Annotated[
+        int | None, typer.Option(help="Prefect UI port (default $PREFECT_PORT or 4200, else a free one)")
+    ] = None,
+) -> None:
+    """Open this $PPO_HOME's results: the MLflow UI (runs, models, reports, with their artifacts) and the
+    Prefect UI (flow runs, artifacts) on 127.0.0.1, until Ctrl-C.
+
+    Shows the runs of ppo pipeline / make run and of make serve alike (one MLflow store, one Prefect
+    database). When make serve already runs for this $PPO_HOME, prints its addresses instead."""
+    from ppo import tracking
+    from ppo.config import ppo_home
+
+    served = _served_env()
+    if served:
+        api = served["PREFECT_API_URL"].removesuffix("/api")
+        mlflow_ui = served.get("MLFLOW_TRACKING_URI", "-")
+        console.print(
+            f"make serve is running for {ppo_home()}:\n  MLflow UI   {mlflow_ui}\n  Prefect UI  {api}",
+            highlight=False,
+        )
+        return
+    home = ppo_home()
+    logs = home / "run"
+    logs.mkdir(parents=True, exist_ok=True)
+    mport = _port(mlflow_port or int(os.environ.get("MLFLOW_PORT") or tracking.DEFAULT_UI_PORT))
+    pport = _port(prefect_port or int(os.environ.get("PREFECT_PORT") or DEFAULT_PREFECT_PORT))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PREFECT_HOME": os.environ.get("PREFECT_HOME") or str(home / PREFECT_DIR)}
+    env.pop("PREFECT_API_URL", None)
+    env.update(
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{pport}/api",
+        PREFECT_SERVER_CORS_ALLOWED_ORIGINS=f"http://127.0.0.1:{pport},http://localhost:{pport}",
+        PREFECT_SERVER_CSRF_PROTECTION_ENABLED="true",
+        PPO_ALLOWED_HOSTS="127.0.0.1,localhost",
+    )
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    started: list[subprocess.Popen[Any]] = []
+
+    def stop_on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwind through the finally below, which stops the servers' sessions
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    store = tracking.default_tracking_uri()
+    remote = store.startswith("http")
+    try:
+        if not remote:
+            # mlflow server, not mlflow ui: it serves the artifacts of runs logged through a server
+            # (mlflow-artifacts:/ URIs) from the same folder, which `mlflow ui` showed as "No Artifacts"
+            mlog = logs / "ui-mlflow.log"
+            mlflow_cmd = [
+                str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport),
+                "--workers", "1", "--backend-store-uri", store,
+                "--artifacts-destination", str(home / "mlartifacts"),
+            ]  # fmt: skip
+            started.append(_background(mlflow_cmd, env, mlog))
+            _wait_healthy("mlflow server", f"http://127.0.0.1:{mport}/health", started[-1], mlog)
+        plog = logs / "ui-prefect.log"
+        # the Host-checked server make serve runs (scripts/prefect_server.py: API, UI and services)
+        script = Path(__file__).resolve().parents[1] / "scripts" / "prefect_server.py"
+        prefect_cmd = [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(pport)]
+        started.append(_background(prefect_cmd, env, plog))
+        _wait_healthy("prefect server", f"http://127.0.0.1:{pport}/api/health", started[-1], plog)
+        mlflow_ui = store if remote else f"http://127.0.0.1:{mport}"
+        console.print(
+            f"results of {home}:\n  MLflow UI   {mlflow_ui}\n  Prefect UI  http://127.0.0.1:{pport}\n"
+            "Ctrl-C stops both",
+            highlight=False,
+        )
+        if not remote and mport != tracking.DEFAULT_UI_PORT and not os.environ.get("MLFLOW_PORT"):
+            console.print(
+                f"note: port {tracking.DEFAULT_UI_PORT} was taken; links written into reports point there",
+                highlight=False,
+            )
+        sys.stdout.write(
+            json.dumps({"mlflow_ui": mlflow_ui, "prefect_ui": f"http://127.0.0.1:{pport}"}) + "\n"
+        )
+        sys.stdout.flush()
+        while all(p.poll() is None for p in started):
+            time.sleep(0.5)
+        fail("a UI server stopped; see " + str(logs), code=1)
+    except KeyboardInterrupt:
+        console.print("stopped", highlight=False)
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for proc in started:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ import functools
 from typing import Any
 
 from prefect import Flow, flow, unmapped
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.sweep import plan_sweep, run_trial, score_heldout, sweep_report
@@ -43,11 +44,18 @@ def sweep_ppo_fn(sweep_path: str = "configs/sweep-cartpole.yaml") -> dict[str, A
     if note:
         print(note)
     plan = plan_sweep(sweep_path)
-    results = run_trial.map(
+    futures = run_trial.map(
         plan["trials"],
         parent_run_id=unmapped(plan["parent_run_id"]),
         eval_episodes=unmapped(plan["eval_episodes"]),
     )
+    # one line per trial as it finishes (the trials' own logs stay on their Ray workers)
+    total = len(plan["trials"])
+    for done, future in enumerate(as_completed(futures), 1):
+        r = future.result()
+        score = "diverged" if r.get("error") else f"selection score {r['score_selection']:.1f}"
+        print(f"trial {r['trial']} finished ({done}/{total}): {r['params']} -> {score}, {r['wall_s']:.0f} s")
+    results = [future.result() for future in futures]  # in trial order
     heldout = score_heldout(plan["parent_run_id"], results)
     return sweep_report(plan["parent_run_id"], results, plan["trials"], heldout, plan["eval_episodes"])
 

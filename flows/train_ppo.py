@@ -1,4 +1,7 @@
-"""Flow ``train-ppo``: validate → train → evaluate → gate → report → register → promote.
+"""Flow ``train-ppo``: validate → train → evaluate → gate → register → promote → report → summary.
+
+The report comes after the registry steps so that it can say which version was registered and whether
+it became the champion; the summary (the flow's result and a per-model artifact) links to all of it.
 
 With ``retrain=True`` (the weekly schedule in prefect.yaml) the same recipe is trained again on fresh
 seeds drawn from the flow run, as a challenger that must beat the gate against the champion.
@@ -19,6 +22,7 @@ from tasks import (
     promote,
     register,
     report,
+    summarize,
     train,
     validate_config,
 )
@@ -39,26 +43,18 @@ def train_ppo(
     trained = train(config, config_hash, run_tags)
     evaluation = evaluate_candidate(config, trained["checkpoint_dir"], trained["run_id"])
     decision = gate(config, evaluation, trained["run_id"])
-    files = report(config, trained, evaluation, decision)
     model_name = validated["model_name"]
     version = register(model_name, trained["run_id"], decision)
     promotion = promote(model_name, version, decision)
-    return {
-        "outcome": outcome(decision, promotion),
-        "run_id": trained["run_id"],
+    registry = {
         "model_name": model_name,
-        "model_version": version,
-        "seeds": config["train"]["seeds"],
-        "gate_passed": decision["passed"] if decision["status"] in ("passed", "failed") else None,
-        "gate_reason": decision["reason"],
-        "iqm": decision["iqm"],
-        "ci": [decision["ci_low"], decision["ci_high"]],
-        "champion": promotion["champion"],
+        "version": version,
         "promoted": promotion["promoted"],
-        "converged": trained["converged"],
-        "env_steps": trained["env_steps"],
-        "report": files["report_html"],
+        "champion": promotion["champion"],
+        "outcome": outcome(decision, promotion),
     }
+    files = report(config, trained, evaluation, decision, registry)
+    return summarize(config, model_name, trained, decision, version, promotion, files)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 app = typer.Typer(
+    # plain help (click's): Rich's panels labelled every flag "<bool>" and kept the docstrings' line breaks
+    rich_markup_mode=None,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -35,7 +37,10 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (default: the embedded CartPole config)"),
+]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override, e.g. ppo.learning_rate=1e-3")
 ]
@@ -136,7 +141,7 @@ def summary_table(result: dict[str, Any], title: str = "Training summary") -> Ta
     return table
 
 
-@app.command()
+@app.command(short_help="train PPO on a config (progress bar, summary table)")
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -144,10 +149,14 @@ def train(
         bool, typer.Option("--resume", help="continue from the latest checkpoint of this config")
     ] = False,
     mlflow: Annotated[
-        bool | None, typer.Option("--mlflow/--no-mlflow", help="default: tracking.enabled")
+        bool | None,
+        typer.Option(
+            "--mlflow/--no-mlflow", help="log the run to MLflow (default: the config's tracking.enabled)"
+        ),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="write the result (no history) here")
+        Path | None,
+        typer.Option("--json", help="also write the result (without the history) to this JSON file"),
     ] = None,
 ) -> None:
     """Train PPO on a config; progress bar while training, summary table at the end."""
@@ -249,14 +258,16 @@ def train(
         atomic.write_text(json_out, json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
 
 
-@app.command()
+@app.command(short_help="evaluate a config's latest checkpoint greedily (JSON)")
 def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     episodes: Annotated[int, typer.Option(min=1, help="episodes per seed")] = 100,
     backend: Annotated[str, typer.Option(help="gymnasium (real env) or jax (gymnax twin)")] = "gymnasium",
-    seed: int = 0,
-    all_seeds: Annotated[bool, typer.Option("--all-seeds")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the evaluation episodes (held out from training's)")] = 0,
+    all_seeds: Annotated[
+        bool, typer.Option("--all-seeds", help="evaluate every trained seed, not only the best one")
+    ] = False,
 ) -> None:
     """Evaluate the latest checkpoint of a config (greedy policy); prints JSON."""
     cfg = load_or_exit(config, set_)
@@ -281,12 +292,12 @@ def evaluate(
     sys.stdout.write(json.dumps(out) + "\n")
 
 
-@app.command()
+@app.command(short_help="serve a registered model over HTTP (MLflow's contract)")
 def serve(
     model: Annotated[str | None, typer.Option(help="model URI; default models:/<model>@champion")] = None,
     config: ConfigOpt = None,
-    host: str = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 5001,
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 5001,
     max_body_mb: Annotated[
         float, typer.Option(min=0.001, help="largest request body accepted (MiB); larger ones get 413")
     ] = 8.0,

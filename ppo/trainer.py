@@ -6,6 +6,10 @@ Python: episode bookkeeping (:mod:`ppo.progress`), evaluation every ``eval_frequ
 convergence and early stopping, callbacks, logging (through a :class:`RunLogger`) and checkpoints. A
 seed that has converged (or used its episode budget) is frozen: its state stops changing while the
 others train on, so every seed ends at the parameters with which it met the criterion.
+
+Each chunk also yields its per-update points (:func:`update_points`: every update's losses and episode
+returns, which the compiled chunk computes anyway) for the logger's curves; the history keeps one row per
+chunk.
 """
 
 from __future__ import annotations
@@ -28,13 +32,33 @@ __all__ = ["PPOTrainer", "NonFiniteLossError", "RunLogger", "Callback", "enable_
 
 Callback = Callable[[dict[str, Any]], Any]
 
+#: the checkpoint's per-update points (chunk number as a string -> :func:`update_points`), kept in the
+#: books' ``extra`` (``progress.Books`` keeps keys it does not know as they are): a resumed or re-logged
+#: run writes them back, so its curves are those of an uninterrupted run
+UPDATE_POINTS = "update_points"
+
+#: the per-update losses: history key -> :class:`ppo.program.UpdateMetrics` field
+_UPDATE_LOSSES = {
+    "loss/policy": "policy",
+    "loss/value": "value",
+    "loss/entropy": "entropy",
+    "loss/approx_kl": "approx_kl",
+    "loss/clip_fraction": "clip_fraction",
+    "grad_norm": "grad_norm",
+}
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss; the run is aborted and nothing is registered."""
 
 
 class RunLogger(Protocol):
-    """What the trainer asks of a run logger (:class:`ppo.tracking.MLflowLogger` is one)."""
+    """What the trainer asks of a run logger (:class:`ppo.tracking.MLflowLogger` is one).
+
+    Used when a logger has them: ``log_chunk(row, updates)`` (a chunk's row with its per-update points,
+    :func:`update_points`, instead of ``log_row``), ``log_history(rows, updates=...)`` (a resumed run's
+    checkpointed chunks) and ``has_run(run_id)`` (whether a finished run is still in the store).
+    """
 
     run_id: str | None
 
@@ -104,7 +128,7 @@ class PPOTrainer:
                 f"{spec.env_id} ({spec.observation_dim}, {spec.action_dim})"
             )
         self.env = env
-        self.agent = agent
+        self._agent = agent
         self.enable_mlflow = enable_mlflow
         self.logger = logger
         self.state: Any = None
@@ -186,12 +210,12 @@ class PPOTrainer:
                     self.state = state
                     self._split_seeds(state)
                     self._set_agent(int(books.best_seed_index or 0))
-                    result = self._relog_if_lost(json.loads(done.read_text()))
+                    result = self._relog_if_lost(json.loads(done.read_text()), books.extra.get(UPDATE_POINTS))
                     return {**result, "resumed_from_chunk": resumed_from}
         logger = self._open_logger(resumed=resumed_from is not None)
         try:
             if resumed_from is not None and books.history:
-                self._log_history(logger, books.history)
+                self._log_history(logger, books.history, books.extra.get(UPDATE_POINTS))
             result = self._loop(runtime, state, books, callback, logger, started)
             result["resumed_from_chunk"] = resumed_from
             if logger is not None:  # inside the try: a failure here must not leave the run RUNNING
@@ -218,18 +242,35 @@ class PPOTrainer:
         atomic.write_text(self.checkpoint_dir / "result.json", json.dumps(result, default=str))
 
     @staticmethod
-    def _log_history(logger: RunLogger | None, history: list[dict[str, Any]]) -> None:
-        """On resume: write the checkpoint's history rows the run is missing (those of the chunks before a
-        kill that never reached the store), so its curves match an uninterrupted run's. A logger without
-        ``log_history`` gets nothing."""
+    def _log_history(
+        logger: RunLogger | None,
+        history: list[dict[str, Any]],
+        updates: dict[str, dict[str, list[Any]]] | None = None,
+    ) -> None:
+        """On resume: write the checkpoint's history rows and per-update points (:data:`UPDATE_POINTS`) the
+        run is missing (those of the chunks before a kill that never reached the store), so its curves
+        match an uninterrupted run's. A logger without ``log_history`` gets nothing."""
         log_history = getattr(logger, "log_history", None)
         if log_history is not None:
-            log_history(history)
+            log_history(history, updates=updates)
 
-    def _relog_if_lost(self, result: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _log_chunk(logger: RunLogger, row: dict[str, Any], updates: dict[str, list[Any]]) -> None:
+        """A chunk's row and per-update points; a logger without ``log_chunk`` (the :class:`RunLogger`
+        protocol asks only for ``log_row``) gets the row."""
+        log_chunk = getattr(logger, "log_chunk", None)
+        if log_chunk is not None:
+            log_chunk(row, updates)
+        else:
+            logger.log_row(row)
+
+    def _relog_if_lost(
+        self, result: dict[str, Any], updates: dict[str, dict[str, list[Any]]] | None = None
+    ) -> dict[str, Any]:
         """A finished run's result, logged again to a new run when the one it names is gone from the store
         (``mlflow.db`` emptied or replaced, the run deleted): without this every later re-run would hand
-        back a run id that no longer exists. Everything comes from the checkpoint and ``result.json``."""
+        back a run id that no longer exists. Everything comes from the checkpoint (the per-update points,
+        ``updates``) and ``result.json``."""
         if not self.enable_mlflow and self.logger is None:
             return result
         if self.logger is None:
@@ -242,7 +283,7 @@ class PPOTrainer:
         logger = self.logger
         logger.start(self.config, resumed=False, run_dir=self.checkpoint_dir)
         try:
-            self._log_history(logger, result.get("history") or [])
+            self._log_history(logger, result.get("history") or [], updates)
             logger.log_result(result, agent=self.agent, config=self.config)
             result = {**result, "run_id": logger.run_id}
             self._write_result(result)
@@ -309,6 +350,7 @@ class PPOTrainer:
             dt = time.perf_counter() - t
             train_time += dt
             ran = np.asarray(metrics.ran, bool)  # [seeds, updates]: updates actually applied
+            updates_after = np.asarray(jax.device_get(state.update))
             train_steps += int(ran.sum()) * batch
             books.chunk += 1
 
@@ -332,7 +374,7 @@ class PPOTrainer:
                 tr.target_reward,
                 tr.early_stopping_patience,
             )
-            env_steps = int(np.asarray(jax.device_get(state.update)).max()) * batch
+            env_steps = int(updates_after.max()) * batch
             row = progress.build_row(
                 books,
                 metrics,
@@ -357,9 +399,11 @@ class PPOTrainer:
                 )
                 progress.record_eval(books, row, eval_metrics, due, episodes, tr.eval_frequency, seeds)
             books.history.append(row)
+            points = update_points(metrics, updates_after, seeds, batch)
+            books.extra.setdefault(UPDATE_POINTS, {})[str(books.chunk)] = points
 
             if logger is not None:
-                logger.log_row(row)
+                self._log_chunk(logger, row, points)
             if callback is not None and (books.chunk % tr.log_frequency == 0 or eval_metrics is not None):
                 if callback(progress.callback_info(row, eval_metrics)) is False:
                     books.stopped_by_callback = True
@@ -397,25 +441,41 @@ class PPOTrainer:
             "config_hash": books.config_hash,
         }
 
-    def _set_agent(self, best: int) -> None:
-        if self.agent is None:
-            from ppo.agent import PPOAgent
-            from ppo.envs import env_spec
+    @property
+    def agent(self) -> Any:
+        """The :class:`~ppo.agent.PPOAgent`: the one passed in, else one with the config's network
+        (fresh parameters until :meth:`train` or :meth:`restore` gives it the best seed's), built on
+        first use so that a trainer made only to restore or evaluate does not initialise one twice."""
+        if self._agent is None:
+            self._agent = self._new_agent(None)
+        return self._agent
 
-            spec = env_spec(self.config.env.id)
-            self.agent = PPOAgent(
-                spec.observation_dim,
-                spec.action_dim,
-                self.config.ppo.hidden_sizes,
-                params=self.seed_params[best],
-                action_space=spec.action,
-                log_std_init=self.config.ppo.log_std_init,
-                observation_shape=spec.observation_shape,
-                conv_channels=self.config.ppo.conv_channels,
-                activation=self.config.ppo.activation,
-            )
+    @agent.setter
+    def agent(self, value: Any) -> None:
+        self._agent = value
+
+    def _new_agent(self, params: Any) -> Any:
+        from ppo.agent import PPOAgent
+        from ppo.envs import env_spec
+
+        spec = env_spec(self.config.env.id)
+        return PPOAgent(
+            spec.observation_dim,
+            spec.action_dim,
+            self.config.ppo.hidden_sizes,
+            params=params,
+            action_space=spec.action,
+            log_std_init=self.config.ppo.log_std_init,
+            observation_shape=spec.observation_shape,
+            conv_channels=self.config.ppo.conv_channels,
+            activation=self.config.ppo.activation,
+        )
+
+    def _set_agent(self, best: int) -> None:
+        if self._agent is None:
+            self._agent = self._new_agent(self.seed_params[best])
         else:
-            self.agent.params = self.seed_params[best]
+            self._agent.params = self.seed_params[best]
 
     def restore(self) -> dict[str, Any]:
         """Load the latest checkpoint (no training); the agent gets the best (or first) seed's params.
@@ -476,8 +536,8 @@ class PPOTrainer:
             raise ValueError(f"backend must be 'gymnasium' or 'jax', got {backend!r}")
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-        if self.agent is None:
-            raise RuntimeError("no trained agent: call train() first or pass agent=")
+        if self._agent is None:
+            raise RuntimeError("no trained agent: call train() or restore() first, or pass agent=")
         params_list = self.seed_params if all_seeds and self.seed_params else [self.agent.params]
         if backend == "gymnasium":
             returns = evaluate_params_list(
@@ -497,3 +557,44 @@ class PPOTrainer:
             run = make_jax_evaluator(make_network(self.config), env, env_params, num_episodes, dist)
             returns = np.stack([np.asarray(run(p, jax.random.PRNGKey(seed))) for p in params_list])
         return summarize_seeds(returns)
+
+
+def update_points(
+    metrics: Any, updates_after: np.ndarray, seeds: list[int], batch: int
+) -> dict[str, list[Any]]:
+    """A chunk's per-update points for the logger's curves: ``env_steps`` (ascending) and, per history key,
+    one value per update (None where the update has none).
+
+    ``metrics`` are the chunk's per-seed, per-update arrays (``[seeds, updates]``, what the compiled chunk
+    returns: nothing is computed again, training is untouched); ``updates_after`` each seed's update count
+    after the chunk. Only the updates that ran count: a seed's applied updates are numbered on from its
+    count before the chunk, and the seeds at the same update count are averaged (the losses, and the mean
+    return of the episodes the update completed). Per seed, ``episode_return/seed_<n>`` for the seeds that
+    trained in the chunk, as the history's row has them. The points of the last update fall on the row's
+    step (the most env steps of any seed).
+    """
+    ran = np.asarray(metrics.ran, bool)
+    applied = ran.sum(axis=1, keepdims=True)
+    number = np.asarray(updates_after).reshape(-1, 1) - applied + np.cumsum(ran, axis=1)  # [seeds, updates]
+    at, which = np.unique(number[ran], return_inverse=True)  # the distinct update numbers, ascending
+    count = np.bincount(which, minlength=len(at))
+    out: dict[str, list[Any]] = {"env_steps": [int(u) * batch for u in at]}
+    for key, field in _UPDATE_LOSSES.items():
+        values = np.asarray(getattr(metrics, field), dtype=float)[ran]
+        out[key] = [float(v) for v in np.bincount(which, weights=values, minlength=len(at)) / count]
+    completed = np.asarray(metrics.episodes_completed)
+    returns = np.asarray(metrics.completed_return, dtype=float) / np.maximum(completed, 1)
+    finished = ran & (completed > 0)  # an applied update that completed at least one episode
+    has = finished[ran]
+    seeds_at = np.bincount(which[has], minlength=len(at))  # per update number: seeds with a return
+    total = np.bincount(which[has], weights=returns[finished], minlength=len(at))
+    out["episode_return"] = [float(t / k) if k else None for t, k in zip(total, seeds_at, strict=True)]
+    index = {int(u): j for j, u in enumerate(at)}
+    for i, seed in enumerate(seeds):
+        if not ran[i].any():
+            continue
+        column: list[float | None] = [None] * len(at)
+        for u, r in zip(number[i][finished[i]], returns[i][finished[i]], strict=True):
+            column[index[int(u)]] = float(r)
+        out[f"episode_return/seed_{seed}"] = column
+    return out

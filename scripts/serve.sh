@@ -13,8 +13,8 @@ PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 HOST="${PPO_HOST:-127.0.0.1}"  # loopback unless told otherwise (PPO_HOST=0.0.0.0 exposes the servers)
 RUN="$PPO_HOME/run"
-mkdir -p "$RUN" "$PPO_HOME/prefect-server"
-export PREFECT_HOME="$PPO_HOME/prefect-server"
+mkdir -p "$RUN" "$PPO_HOME/prefect"
+export PREFECT_HOME="$PPO_HOME/prefect"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_API_URL="http://$HOST:$PREFECT_PORT/api"
 export MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT"

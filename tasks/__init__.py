@@ -9,6 +9,7 @@ from typing import Any
 
 from tasks._cache import code_version
 from tasks.promotion import fetch_version, gate, outcome, promote, register
+from tasks.summary import summarize
 from tasks.train import challenger, evaluate_candidate, report, train, validate_config
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "register",
     "promote",
     "outcome",
+    "summarize",
 ]
 
 

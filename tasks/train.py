@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.tasks import exponential_backoff
 
 from tasks._cache import CACHED, RESULTS, TRAIN_CACHE, checkpoint_key, file_key
 from tasks._faults import fault
 from tasks.promotion import NO_OP
+from tasks.summary import artifact_key
 
 
 @task(name="validate-config", cache_policy=CacheKeyFnPolicy(cache_key_fn=file_key), **RESULTS)
@@ -104,20 +110,60 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     **RESULTS,
 )
 def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train with MLflow tracking; resumes from the latest checkpoint when retried or re-run after a crash."""
+    """Train with MLflow tracking; resumes from the latest checkpoint when retried or re-run after a crash.
+
+    The MLflow run carries ``run_tags`` and the flow run's ``prefect.flow_run_id``, ``prefect.flow_run_name``
+    and ``prefect.flow_run_url`` (when a Prefect UI serves it) from its creation: from the run in the MLflow
+    UI, a user finds the flow run that trained it (its logs, the other tasks), failed runs included.
+    """
     fault("train")
+    from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
+
     from ppo import tracking
     from ppo.trainer import PPOTrainer
 
     log = get_run_logger()
     cfg = _config(config)
+    tags = dict(run_tags or {})
+    if flow_run.id:  # a resumed run is tagged with the flow run that resumes it
+        tags["prefect.flow_run_id"] = str(flow_run.id)
+        tags["prefect.flow_run_name"] = str(flow_run.name)
+        # the UI's route (prefect.runtime's ui_url names an older one); None without a UI address
+        url = url_for("flow-run", obj_id=flow_run.id)
+        if url and url.startswith(("http://", "https://")):
+            tags["prefect.flow_run_url"] = url
     # the folder is the trainer's (ppo.checkpoint.checkpoint_folder: per config and code version), so
     # `ppo evaluate -c` and `ppo train --resume` find what this task trained
-    trainer = PPOTrainer(config=cfg, enable_mlflow=True)
+    logger = tracking.MLflowLogger.from_config(cfg, tags=tags)
+    trainer = PPOTrainer(config=cfg, enable_mlflow=True, logger=logger)
     every = max(1, cfg.train.log_frequency)
+    # live progress in the Prefect UI (the flow run's Artifacts tab), per chunk: env steps per seed against
+    # the budget that stops the run (or episodes against max_episodes when there is no step budget)
+    budget = cfg.train.max_env_steps or cfg.train.max_episodes
+    unit = "env steps" if cfg.train.max_env_steps else "episodes"
+    live = create_progress_artifact(
+        0.0,
+        key=artifact_key("training", cfg.model_name),
+        description=f"{cfg.env.id}: compiling the training program ({len(cfg.train.seeds)} seeds)",
+    )
+    log.info(
+        "training %s: %d seed(s), up to %s %s each; compiling first",
+        cfg.env.id,
+        len(cfg.train.seeds),
+        f"{budget:,}",
+        unit,
+    )
 
     def progress(info: dict[str, Any]) -> None:
         m = info["step_metrics"]
+        done = info["env_steps"] if cfg.train.max_env_steps else info["episode"]
+        avg = "-" if m["avg_reward"] is None else f"{m['avg_reward']:.1f}"
+        update_progress_artifact(
+            live,
+            min(100.0, 100.0 * done / budget),
+            description=f"{cfg.env.id}: {done:,}/{budget:,} {unit} per seed, average return {avg}",
+        )
         if m["chunk"] % every == 0 or "eval_metrics" in info:
             log.info(
                 "episodes %d  env steps %d  avg reward %s  %s steps/s",
@@ -128,15 +174,16 @@ def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | N
             )
 
     result = trainer.train(callback=progress, resume=True)
-    if run_tags:
-        tracking.set_run_tags(result["run_id"], run_tags)
+    if tags:  # also on a run finished before (a retry after training): handed back without being reopened
+        tracking.set_run_tags(result["run_id"], tags)
+    resumed = result.get("resumed_from_chunk")
     log.info(
-        "trained: converged=%s episodes=%d env_steps=%d wall %.1f s (resumed from chunk %s)",
-        result["converged"],
-        result["episodes"],
-        result["env_steps"],
+        "trained %s: %s episodes, %s env steps in %.1f s%s",
+        "to convergence" if result["converged"] else f"until {result.get('stop_reason') or 'its budget'}",
+        f"{result['episodes']:,}",
+        f"{result['env_steps']:,}",
         result["wall_time_s"],
-        result.get("resumed_from_chunk"),
+        f" (resumed from the checkpoint after chunk {resumed})" if resumed is not None else "",
     )
     return {
         k: result.get(k)
@@ -193,14 +240,21 @@ def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str, run_id: str)
 
 @task(name="report", cache_policy=CACHED, retries=1, **RESULTS)
 def report(
-    config: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any], decision: dict[str, Any]
+    config: dict[str, Any],
+    trained: dict[str, Any],
+    evaluation: dict[str, Any],
+    decision: dict[str, Any],
+    registry: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Plots, GIF, report.md/.html → $PPO_HOME/reports/<run id>/, the MLflow run, and Prefect artifacts."""
+    """Plots, GIF, report.md/.html → $PPO_HOME/reports/<run id>/, the MLflow run, and Prefect artifacts
+    keyed per registered model (``ppo-report-<model>``, ``ppo-eval-per-seed-<model>``): each model's
+    latest report, never another model's. The report artifact inlines its plots (the Prefect UI cannot
+    load the report folder's files) and links to report.html in the MLflow UI."""
     import numpy as np
 
     from ppo import tracking
     from ppo.config import ppo_home
-    from ppo.report import write_report
+    from ppo.report import prefect_markdown, write_report
 
     run_id = trained["run_id"]
     directory = ppo_home() / "reports" / run_id
@@ -225,13 +279,17 @@ def report(
         agent=trainer.agent,
         run_id=run_id,
         mlflow_url=url,
+        registry=registry,
     )
     tracking.log_report(run_id, directory)
-    md = Path(files["report_md"]).read_text().split("## Config")[0]
+    model = cfg.model_name
+    full_report = tracking.artifact_url(run_id, "report/report.html")
     create_markdown_artifact(
-        md + f"\n\nFull report: `{files['report_html']}`",
-        key="ppo-report",
-        description=f"PPO report for run {run_id}",
+        prefect_markdown(directory)
+        + f"\n\nFull report: [report.html in the MLflow UI]({full_report}) (opens while `make serve` or "
+        f"`ppo ui` runs; local file `{files['report_html']}`)",
+        key=artifact_key("report", model),
+        description=f"PPO report of {model}, run {run_id}",
     )
     rows = [
         {
@@ -243,11 +301,13 @@ def report(
         }
         for s, r in zip(evaluation["seeds"], evaluation["returns"], strict=True)
     ]
-    create_table_artifact(rows, key="ppo-eval-per-seed", description="greedy evaluation per trained seed")
+    create_table_artifact(
+        rows, key=artifact_key("eval-per-seed", model), description=f"{model}: greedy evaluation per seed"
+    )
     create_link_artifact(
         url,
         link_text=f"MLflow run {run_id}",
-        key="ppo-mlflow-run",
+        key=artifact_key("mlflow-run", model),
         description=f"MLflow store: {tracking.default_tracking_uri()}",
     )
     return files

@@ -172,7 +172,7 @@ def serve_team(home: Path, **extra: str) -> dict[str, str]:
     for line in (home / "run" / "serve.env").read_text().splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = value
-    env["PREFECT_HOME"] = str(home / "prefect-server")
+    env["PREFECT_HOME"] = str(home / "prefect")
     return env
 
 

@@ -39,6 +39,32 @@ def test_every_shipped_config_passes_its_own_gate(ppo_home, tmp_path, name, thre
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["outcome"] == "promoted" and summary["ci"][0] >= threshold, summary
+    # what a person sees (stderr): one summary with links to where to look next, and none of the noise
+    # that used to surround it (MLflow's warnings and prints, internal placeholders)
+    said = out.stderr
+    model = summary["model_name"]
+    assert said.count(f"promoted: {model} version 1 is now the champion") == 1, said[-3000:]
+    links = summary["links"]
+    assert links["mlflow_run"].endswith(f"/runs/{summary['run_id']}"), links
+    assert links["model_version"].endswith(f"/#/models/{model}/versions/1"), links
+    for link in (links["mlflow_run"], links["model_version"], links["report"], links["flow_run"]):
+        assert link in said, (link, said[-3000:])
+    assert "ppo ui" in said
+    noise = [
+        "UserWarning",
+        "\x1b[33m",
+        "Creating initial MLflow database tables",
+        "Updating database tables",
+        "Validating input example",
+        "Successfully registered model",
+        "Created version",
+        "Waiting up to",
+        "View run",
+        "chunk None",
+        "(passed)",
+        "at None",
+    ]
+    assert [n for n in noise if n in said] == [], said[-4000:]
 
 
 def test_reference_usage_examples_run_as_written(ppo_home, capsys):

@@ -240,3 +240,45 @@ def test_diverged_trials_are_reported_and_never_best():
     assert [(r["trial"], r["status"]) for r in rows] == [(0, "ok"), (1, "diverged")]
     assert (rows[0]["score_selection"], rows[0]["score_heldout"]) == (120.0, 110.0)
     assert rows[1]["score_heldout"] is None
+
+
+def test_the_sweep_table_fits_a_terminal_and_says_how_the_best_was_chosen(tmp_path, capsys):
+    from flows.cli import _print_sweep
+
+    rows = [
+        {
+            "trial": t,
+            "ppo.learning_rate": lr,
+            "ppo.clip_epsilon": 0.2,
+            "ppo.entropy_coef": 0.01,
+            "status": "ok",
+            "score_selection": 500.0 if t < 6 else 120.5,
+            "std_selection": 0.0,
+            "score_heldout": 500.0 if t == 2 else None,
+            "std_heldout": 0.0 if t == 2 else None,
+            "env_steps": 150_000 - t,
+            "converged": True,
+            "wall_s": 9.5,
+            "mlflow_run": "0123456789abcdef0123456789abcdef",
+        }
+        for t, lr in enumerate([1e-3, 3e-3, 1e-2, 3e-4, 2e-3, 5e-3, 1e-4, 7e-3])
+    ]
+    table = tmp_path / "sweep.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    summary = {
+        "best_trial": 5,
+        "best_score_heldout": 500.0,
+        "best_config": str(tmp_path / "best_config.yaml"),
+        "plot": str(tmp_path / "sweep.png"),
+        "table": str(table),
+    }
+    _print_sweep(summary)
+    out = capsys.readouterr().err
+    # the table and the rule fit the terminal (80 columns when not one); the two paths are what they are
+    lines = [line.rstrip() for line in out.splitlines() if not line.startswith(("best config:", "plot:"))]
+    assert max(len(line) for line in lines) <= 80, out
+    assert "0123456789abcdef" not in out  # run ids are in the full table (csv, artifact), not here
+    assert "learning" in out and "clip" in out  # swept values by their last name
+    assert "score" in out and "held-out" in out
+    assert "tie" in out and "fewest env steps" in out, out
+    assert "trials 0, 1, 2, 3, 4, 5 tie at 500" in " ".join(out.split()), out

@@ -26,6 +26,10 @@ from typing import TYPE_CHECKING, Any
 # module here that imports mlflow is imported after this package, and ``import mlflow`` reads it (and
 # otherwise starts its telemetry client and writes an installation id under ~/.config/mlflow).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's INFO lines ("Creating initial MLflow database tables...", "Validating input example against
+# model signature") said nothing a user could act on, on every run; its warnings and errors still show.
+# Read once by ``import mlflow``; MLFLOW_LOGGING_LEVEL=INFO brings them back.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 _MODULES = {
     "store": (
@@ -53,6 +57,10 @@ _MODULES = {
         "tag_version",
         "log_report",
         "run_url",
+        "artifact_url",
+        "version_url",
+        "ui_base",
+        "DEFAULT_UI_PORT",
     ),
     "model": ("log_policy_model",),
     # the function ``probe`` shares its module's name: import it from ppo.tracking.probe
@@ -62,6 +70,7 @@ _EXPORTS = {name: f"ppo.tracking.{module}" for module, names in _MODULES.items()
 
 __all__ = [
     "CHAMPION",
+    "DEFAULT_UI_PORT",
     "METRIC_KEYS",
     "MLflowLogger",
     "ServiceUnavailableError",
@@ -83,6 +92,9 @@ __all__ = [
     "register_model",
     "run_start_ms",
     "run_url",
+    "artifact_url",
+    "version_url",
+    "ui_base",
     "set_champion",
     "set_run_tags",
     "tag_version",
@@ -95,7 +107,9 @@ if TYPE_CHECKING:
     from ppo.tracking.probe import ServiceUnavailableError
     from ppo.tracking.registry import (
         CHAMPION,
+        DEFAULT_UI_PORT,
         UngatedVersionError,
+        artifact_url,
         champion_info,
         fetch_version_run,
         find_version,
@@ -108,7 +122,9 @@ if TYPE_CHECKING:
         set_champion,
         set_run_tags,
         tag_version,
+        ui_base,
         version_params,
+        version_url,
     )
     from ppo.tracking.store import (
         check_reachable,

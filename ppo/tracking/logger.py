@@ -4,6 +4,11 @@
 step = env steps, batched through ``log_batch``; per-seed curves as metric suffixes ``.../seed_<n>``;
 artifacts (config YAML, history CSV from :func:`history_csv`, final checkpoint) and the policy model
 (models-from-code, no pickle; logged, never registered).
+
+What a user finds in the MLflow UI: the experiment opens on the model-training pages
+(:data:`EXPERIMENT_KIND`), a run is named for what it trained (:func:`run_name`), the losses and episode
+returns have a point per update (the chunk's per-update points, :meth:`MLflowLogger.log_chunk`), and the
+run's one-off figures (``final/*``) are tags, not one-point charts sorted before the curves.
 """
 
 from __future__ import annotations
@@ -48,6 +53,26 @@ METRIC_KEYS = {
     "eval/return_std": "eval/return_std",
     "env_steps_per_s": "perf/env_steps_per_s",
 }
+
+#: MLflow 3's UI picks an experiment's pages by this tag; without it a new experiment opened on the GenAI
+#: traces page. ``custom_model_development`` is the installed UI's kind for model training (its runs,
+#: their charts and models).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def run_name(config: Config) -> str:
+    """``<env slug>-s<seeds>-<config hash[:8]>``, e.g. ``cartpole-s0..4-1a2b3c4d``: what the run trained
+    (a challenger's fresh seeds included), readable in the runs table instead of MLflow's random names.
+    Seeds read ``s7`` (one), ``s0..4`` (consecutive) or ``s3,9,4`` (any others)."""
+    seeds = [int(s) for s in config.train.seeds]
+    if len(seeds) == 1:
+        label = f"s{seeds[0]}"
+    elif seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        label = f"s{seeds[0]}..{seeds[-1]}"
+    else:
+        label = "s" + ",".join(str(s) for s in seeds)
+    return f"{config.env_slug}-{label}-{config.config_hash()[:8]}"
 
 
 def _git_commit() -> str:
@@ -94,13 +119,18 @@ class MLflowLogger:
         flush_every_metrics: int = 900,
         outage_tolerance_s: float = 60.0,
         parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self.client = connect(tracking_uri)
         self.tracking_uri = self.client._tracking_client.tracking_uri
         self.experiment = experiment
         self.experiment_id = get_or_create_experiment(self.client, experiment)
-        self.run_name = run_name
+        self._set_experiment_kind()
+        self.run_name = run_name  # None: named by start() from the config (:func:`run_name`)
         self.parent_run_id = parent_run_id  # nests this run under another (a sweep's trials)
+        # the caller's tags (a challenger's, the Prefect flow run's): on the run from its creation, so a
+        # run still training, or one that failed, carries them too
+        self.tags = dict(tags or {})
         self.run_id: str | None = None
         self.flush_every_s = flush_every_s
         self.flush_every_metrics = flush_every_metrics
@@ -124,6 +154,14 @@ class MLflowLogger:
             **kwargs,
         )
 
+    def _set_experiment_kind(self) -> None:
+        """Tag the experiment as model training when it has no kind yet: whoever created it (this logger,
+        the sweep's parent run, an older version of this project), the first run that uses it sets it; a
+        kind chosen since (in the UI) is kept."""
+        experiment = self.client.get_experiment(self.experiment_id)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
     # ---- run lifecycle ----
     def start(self, config: Config, resumed: bool = False, run_dir: Path | None = None) -> str:
         """Create the run (or, when resuming, reopen the one recorded in ``run_dir``) and log params/tags."""
@@ -137,6 +175,8 @@ class MLflowLogger:
                     self.run_id = previous["run_id"]
                 except mlflow.exceptions.MlflowException:
                     self.run_id = None
+                if self.run_id is not None and self.tags:  # e.g. the flow run that resumes it now
+                    self.set_tags(self.tags)
         if self.run_id is None:
             import jax
 
@@ -150,9 +190,12 @@ class MLflowLogger:
                 "device_count": str(jax.device_count()),
                 "host": platform.node(),
                 **_versions(),
+                **self.tags,
             }
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
+            if self.run_name is None:
+                self.run_name = run_name(config)
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
             params = [
@@ -177,19 +220,24 @@ class MLflowLogger:
         assert self.run_id is not None, "MLflowLogger: start() a run before logging to it"
         return self.run_id
 
-    def log_history(self, rows: list[dict[str, Any]]) -> None:
-        """Write the rows of a resumed run's checkpoint that the run does not have yet.
+    def log_history(
+        self, rows: list[dict[str, Any]], updates: dict[str, dict[str, list[Any]]] | None = None
+    ) -> None:
+        """Write the rows of a resumed run's checkpoint, and their chunks' per-update points (``updates``:
+        chunk number as a string -> the points :meth:`log_chunk` takes), that the run does not have yet.
 
         Why: the metrics of the chunks before a kill were buffered (or flushed) by the killed process;
         whatever never reached the store would leave the curves starting where the run resumed. The points
-        the run already has (same metric, same step) are not written twice, here or by :meth:`log_row`
-        when the chunks after the last checkpoint run again.
+        the run already has (same metric, same step) are not written twice, here or by :meth:`log_chunk`
+        when the chunks after the last checkpoint run again. A row without per-update points (a checkpoint
+        written before they were kept) is written as it is, one point per chunk.
         """
         t = time.perf_counter()
         self._logged = {}
         have = set(self.client.get_run(self._open_run).data.metrics)
         ts = int(time.time() * 1000)
-        wanted = [m for row in rows for m in _row_metrics(row, ts)]
+        updates = updates or {}
+        wanted = [m for row in rows for m in _chunk_metrics(row, updates.get(str(row.get("chunk"))), ts)]
         for key in {m.key for m in wanted} & have:
             self._logged[key] = {m.step for m in self.client.get_metric_history(self._open_run, key)}
         self._buffer.extend(m for m in wanted if m.step not in self._logged.get(m.key, ()))
@@ -197,10 +245,21 @@ class MLflowLogger:
         self.logging_s += time.perf_counter() - t
 
     def log_row(self, row: dict[str, Any]) -> None:
-        """Queue one history row's metrics (step = env steps); after a resume, points the run already has
-        are skipped (a chunk run again after the last checkpoint)."""
+        """Queue one history row's metrics (step = env steps): :meth:`log_chunk` without per-update
+        points."""
+        self.log_chunk(row, None)
+
+    def log_chunk(self, row: dict[str, Any], updates: dict[str, list[Any]] | None) -> None:
+        """Queue one chunk's metrics: its history row's, and every update's (``updates``: ``env_steps``
+        and, per history key, one value or None per update, e.g. ``{"env_steps": [128, 256],
+        "loss/policy": [0.1, 0.2]}``). A key with per-update points is logged at every update instead of
+        once per chunk: the curves a user reads have the resolution the training had (the row's value
+        would be a second point at the chunk's last update). After a resume, points the run already has
+        are skipped (a chunk run again after the last checkpoint). The queue is written with ``log_batch``
+        in batches of at most 1000 metrics (MLflow's limit) by :meth:`flush`.
+        """
         t = time.perf_counter()
-        metrics = _row_metrics(row, int(time.time() * 1000))
+        metrics = _chunk_metrics(row, updates, int(time.time() * 1000))
         if self._logged:
             metrics = [m for m in metrics if m.step not in self._logged.get(m.key, ())]
         self._buffer.extend(metrics)
@@ -312,23 +371,26 @@ class MLflowLogger:
         self.logging_s += self.final_logging_s
 
     def _log_final(self, result: dict[str, Any], agent: Any, config: Config) -> None:
+        """The final evaluation (the last point of the ``eval/*`` curves), the run's one-off figures as tags
+        (``final/*``: one value per run, not curves; as one-point metrics the UI charted them as bars in a
+        section sorted before the curves), the artifacts and the model."""
         fe = result["final_eval"]
         self.log_metrics(
-            {
-                "eval/return_mean": fe["avg_reward"],
-                "eval/return_std": fe["std_reward"],
-                "final/best_avg_reward": result.get("best_avg_reward"),
-                "final/episodes": result["episodes"],
-                "final/wall_time_s": result["wall_time_s"],
-                "final/compile_s": result.get("compile_s"),
-            },
+            {"eval/return_mean": fe["avg_reward"], "eval/return_std": fe["std_reward"]},
             step=result["env_steps"],
         )
+        final = {
+            "final/best_avg_reward": result.get("best_avg_reward"),
+            "final/episodes": result["episodes"],
+            "final/wall_time_s": result["wall_time_s"],
+            "final/compile_s": result.get("compile_s"),
+        }
         self.set_tags(
             {
                 "converged": result["converged"],
                 "stop_reason": result["stop_reason"],
                 "best_seed": result["best_seed"],
+                **{k: v for k, v in final.items() if v is not None},
             }
         )
         with tempfile.TemporaryDirectory() as tmp:
@@ -367,20 +429,46 @@ class MLflowLogger:
             self.client.set_terminated(self.run_id, status=status)
 
 
-def _row_metrics(row: dict[str, Any], ts: int) -> list[Metric]:
-    """One history row as MLflow metrics, named by :data:`METRIC_KEYS` (per-seed ``.../seed_<n>``), at
-    step = env steps: the same points whether logged live or written back on resume."""
+def _metric_name(key: str) -> str | None:
+    """The MLflow name of a history key (:data:`METRIC_KEYS`, per-seed ``.../seed_<n>``); None: not a
+    metric."""
+    name = METRIC_KEYS.get(key)
+    if name is None and "/seed_" in key:
+        base, seed = key.split("/seed_")
+        name = f"{METRIC_KEYS.get(base, base)}/seed_{seed}"
+    return name
+
+
+def _row_metrics(row: dict[str, Any], ts: int, skip: frozenset[str] = frozenset()) -> list[Metric]:
+    """One history row as MLflow metrics at step = env steps (but the keys in ``skip``): the same points
+    whether logged live or written back on resume."""
     step = int(row["env_steps"])
     out = []
     for key, value in row.items():
-        if value is None or key in ("chunk", "update", "wall_s", "converged_seeds"):
+        if value is None or key in skip or key in ("chunk", "update", "wall_s", "converged_seeds"):
             continue
-        name = METRIC_KEYS.get(key)
-        if name is None and "/seed_" in key:
-            base, seed = key.split("/seed_")
-            name = f"{METRIC_KEYS.get(base, base)}/seed_{seed}"
+        name = _metric_name(key)
         if name is not None:
             out.append(Metric(name, float(value), ts, step))
+    return out
+
+
+def _chunk_metrics(row: dict[str, Any], updates: dict[str, list[Any]] | None, ts: int) -> list[Metric]:
+    """A chunk's metrics: its row's, but for the keys that have per-update points, which are logged at
+    each update's env steps instead (see :meth:`MLflowLogger.log_chunk`)."""
+    if not updates:
+        return _row_metrics(row, ts)
+    steps = [int(s) for s in updates["env_steps"]]
+    per_update = frozenset(updates) - {"env_steps"}
+    out = _row_metrics(row, ts, skip=per_update)
+    for key in sorted(per_update):
+        name = _metric_name(key)
+        if name is not None:
+            out.extend(
+                Metric(name, float(v), ts, s)
+                for s, v in zip(steps, updates[key], strict=True)
+                if v is not None
+            )
     return out
 
 

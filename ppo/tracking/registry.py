@@ -13,6 +13,7 @@ refused (:class:`ModelIntegrityError`, or :class:`BrokenVersionError` for the ch
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,24 @@ def register_model(
         raise ValueError(f"run {run_id} has no logged model: nothing to register")
     with tempfile.TemporaryDirectory() as tmp:  # the digest of the files as they are when registered
         digest = folder_digest(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
-    version = mlflow.register_model(
-        model_uri,
-        model_name,
-        tags={
-            "run_id": run_id,
-            "config_hash": run.data.tags.get("config_hash", ""),
-            DIGEST_TAG: digest,
-            **{k: str(v) for k, v in (tags or {}).items()},
-        },
-    )
+    # mlflow.register_model prints "Successfully registered model ..." / "Created version ..." to stderr
+    # (its eprint); the register task logs one line of its own instead
+    from mlflow.utils.logging_utils import disable_logging, enable_logging
+
+    disable_logging()
+    try:
+        version = mlflow.register_model(
+            model_uri,
+            model_name,
+            tags={
+                "run_id": run_id,
+                "config_hash": run.data.tags.get("config_hash", ""),
+                DIGEST_TAG: digest,
+                **{k: str(v) for k, v in (tags or {}).items()},
+            },
+        )
+    finally:
+        enable_logging()
     return str(version.version)
 
 
@@ -255,12 +264,33 @@ def log_report(run_id: str, directory: Path) -> None:
     client().log_artifacts(run_id, str(directory), artifact_path="report")
 
 
-def run_url(run_id: str) -> str:
-    """Where a person can look at the run: the MLflow UI page for an HTTP store, else the run's local
-    artifact folder (``file://``; ``mlflow ui --backend-store-uri <store>`` shows the run itself)."""
-    c = client()
-    run = c.get_run(run_id)
+#: where ``make serve`` (and ``ppo ui``) show a local store: MLflow's UI on this port unless ``MLFLOW_PORT``
+#: says otherwise (scripts/serve.sh reads the same variable)
+DEFAULT_UI_PORT = 5000
+
+
+def ui_base() -> str:
+    """The MLflow UI that shows this store: the server itself for an HTTP store; for a local store the
+    address ``make serve`` / ``ppo ui`` serve it on (``http://127.0.0.1:$MLFLOW_PORT``, default 5000), so a
+    link written into a report or a Prefect artifact opens once either runs."""
     uri = mlflow.get_tracking_uri()
     if uri.startswith("http"):
-        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-    return run.info.artifact_uri
+        return uri.rstrip("/")
+    port = os.environ.get("MLFLOW_PORT", "").strip() or str(DEFAULT_UI_PORT)
+    return f"http://127.0.0.1:{port}"
+
+
+def run_url(run_id: str) -> str:
+    """The MLflow UI page of a run (see :func:`ui_base` for a local store)."""
+    run = client().get_run(run_id)
+    return f"{ui_base()}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def artifact_url(run_id: str, path: str) -> str:
+    """The MLflow UI page that shows one artifact of a run (it renders HTML and images)."""
+    return f"{run_url(run_id)}/artifacts/{path}"
+
+
+def version_url(model_name: str, version: str | int) -> str:
+    """The MLflow UI page of a registered model version."""
+    return f"{ui_base()}/#/models/{model_name}/versions/{version}"

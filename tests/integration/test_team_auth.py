@@ -59,7 +59,7 @@ def team(tmp_path_factory):
         )
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         env.update(_read_env(home / "run" / "serve.env"))
-        env["PREFECT_HOME"] = str(home / "prefect-server")
+        env["PREFECT_HOME"] = str(home / "prefect")
         yield env, home, up.stdout + up.stderr
     finally:
         stop_team(home, env)
