@@ -18,7 +18,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray,postgres,brax]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray,postgres,brax,video]'
 	@touch $(STAMP)
 
 run: $(STAMP)

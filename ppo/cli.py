@@ -335,5 +335,49 @@ def serve(
             fail(str(e), code=1)
 
 
+@app.command(short_help="record a registered model's greedy episodes as an MP4")
+def record(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="model URI; default models:/<model>@champion")
+    ] = None,
+    config: ConfigOpt = None,
+    episodes: Annotated[int, typer.Option(min=1, help="greedy episodes to record, one after another")] = 3,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="MP4 to write (default $PPO_HOME/videos/<model>-v<version>.mp4)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="reset seed of the first episode (the next ones count up)")] = 0,
+    fps: Annotated[int | None, typer.Option(min=1, help="frames per second (default: the env's)")] = None,
+) -> None:
+    """Record a registered model's greedy episodes in the real gymnasium env as an MP4 (RL Zoo's
+    record_video): the files served by ppo serve, checked against their registered digest, and the env's
+    own rendering. Prints the episodes' returns as JSON."""
+    cfg = load_or_exit(config, None)
+    from ppo.config import ppo_home
+    from ppo.record import RecordError
+    from ppo.record import record as record_model
+    from ppo.tracking.model import ModelIntegrityError
+    from ppo.tracking.registry import resolve_version
+    from ppo.tracking.store import check_reachable, default_tracking_uri
+
+    uri = model or f"models:/{cfg.model_name}@champion"
+    try:
+        check_reachable(default_tracking_uri())
+        if out is None:
+            target = resolve_version(uri)
+            name = f"{target[0]}-v{target[1]}" if target else "".join(c if c.isalnum() else "-" for c in uri)
+            out = ppo_home() / "videos" / f"{name}.mp4"
+        console.print(f"recording {episodes} episode(s) of {uri} ...", highlight=False)
+        result = record_model(uri, out, episodes=episodes, seed=seed, fps=fps)
+    except (RecordError, ModelIntegrityError, RuntimeError) as e:
+        fail(str(e), code=1)
+    console.print(
+        f"wrote {result['path']}: {result['env']}, returns {', '.join(f'{r:g}' for r in result['returns'])} "
+        f"({result['frames']} frames at {result['fps']} fps)",
+        highlight=False,
+    )
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -226,6 +226,50 @@ def _picture(frame: np.ndarray) -> Any:
     )
 
 
+def performance_profile(
+    candidate: np.ndarray,
+    champion: np.ndarray | None,
+    path: Path,
+    return_range: tuple[float, float] | None = None,
+    labels: tuple[str, str] = ("candidate", "champion"),
+) -> Path:
+    """Performance profiles (rliable's plot): for every return threshold tau, the fraction of evaluation
+    episodes with a return above tau, for the candidate's seeds ``[seeds, episodes]`` and the champion
+    ``[episodes]`` side by side; the candidate's band is a 95% bootstrap over its seeds. A curve that
+    lies above the other everywhere is better at every level of performance, not only on average."""
+    from ppo.stats import _percentile_ci
+
+    plt = _plt()
+    cand = np.atleast_2d(np.asarray(candidate, float))
+    rows = [cand] + ([np.atleast_2d(np.asarray(champion, float))] if champion is not None else [])
+    values = np.concatenate([r.ravel() for r in rows])
+    lo, hi = (float(values.min()), float(values.max())) if return_range is None else return_range
+    lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    taus = np.linspace(lo, hi, 201) if hi > lo else np.array([lo - 1.0, lo, lo + 1.0])
+
+    def profile(r: np.ndarray) -> np.ndarray:  # [..., episodes] -> [..., taus]
+        return (r[..., None] > taus).mean(axis=-2)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for i, (r, label) in enumerate(zip(rows, labels, strict=False)):
+        ax.plot(taus, profile(r.ravel()[None])[0], lw=2, color=f"C{i}", label=f"{label} ({r.size} episodes)")
+        if r.shape[0] > 1:  # seeds resampled with replacement, each with all its episodes
+            idx = np.random.default_rng(0).integers(0, r.shape[0], size=(1000, r.shape[0]))
+            boot = profile(r[idx].reshape(1000, -1))
+            band = np.array([_percentile_ci(boot[:, t], 0.95) for t in range(taus.size)])
+            ax.fill_between(taus, band[:, 0], band[:, 1], color=f"C{i}", alpha=0.2)
+    ax.set_xlabel("return threshold tau")
+    ax.set_ylabel("fraction of episodes with return > tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Performance profile (greedy evaluation episodes)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
 def policy_gif(
     agent: Any, env_id: str, path: Path, seed: int = 0, max_frames: int = 250, every: int = 2
 ) -> Path | None:
@@ -340,6 +384,8 @@ def _captions(seeds: int, champion: bool) -> dict[str, str]:
         "learning_curve": curve,
         "losses": "PPO losses and diagnostics (mean over seeds)",
         "eval_returns": "Greedy evaluation returns" + (", candidate and champion" if champion else ""),
+        "performance_profile": "Performance profile: fraction of evaluation episodes above each return"
+        + (", candidate and champion" if champion else ""),
         "policy": "The greedy policy in the real environment (animation)",
     }
 
@@ -412,6 +458,12 @@ def write_report(
         files["eval_returns"] = eval_returns_plot(
             candidate_returns, champion_returns, directory / "eval_returns.png", min_return
         )
+        files["performance_profile"] = performance_profile(
+            candidate_returns,
+            champion_returns,
+            directory / "performance_profile.png",
+            return_bounds(config.env.id, config.env.max_steps_per_episode),
+        )
     if agent is not None:
         gif = policy_gif(agent, config.env.id, directory / "policy.gif")
         if gif is not None:  # an env that cannot render (a user's twin without render) has no GIF
@@ -455,6 +507,14 @@ def write_report(
             ("champion version", gate.get("champion_version") or "none"),
             ("diff to champion (mean)", _fmt(gate.get("diff", "-"))),
             ("diff 95% CI", ci("diff_ci_low", "diff_ci_high")),
+            (
+                "P(deployed beats champion on a start state)",
+                _fmt(gate.get("improvement_probability", "-")),
+            ),
+            (
+                "P(improvement) 95% CI",
+                ci("improvement_probability_ci_low", "improvement_probability_ci_high"),
+            ),
             ("margin", _fmt(gate.get("margin"))),
             ("episodes (fresh, per policy)", gate.get("episodes")),
             (

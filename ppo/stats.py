@@ -148,6 +148,17 @@ def paired_difference_ci(
     return {"point": point, "ci_low": lo, "ci_high": hi}
 
 
+def probability_of_improvement(candidate: Any, baseline: Any) -> np.ndarray:
+    """P(candidate > baseline) + P(candidate = baseline) / 2 over paired episodes (the last axis):
+    how often the candidate beats the baseline on the same start state, ties counted half (rliable's
+    probability of improvement, with the pairing this project's evaluation gives: episode ``j`` of both
+    faces one start state). 0.5: no better, no worse; leading axes are kept (bootstrap rows)."""
+    c, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
+    if c.shape[-1] != b.shape[-1]:
+        raise ValueError(f"candidate and baseline must pair episode for episode: {c.shape} vs {b.shape}")
+    return (c > b).mean(axis=-1) + 0.5 * (c == b).mean(axis=-1)
+
+
 def gate_decision(
     seed_returns: Any,
     candidate_index: int,
@@ -194,6 +205,8 @@ def gate_decision(
        and its stratified CI (:func:`bootstrap_ci`) are reported as information;
     d. with a champion, the paired difference of means (deployed minus champion, one episode draw for
        both): ``non_inferior``: CI lower bound >= ``-margin``; ``superior``: CI lower bound > 0.
+       Reported beside it, deciding nothing: the probability of improvement
+       (:func:`probability_of_improvement`) with its CI on the same episode draw.
 
     Returns a JSON-able dict: ``passed``, ``reason`` ("passed" or the failed criteria, each naming
     the figure and its threshold) and the figures behind them.
@@ -279,14 +292,20 @@ def gate_decision(
     elif reaching < min_seeds:
         reasons.append(f"recipe: {reaching} of {s} seeds reach min_return {min_return} (needs {min_seeds})")
     if champ is not None:
-        diff_boot = dep_boot_mean - champ[ep_idx].mean(axis=-1)
+        champ_boot = champ[ep_idx]
+        diff_boot = dep_boot_mean - champ_boot.mean(axis=-1)
         d_lo, d_hi = _percentile_ci(diff_boot, confidence)
+        # information, not a criterion: how often the deployed policy beats the champion per start state
+        p_lo, p_hi = _percentile_ci(probability_of_improvement(dep_boot, champ_boot), confidence)
         out.update(
             champion_iqm=float(iqm(champ)),
             champion_mean=float(champ.mean()),
             diff=float(dep.mean() - champ.mean()),
             diff_ci_low=d_lo,
             diff_ci_high=d_hi,
+            improvement_probability=float(probability_of_improvement(dep, champ)),
+            improvement_probability_ci_low=p_lo,
+            improvement_probability_ci_high=p_hi,
         )
         if mode == "superior" and not d_lo > 0:
             reasons.append(f"vs champion (superior): mean difference CI lower bound {d_lo:.2f} <= 0")

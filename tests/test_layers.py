@@ -138,8 +138,8 @@ def test_imports_do_no_work():
 @pytest.mark.parametrize(
     "module,commands",
     [
-        ("ppo.cli", ["train", "evaluate", "serve"]),
-        ("flows.cli", ["train", "evaluate", "serve", "pipeline", "sweep", "promote"]),
+        ("ppo.cli", ["train", "evaluate", "serve", "record"]),
+        ("flows.cli", ["train", "evaluate", "serve", "record", "pipeline", "sweep", "promote", "ui"]),
     ],
 )
 def test_the_ppo_command_is_the_core_plus_orchestration(module, commands):

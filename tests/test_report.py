@@ -52,7 +52,7 @@ def test_report_for_several_seeds_with_champion(trained, tmp_path):
     md = open(files["report_md"]).read()
     assert "## Promotion gate" in md and "champion version | 3" in md and "abc123" in md
     html = open(files["report_html"]).read()
-    assert html.count("data:image/png;base64,") == 3 and html.count("data:image/gif;base64,") == 1
+    assert html.count("data:image/png;base64,") == 4 and html.count("data:image/gif;base64,") == 1
     assert 'id="gate"' in html and ("PASSED" in html or "FAILED" in html)
 
 
@@ -278,9 +278,37 @@ def test_prefect_markdown_inlines_the_images(tmp_path):
     _synthetic_report(tmp_path)
     md = prefect_markdown(tmp_path)
     refs = re.findall(r"!\[[^\]]*\]\(([^)]*)\)", md)
-    assert len(refs) == 3
+    assert len(refs) == 4  # curve, losses, eval returns, performance profile
     assert all(r.startswith("data:image/png;base64,") for r in refs)
     assert "## Config" not in md and "## Summary" in md
     small = prefect_markdown(tmp_path, max_image_bytes=100)
     assert re.findall(r"!\[[^\]]*\]\(([^)]*)\)", small) == []
-    assert small.count("left out") == 3 and "learning_curve.png" in small
+    assert small.count("left out") == 4 and "learning_curve.png" in small
+
+
+def test_the_report_has_a_performance_profile_and_the_probability_of_improvement(tmp_path):
+    from pathlib import Path
+
+    from ppo import PPOAgent
+    from ppo.report import write_report
+    from ppo.stats import gate_decision
+    from tests.helpers import small_config
+
+    rng = np.random.default_rng(1)
+    champion = rng.normal(100, 10, 20)
+    candidate = np.stack([champion + 5, champion - 1])
+    gate = gate_decision(candidate, 0, champion, min_return=50.0, margin=10.0, min_seeds=2)
+    files = write_report(
+        tmp_path,
+        config=small_config(),
+        result={"history": [], "converged": True},
+        gate=gate,
+        candidate_returns=candidate,
+        champion_returns=champion,
+        agent=PPOAgent(4, 2),
+        run_id="run-1",
+    )
+    assert Path(files["performance_profile"]).stat().st_size > 5_000
+    md = Path(files["report_md"]).read_text()
+    assert "Performance profile" in md
+    assert "P(deployed beats champion on a start state) | 1" in md  # +5 on every start state

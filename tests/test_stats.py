@@ -345,3 +345,36 @@ def test_early_failure_candidate_is_not_promoted(episodes):
         # and then every row is a perfect 500 that no statistic can tell from a perfect policy. The gate
         # must pass ONLY then (one observed failure already sinks the mean's lower bound).
         assert np.array_equal(passed, no_failure_seen)
+
+
+def test_probability_of_improvement_counts_paired_wins_and_half_ties():
+    from ppo.stats import probability_of_improvement
+
+    a = np.array([3.0, 2.0, 5.0, 1.0])
+    b = np.array([1.0, 2.0, 6.0, 0.0])
+    assert probability_of_improvement(a, b) == pytest.approx((2 + 0.5) / 4)  # wins on 0 and 3, tie on 1
+    assert probability_of_improvement(a, a) == 0.5
+    assert probability_of_improvement(a + 10, a) == 1.0
+    assert probability_of_improvement(b, a) == pytest.approx(1 - (2 + 0.5) / 4)  # antisymmetric
+    rows = np.stack([a, b])  # leading axes are kept (bootstrap rows)
+    assert probability_of_improvement(rows, b).tolist() == pytest.approx([0.625, 0.5])
+    with pytest.raises(ValueError, match="pair episode for episode"):
+        probability_of_improvement(a, b[:3])
+
+
+def test_the_gate_reports_the_probability_of_improvement_over_the_champion():
+    from ppo.stats import gate_decision
+
+    rng = np.random.default_rng(3)
+    champion = rng.normal(100, 10, 200)
+    better = champion + rng.normal(5, 2, 200)  # the same start states: better on almost every one
+    d = gate_decision(better[None], 0, champion, min_return=0.0, margin=5.0, min_seeds=1)
+    assert d["improvement_probability"] == pytest.approx(np.mean(better > champion))
+    assert (
+        d["improvement_probability_ci_low"]
+        <= d["improvement_probability"]
+        <= d["improvement_probability_ci_high"]
+    )
+    assert d["improvement_probability_ci_low"] > 0.9
+    alone = gate_decision(better[None], 0, None, min_return=0.0, margin=5.0, min_seeds=1)
+    assert "improvement_probability" not in alone  # nothing to compare against

@@ -75,6 +75,6 @@ def test_report_html_in_headless_chromium(tmp_path):
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
-    assert len(widths) == 4 and all(w > 0 for w in widths), widths
+    assert len(widths) == 5 and all(w > 0 for w in widths), widths  # 4 plots (performance profile too), GIF
     assert gate_rows >= 8
     assert shot.stat().st_size > 10_000
