@@ -52,35 +52,64 @@ PREFECT_DIR = "prefect"
 
 
 def _served_env() -> dict[str, str] | None:
-    """The settings of the servers ``make serve`` started for this $PPO_HOME (``run/serve.env``, and
-    ``auth.env``'s credentials when it runs with PPO_AUTH=1), if its Prefect API answers; else None."""
+    """The settings of the servers running for this $PPO_HOME, if their Prefect API answers, else None:
+    ``make serve``'s (``run/serve.env``, and ``auth.env``'s credentials when it runs with PPO_AUTH=1), or
+    ``ppo ui``'s (``run/ui.env``: its Prefect API; MLflow stays the store itself). Each file counts only
+    while the process that wrote it (its pid file) still runs: a file left behind by a crash, or an
+    address now served by someone else, is not trusted."""
     import urllib.request
 
     from ppo.config import ppo_home
 
     run = ppo_home() / "run"
-    found: dict[str, str] = {}
-    files = [run / "serve.env"]
-    if (run / "auth").is_file() and (run / "auth").read_text().strip() == "1":
-        files.append(ppo_home() / "auth.env")
-    for path in files:
+    for env_file, pid_file in (("serve.env", "prefect-server.pid"), ("ui.env", "ui.pid")):
+        found = _read_env_file(run / env_file)
+        if not found.get("PREFECT_API_URL") or not _alive(run / pid_file):
+            continue
+        if env_file == "serve.env" and (run / "auth").is_file() and (run / "auth").read_text().strip() == "1":
+            found.update(_read_env_file(ppo_home() / "auth.env"))
+        api = found["PREFECT_API_URL"]
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            lines = path.read_text().splitlines()
+            with direct.open(api.rstrip("/") + "/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return found
         except OSError:
-            return None
-        for line in lines:
-            key, sep, value = line.removeprefix("export ").partition("=")
-            if sep and not key.startswith("#"):
-                found[key.strip()] = value.strip()
-    api = found.get("PREFECT_API_URL")
-    if not api:
-        return None
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            continue
+    return None
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """``export KEY=VALUE`` lines (what serve.sh and ppo ui write); {} when the file is not there."""
     try:
-        with direct.open(api.rstrip("/") + "/health", timeout=2) as answer:
-            return found if answer.status == 200 else None
-    except OSError:  # not running (any more): serve.env outlives a crashed or stopped server
-        return None
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if sep and not key.startswith("#"):
+            found[key.strip()] = value.strip()
+    return found
+
+
+def _alive(pid_file: Path) -> bool:
+    """Whether the process named in ``pid_file`` runs (and is not a zombie)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return _process_start(pid) is not None if sys.platform.startswith("linux") else _signal_zero(pid)
+
+
+def _signal_zero(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _prefect_env() -> None:
@@ -105,9 +134,11 @@ def _prefect_env() -> None:
             if key != "PPO_HOME":
                 os.environ.setdefault(key, value)
         api = os.environ["PREFECT_API_URL"]
+        os.environ.setdefault("PREFECT_UI_URL", api.removesuffix("/api"))  # its UI: where links point
+        by = "make serve" if "MLFLOW_TRACKING_URI" in served else "ppo ui"
+        mlflow_store = os.environ.get("MLFLOW_TRACKING_URI") or "the store in $PPO_HOME"
         console.print(
-            f"using the servers make serve started: Prefect {api.removesuffix('/api')}, "
-            f"MLflow {os.environ.get('MLFLOW_TRACKING_URI', '-')}",
+            f"using the servers {by} started: Prefect {api.removesuffix('/api')}, MLflow {mlflow_store}",
             highlight=False,
         )
     if api:
@@ -403,9 +434,9 @@ OUTCOME_EXIT = {
 
 @app.command(short_help="train, gate, register and promote: the train-ppo flow")
 def pipeline(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")] = Path(
-        "configs/cartpole.yaml"
-    ),
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", metavar="FILE", help="YAML config file")
+    ] = Path("configs/cartpole.yaml"),
     set_: SetOpt = None,
     retrain: Annotated[
         bool,
@@ -453,9 +484,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     rows = [
         ("gate", summary["gate"]),
         ("trained", f"seeds {', '.join(map(str, summary['seeds']))}; {summary['env_steps']:,} env steps"),
-        ("MLflow run", links["mlflow_run"]),
+        ("MLflow run", links["mlflow_run"] or summary["run_id"]),
         ("model", links["model_version"] or "not registered"),
-        ("report", links["report"]),
+        ("report", links["report"] or f"not written: {summary.get('report_error')}"),
         ("flow run", links["flow_run"] or "-"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -522,7 +553,8 @@ def _print_sweep(summary: dict[str, Any]) -> None:
         )
     console.print(table)
     best = next(r for r in rows if r["trial"] == summary["best_trial"])
-    tied = [
+    # ties on the exact scores (the flow's), not the table's rounded ones
+    tied = summary.get("tied_trials") or [
         r["trial"] for r in rows if r["status"] == "ok" and r["score_selection"] == best["score_selection"]
     ]
     rule = "chosen: the highest selection score (greedy returns on the selection episodes)"
@@ -542,7 +574,8 @@ def _print_sweep(summary: dict[str, Any]) -> None:
 def promote(
     version: Annotated[int, typer.Option("--version", "-v", min=1, help="model version to gate")],
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="the config whose gate settings apply")
+        Path | None,
+        typer.Option("--config", "-c", metavar="FILE", help="the config whose gate settings apply"),
     ] = Path("configs/cartpole.yaml"),
     set_: SetOpt = None,
     json_: JsonOpt = False,
@@ -562,11 +595,10 @@ def promote(
         config_path=str(config) if config else None,
         overrides=parse_overrides(set_),
     )
-    champion = f"version {summary['champion']}" if summary["champion"] else "none yet"
-    console.print(
-        f"{summary['outcome']}: {summary['gate_reason']}; {summary['model_name']}@champion: {champion}",
-        highlight=False,
-    )
+    style = "green" if summary["outcome"] in ("promoted", "already_champion") else "yellow"
+    console.print(f"[bold {style}]{summary['headline']}[/]")
+    console.print(f"  [dim]gate[/]   {summary['gate']}", highlight=False, soft_wrap=True)
+    console.print(f"  [dim]model[/]  {summary['links']['model_version']}", highlight=False, soft_wrap=True)
     if json_ or not sys.stdout.isatty():  # piped or captured: the result for a program, one JSON line
         sys.stdout.write(json.dumps(summary) + "\n")
     if summary["outcome"] == "lost_race":
@@ -641,21 +673,27 @@ def ui(
 
     Shows the runs of ppo pipeline / make run and of make serve alike (one MLflow store, one Prefect
     database). When make serve already runs for this $PPO_HOME, prints its addresses instead."""
-    from ppo import tracking
+    from ppo import atomic, tracking
     from ppo.config import ppo_home
 
     served = _served_env()
     if served:
         api = served["PREFECT_API_URL"].removesuffix("/api")
-        mlflow_ui = served.get("MLFLOW_TRACKING_URI", "-")
+        by = "make serve" if "MLFLOW_TRACKING_URI" in served else "another ppo ui"
+        mlflow_ui = served.get("MLFLOW_TRACKING_URI") or _read_env_file(ppo_home() / "run" / "ui.env").get(
+            "MLFLOW_UI", "-"
+        )
         console.print(
-            f"make serve is running for {ppo_home()}:\n  MLflow UI   {mlflow_ui}\n  Prefect UI  {api}",
+            f"{by} is running for {ppo_home()}:\n  MLflow UI   {mlflow_ui}\n  Prefect UI  {api}",
             highlight=False,
         )
         return
     home = ppo_home()
     logs = home / "run"
     logs.mkdir(parents=True, exist_ok=True)
+    for asked, name in ((mlflow_port, "--mlflow-port"), (prefect_port, "--prefect-port")):
+        if asked is not None and _port(asked) != asked:
+            fail(f"{name} {asked}: something already listens there; pick another port", code=2)
     mport = _port(mlflow_port or int(os.environ.get("MLFLOW_PORT") or tracking.DEFAULT_UI_PORT))
     pport = _port(prefect_port or int(os.environ.get("PREFECT_PORT") or DEFAULT_PREFECT_PORT))
     bin_dir = Path(sys.executable).parent
@@ -701,21 +739,34 @@ def ui(
             "Ctrl-C stops both",
             highlight=False,
         )
-        if not remote and mport != tracking.DEFAULT_UI_PORT and not os.environ.get("MLFLOW_PORT"):
+        if (
+            not remote
+            and mport != tracking.DEFAULT_UI_PORT
+            and not (mlflow_port or os.environ.get("MLFLOW_PORT"))
+        ):
             console.print(
                 f"note: port {tracking.DEFAULT_UI_PORT} was taken; links written into reports point there",
                 highlight=False,
             )
-        sys.stdout.write(
-            json.dumps({"mlflow_ui": mlflow_ui, "prefect_ui": f"http://127.0.0.1:{pport}"}) + "\n"
+        # ppo pipeline / promote run on this API while it is up (not a second API on the same database)
+        atomic.write_text(
+            logs / "ui.env",
+            f"export PREFECT_API_URL=http://127.0.0.1:{pport}/api\nexport MLFLOW_UI={mlflow_ui}\n",
         )
-        sys.stdout.flush()
+        atomic.write_text(logs / "ui.pid", str(os.getpid()))
+        if not sys.stdout.isatty():  # for a program that started it: the addresses, one JSON line
+            sys.stdout.write(
+                json.dumps({"mlflow_ui": mlflow_ui, "prefect_ui": f"http://127.0.0.1:{pport}"}) + "\n"
+            )
+            sys.stdout.flush()
         while all(p.poll() is None for p in started):
             time.sleep(0.5)
         fail("a UI server stopped; see " + str(logs), code=1)
     except KeyboardInterrupt:
         console.print("stopped", highlight=False)
     finally:
+        for name in ("ui.env", "ui.pid"):
+            (logs / name).unlink(missing_ok=True)
         for proc in started:
             if proc.poll() is None:
                 try:

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from tasks import evaluate_candidate, fetch_version, gate, outcome, promote, register, validate_config
+from tasks.summary import summarize_promotion
 
 
 @flow(name="promote-model", log_prints=True)
@@ -31,7 +32,11 @@ def promote_model(
     decision = gate(config, evaluation, fetched["run_id"])
     registered = register(model_name, fetched["run_id"], decision, str(version))
     promotion = promote(model_name, registered, decision)
+    said = summarize_promotion(model_name, str(version), fetched["run_id"], decision, promotion)
     return {
+        "headline": said["headline"],
+        "gate": said["gate"],
+        "links": said["links"],
         "outcome": outcome(decision, promotion),
         "model_name": model_name,
         "version": str(version),

@@ -28,6 +28,13 @@ def task_runner() -> tuple[Any, str | None]:
             "Ray is not installed (pip install 'ppo-pipeline[ray]'): trials run one at a time on Prefect's "
             "local task runner"
         )
+    import os
+
+    if not os.environ.get("RAY_ADDRESS"):
+        # the local cluster this flow starts requires Ray's token (generated once into ~/.ray/auth_token,
+        # as `ray get-auth-token --generate` would): otherwise anyone who can reach its ports can run code
+        # in it, which Ray warned about on every sweep. A cluster in $RAY_ADDRESS keeps its own settings.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     return RayTaskRunner(init_kwargs={"include_dashboard": False, "log_to_driver": False}), None
 
 

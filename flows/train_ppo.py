@@ -53,8 +53,20 @@ def train_ppo(
         "champion": promotion["champion"],
         "outcome": outcome(decision, promotion),
     }
-    files = report(config, trained, evaluation, decision, registry)
+    # the registry has spoken: a report that fails now (after its retry) is a warning in the summary, not
+    # the run's failure, so the exit code still says what became of the champion
+    written = report(config, trained, evaluation, decision, registry, return_state=True)
+    files = written.result() if written.is_completed() else {"error": _failure(written)}
     return summarize(config, model_name, trained, decision, version, promotion, files)
+
+
+def _failure(state: Any) -> str:
+    """The error a failed task state holds, in one line."""
+    try:
+        state.result()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    return state.name
 
 
 if __name__ == "__main__":

@@ -39,10 +39,18 @@ console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config file (default: the embedded CartPole config)"),
+    typer.Option(
+        "--config", "-c", metavar="FILE", help="YAML config file (default: the embedded CartPole config)"
+    ),
 ]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="override, e.g. ppo.learning_rate=1e-3")
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. ppo.learning_rate=1e-3 (repeatable)",
+    ),
 ]
 
 

@@ -129,6 +129,9 @@ class PPOTrainer:
             )
         self.env = env
         self._agent = agent
+        # evaluate() scores a given agent, or one that train()/restore() gave trained parameters; not the
+        # fresh network `agent` builds when read before that
+        self._agent_ready = agent is not None
         self.enable_mlflow = enable_mlflow
         self.logger = logger
         self.state: Any = None
@@ -453,6 +456,7 @@ class PPOTrainer:
     @agent.setter
     def agent(self, value: Any) -> None:
         self._agent = value
+        self._agent_ready = value is not None
 
     def _new_agent(self, params: Any) -> Any:
         from ppo.agent import PPOAgent
@@ -472,6 +476,7 @@ class PPOTrainer:
         )
 
     def _set_agent(self, best: int) -> None:
+        self._agent_ready = True
         if self._agent is None:
             self._agent = self._new_agent(self.seed_params[best])
         else:
@@ -536,7 +541,7 @@ class PPOTrainer:
             raise ValueError(f"backend must be 'gymnasium' or 'jax', got {backend!r}")
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-        if self._agent is None:
+        if not self._agent_ready:
             raise RuntimeError("no trained agent: call train() or restore() first, or pass agent=")
         params_list = self.seed_params if all_seeds and self.seed_params else [self.agent.params]
         if backend == "gymnasium":

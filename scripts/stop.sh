@@ -16,6 +16,8 @@ for name in worker mlflow-server prefect-server; do
   fi
   rm -f "$pidfile"
 done
+# what told ppo commands that these servers run (they also check the pid): gone with them
+rm -f "$RUN/serve.env" "$RUN/auth"
 # the database last, and only if serve.sh started it
 if [ -f "$RUN/postgres.started" ]; then
   bash "$ROOT/scripts/postgres.sh" stop

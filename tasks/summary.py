@@ -51,7 +51,7 @@ def gate_line(decision: dict[str, Any]) -> str:
     )
 
 
-@task(name="summary", **RESULTS)
+@task(name="summary", retries=2, **RESULTS)
 def summarize(
     config: dict[str, Any],
     model_name: str,
@@ -69,11 +69,19 @@ def summarize(
     from ppo import tracking
 
     result = outcome(decision, promotion)
+    report_error = files.get("error")
+    try:
+        run_link = tracking.run_url(trained["run_id"])
+    except Exception as e:  # the links are a convenience: the outcome stands without them
+        get_run_logger().warning("no MLflow link for run %s: %s", trained["run_id"], e)
+        run_link = None
     links = {
-        "mlflow_run": tracking.run_url(trained["run_id"]),
+        "mlflow_run": run_link,
         "model_version": tracking.version_url(model_name, version) if version else None,
-        "report": files["report_html"],
-        "report_in_mlflow": tracking.artifact_url(trained["run_id"], "report/report.html"),
+        "report": files.get("report_html"),
+        "report_in_mlflow": f"{run_link}/artifacts/report/report.html"
+        if run_link and not report_error
+        else None,
         # url_for: the UI's route (prefect.runtime's ui_url names an older one, /flow-runs/flow-run/...)
         "flow_run": url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None,
     }
@@ -93,17 +101,20 @@ def summarize(
         "promoted": promotion["promoted"],
         "converged": trained["converged"],
         "env_steps": trained["env_steps"],
-        "report": files["report_html"],
+        "report": files.get("report_html"),
+        "report_error": report_error,
         "links": links,
     }
     rows = [
         ("gate", summary["gate"]),
         ("model version", f"[{model_name} version {version}]({links['model_version']})" if version else "-"),
         ("champion", f"version {promotion['champion']}" if promotion["champion"] else "none yet"),
-        ("MLflow run", f"[{trained['run_id']}]({links['mlflow_run']})"),
+        ("MLflow run", f"[{trained['run_id']}]({run_link})" if run_link else trained["run_id"]),
         (
             "report",
-            f"[report.html in MLflow]({links['report_in_mlflow']}) (local file `{files['report_html']}`)",
+            f"not written: {report_error}"
+            if report_error
+            else f"[report.html in MLflow]({links['report_in_mlflow']}), local `{files['report_html']}`",
         ),
         ("seeds", ", ".join(str(s) for s in summary["seeds"])),
         ("env steps", f"{trained['env_steps']:,}"),
@@ -119,9 +130,42 @@ def summarize(
     lines = [
         summary["headline"],
         f"gate: {summary['gate']}",
-        f"MLflow run: {links['mlflow_run']}",
+        f"MLflow run: {run_link or trained['run_id']}",
         f"model version: {links['model_version'] or 'not registered'}",
-        f"report: {links['report_in_mlflow']} (local {files['report_html']})",
+        f"report: not written ({report_error})"
+        if report_error
+        else f"report: {links['report_in_mlflow']} (local {files['report_html']})",
     ]
     get_run_logger().info("%s", "\n".join(lines))
+    return summary
+
+
+@task(name="summary", retries=2, **RESULTS)
+def summarize_promotion(
+    model_name: str, version: str, run_id: str, decision: dict[str, Any], promotion: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``promote-model`` flow's summary: what became of ``version``, the gate's figures and links;
+    as its log and the model's ``ppo-summary-<model>`` artifact (the same key ``train-ppo`` writes: the
+    model's latest outcome, whichever flow decided it)."""
+    from ppo import tracking
+
+    result = outcome(decision, promotion)
+    summary = {
+        "outcome": result,
+        "headline": headline(result, model_name, version, promotion["champion"]),
+        "gate": gate_line(decision),
+        "links": {"model_version": tracking.version_url(model_name, version)},
+    }
+    try:
+        summary["links"]["mlflow_run"] = tracking.run_url(run_id)
+    except Exception:  # a convenience: the outcome stands without it
+        summary["links"]["mlflow_run"] = None
+    create_markdown_artifact(
+        f"## {summary['headline']}\n\n| | |\n|---|---|\n| gate | {summary['gate']} |\n"
+        f"| model version | [{model_name} version {version}]({summary['links']['model_version']}) |\n"
+        f"| champion | {'version ' + promotion['champion'] if promotion['champion'] else 'none yet'} |\n",
+        key=artifact_key("summary", model_name),
+        description=summary["headline"],
+    )
+    get_run_logger().info("%s\ngate: %s", summary["headline"], summary["gate"])
     return summary

@@ -196,13 +196,19 @@ def sweep_report(
     client.set_tag(parent_run_id, "sweep.best_run_id", best["run_id"])
     client.set_terminated(parent_run_id, "FINISHED")
     note = seeds_note(eval_episodes)
-    create_table_artifact(rows, key="ppo-sweep", description=f"sweep trials, best first. {note}")
+    from ppo.config import build_config
+    from tasks.summary import artifact_key
+
+    model_name = build_config(best_config).model_name  # the sweep's env: one key per model, like train-ppo
+    create_table_artifact(
+        rows, key=artifact_key("sweep", model_name), description=f"sweep trials, best first. {note}"
+    )
     create_markdown_artifact(
         f"# PPO sweep\n\nBest trial {best['trial']} {best['params']}: held-out score "
         f"{heldout['score_heldout']:.1f} (selection score {best['score_selection']:.1f}, "
         f"which chose it).\n\n{note}.\n\nBest config: `{directory / 'best_config.yaml'}`"
         f"\n\nPlot: `{directory / 'sweep.png'}`\n",
-        key="ppo-sweep-summary",
+        key=artifact_key("sweep-summary", model_name),
     )
     return {
         "parent_run_id": parent_run_id,
@@ -215,4 +221,10 @@ def sweep_report(
         "plot": str(directory / "sweep.png"),
         "table": str(directory / "sweep.csv"),
         "trial_pids": sorted({r["pid"] for r in results}),
+        # trials whose selection score equals the best's exactly (the table rounds): fewer env steps won
+        "tied_trials": sorted(
+            r["trial"]
+            for r in results
+            if r.get("error") is None and r["score_selection"] == best["score_selection"]
+        ),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -148,7 +149,7 @@ def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | N
         description=f"{cfg.env.id}: compiling the training program ({len(cfg.train.seeds)} seeds)",
     )
     log.info(
-        "training %s: %d seed(s), up to %s %s each; compiling first",
+        "training %s: %d seed(s), up to %s %s each (compiling first, unless a finished checkpoint is found)",
         cfg.env.id,
         len(cfg.train.seeds),
         f"{budget:,}",
@@ -174,6 +175,13 @@ def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | N
             )
 
     result = trainer.train(callback=progress, resume=True)
+    # finished, whatever stopped it (converged early, a budget, or an earlier attempt that had finished)
+    update_progress_artifact(
+        live,
+        100.0,
+        description=f"{cfg.env.id}: finished ({result.get('stop_reason') or 'done'}) after "
+        f"{result['env_steps']:,} env steps per seed",
+    )
     if tags:  # also on a run finished before (a retry after training): handed back without being reopened
         tracking.set_run_tags(result["run_id"], tags)
     resumed = result.get("resumed_from_chunk")
@@ -238,6 +246,18 @@ def evaluate_candidate(config: dict[str, Any], checkpoint_dir: str, run_id: str)
     }
 
 
+def _has_report(run_id: str, directory: Path) -> bool:
+    """Whether the run's report exists: in this $PPO_HOME, or in its MLflow run's ``report/`` folder."""
+    from ppo import tracking
+
+    if (directory / "report.html").is_file():
+        return True
+    try:
+        return any(a.path.endswith("report.html") for a in tracking.client().list_artifacts(run_id, "report"))
+    except Exception:  # unknown: keep what there may be rather than overwrite it
+        return True
+
+
 @task(name="report", cache_policy=CACHED, retries=1, **RESULTS)
 def report(
     config: dict[str, Any],
@@ -250,6 +270,7 @@ def report(
     keyed per registered model (``ppo-report-<model>``, ``ppo-eval-per-seed-<model>``): each model's
     latest report, never another model's. The report artifact inlines its plots (the Prefect UI cannot
     load the report folder's files) and links to report.html in the MLflow UI."""
+    fault("report")
     import numpy as np
 
     from ppo import tracking
@@ -258,9 +279,10 @@ def report(
 
     run_id = trained["run_id"]
     directory = ppo_home() / "reports" / run_id
-    if decision.get("status") in NO_OP:
+    if decision.get("status") in NO_OP and _has_report(run_id, directory):
         # not a gate (the run is the champion, or older): its report stays the one written at its own gate
-        # (here, or in the MLflow run's report/ folder when this $PPO_HOME never had it)
+        # (here, or in the MLflow run's report/ folder when this $PPO_HOME never had it). A run whose
+        # report was never written (its report task failed after the promotion) gets one now.
         get_run_logger().info(
             "report of run %s kept as written at its gate: %s", run_id, directory / "report.html"
         )

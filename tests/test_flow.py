@@ -162,6 +162,30 @@ def test_permanent_error_fails_flow_and_leaves_alias(harness, monkeypatch):
     assert tracking.get_champion("ppo-cartpole") == before
 
 
+def test_a_report_that_fails_after_the_promotion_is_a_warning_and_is_written_on_the_next_run(
+    harness, monkeypatch
+):
+    """The report runs after register and promote (it says what they did): when it fails then, the
+    champion has already moved, so the flow completes with the promotion's outcome and a summary that
+    says the report is missing; the next run of the same config (the champion, not gated again) writes it.
+    """
+    from ppo.config import ppo_home
+
+    path, _ = harness
+    own = {"train.seeds": [12, 13], "registry.model_name": "ppo-report-fault"}  # no champion yet
+    monkeypatch.setenv("PPO_FAULTS", "report=permanent")
+    out = train_ppo(config_path=str(path), overrides=own)
+    assert out["outcome"] == "promoted" and tracking.get_champion("ppo-report-fault") == out["model_version"]
+    assert "injected permanent fault in task 'report'" in out["report_error"]
+    assert out["report"] is None and out["links"]["report_in_mlflow"] is None
+    report = ppo_home() / "reports" / out["run_id"] / "report.html"
+    assert not report.exists()
+    monkeypatch.delenv("PPO_FAULTS")
+    again = train_ppo(config_path=str(path), overrides=own)
+    assert again["outcome"] == "already_champion" and again["report_error"] is None
+    assert report.is_file() and again["report"] == str(report)
+
+
 def test_bad_config_fails_before_training_with_field_named(harness, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("ppo:\n  gamma: 1.5\n")

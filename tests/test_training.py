@@ -191,3 +191,15 @@ def test_resuming_a_finished_run_runs_no_init_and_compiles_nothing(reference_run
     assert out["resumed_from_chunk"] is not None and out["env_steps"] == result["env_steps"]
     for a, b in zip(jax.tree.leaves(again.agent.params), jax.tree.leaves(trainer.agent.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_trainer_from_a_config_has_its_agent_before_training_but_evaluates_only_a_trained_one(ppo_home):
+    # README's Python API: from_config(...).agent was None until train(); now the config's network, with
+    # fresh parameters, answers predict() at once, and evaluate() still refuses to score it as trained
+    import numpy as np
+
+    trainer = PPOTrainer.from_config(None, seeds=[0], **{"ppo.hidden_sizes": [16]})
+    actions = trainer.agent.predict(np.zeros((3, 4), np.float32))
+    assert actions.shape == (3,) and trainer.agent.hidden_sizes == (16,)
+    with pytest.raises(RuntimeError, match="no trained agent"):
+        trainer.evaluate(num_episodes=1)

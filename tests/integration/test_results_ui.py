@@ -82,6 +82,16 @@ def test_a_pipelines_results_in_ppo_ui_and_the_browser(tmp_path):
             "prefect_ui": f"http://127.0.0.1:{pport}",
         }
         mlflow_ui, prefect_api = addresses["mlflow_ui"], addresses["prefect_ui"] + "/api"
+        # while it runs, ppo pipeline/promote use its Prefect API (not a second one on the same database)
+        found = subprocess.run(
+            [sys.executable, "-c", "from flows.cli import _served_env; print(_served_env())"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert f"'PREFECT_API_URL': '{prefect_api}'" in found.stdout, found.stdout + found.stderr
 
         # one Prefect home: the pipeline's flow run (embedded API) is in the database the UI shows
         # the server refuses POSTs without a CSRF token (as make serve's does): fetch one, as its UI does
@@ -139,7 +149,34 @@ def test_a_pipelines_results_in_ppo_ui_and_the_browser(tmp_path):
         except subprocess.TimeoutExpired:
             ui.kill()
             ui.wait()
-    # ppo ui stopped what it started
+    # ppo ui stopped what it started, and no longer claims to run
     for port in (mport, pport):
         with pytest.raises(OSError):
             DIRECT.open(f"http://127.0.0.1:{port}/", timeout=2)
+    assert not (home / "run" / "ui.env").exists() and not (home / "run" / "ui.pid").exists()
+
+
+def test_a_servers_file_left_by_a_dead_process_is_not_trusted(tmp_path, monkeypatch):
+    """serve.env / ui.env outlive a crash (or make stop of an older version): a ppo command must not send
+    its runs, or auth.env's credentials, to whatever answers on that address now."""
+    import http.server
+    import threading
+
+    from flows.cli import _served_env
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "api" / "health").mkdir(parents=True)  # GET /api/health answers 200 (a directory listing)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
+    run = tmp_path / "home" / "run"
+    run.mkdir(parents=True)
+    (run / "serve.env").write_text(f"export PREFECT_API_URL=http://127.0.0.1:{server.server_port}/api\n")
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+        (run / "prefect-server.pid").write_text(dead.stdout.decode().strip())
+        assert _served_env() is None  # its process is gone
+        (run / "prefect-server.pid").write_text(str(os.getpid()))  # a live process: trusted
+        assert _served_env() == {"PREFECT_API_URL": f"http://127.0.0.1:{server.server_port}/api"}
+    finally:
+        server.shutdown()
