@@ -705,6 +705,9 @@ def ui(
         PREFECT_SERVER_CORS_ALLOWED_ORIGINS=f"http://127.0.0.1:{pport},http://localhost:{pport}",
         PREFECT_SERVER_CSRF_PROTECTION_ENABLED="true",
         PPO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        # MLflow 3's server runs a job queue (six huey consumers) for its GenAI features: nothing a viewer
+        # of training runs uses, and a lot of processes on a small machine
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION=os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
     )
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     started: list[subprocess.Popen[Any]] = []
