@@ -32,6 +32,7 @@ from ppo.envs import env_spec
 from ppo.networks import init_params
 from ppo.normalize import RewardScale, init_stats, update_stats
 from ppo.program import (
+    HParams,
     Program,
     TrainState,
     UpdateMetrics,
@@ -67,13 +68,14 @@ def _env_seeds(seed: int, update: int, num_envs: int) -> list[int]:
 def make_host_program(config: Config) -> Program:
     """Build ``init`` / ``run_chunk`` for a host-env config (see the module docstring)."""
     spec = env_spec(config.env.id)
-    network, tx = make_network(config), make_optimizer(config)
+    network, hp = make_network(config), HParams.of(config.ppo)  # host envs: one member, the config's values
+    tx = make_optimizer(hp)
     dist = distribution(spec.action)
     ppo = config.ppo
     num_envs, num_steps, window = config.env.num_envs, config.num_steps, config.train.convergence_window
     seeds = [int(s) for s in config.train.seeds]
     max_steps = config.env.max_steps_per_episode or spec.max_episode_steps()
-    within_budget, learn = make_budget(config), make_learner(config, network, tx, dist)
+    within_budget, learn = make_budget(config), make_learner(config, network, dist)
     envs: list[Any] = []  # per seed, created on the first init or chunk of this process
 
     def policy_step(variables: Any, obs: jnp.ndarray, key: jax.Array) -> tuple:
@@ -108,8 +110,8 @@ def make_host_program(config: Config) -> Program:
         obs: jnp.ndarray,
     ) -> tuple[TrainState, UpdateMetrics]:
         go = within_budget(state, active)
-        variables, opt_state, key, metrics = learn(variables, state.opt_state, key, traj, stats)
-        new = TrainState(variables, opt_state, None, obs, key, stats, state.update + 1, scale)
+        variables, opt_state, key, metrics = learn(variables, state.opt_state, key, traj, stats, state.hp)
+        new = TrainState(variables, opt_state, None, obs, key, stats, state.update + 1, scale, state.hp)
         new = jax.tree.map(lambda n, o: jnp.where(go, n, o), new, state)
         metrics = jax.tree.map(lambda m: jnp.where(go, m, jnp.zeros_like(m)), metrics)
         return new, metrics._replace(ran=go)
@@ -143,6 +145,7 @@ def make_host_program(config: Config) -> Program:
             new_episode_stats(num_envs, window),
             jnp.int32(0),
             scale,
+            hp,
         )
 
     def init(seed_array: Any) -> TrainState:

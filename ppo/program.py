@@ -27,9 +27,49 @@ from ppo.normalize import RewardScale, init_stats, update_stats
 from ppo.rollout import EpisodeStats, make_rollout
 from ppo.sharding import configure_cpu_devices
 
+#: the hyperparameters that shape no array: each training row (a population member's seed) carries its
+#: own values, so one compiled program trains members that differ in them (``ppo.population``)
+HPARAM_FIELDS = (
+    "learning_rate",
+    "clip_epsilon",
+    "gamma",
+    "gae_lambda",
+    "entropy_coef",
+    "value_coef",
+    "max_grad_norm",
+    "adam_eps",
+    "anneal_lr",
+)
+
+
+class HParams(struct.PyTreeNode):
+    """One row's values of :data:`HPARAM_FIELDS` (float32 scalars; ``anneal_lr`` a bool), part of its
+    :class:`TrainState`: traced values, not constants of the program, so rows may differ (and PBT may
+    change them between chunks) without compiling anything again."""
+
+    learning_rate: Any
+    clip_epsilon: Any
+    gamma: Any
+    gae_lambda: Any
+    entropy_coef: Any
+    value_coef: Any
+    max_grad_norm: Any
+    adam_eps: Any
+    anneal_lr: Any
+
+    @classmethod
+    def of(cls, ppo: Any, **overrides: Any) -> HParams:
+        """The values of a config's ``ppo`` section (and ``overrides`` by field name), as NumPy scalars."""
+        values = {f: overrides.get(f, getattr(ppo, f)) for f in HPARAM_FIELDS}
+        return cls(
+            **{f: np.float32(v) for f, v in values.items() if f != "anneal_lr"},
+            anneal_lr=np.bool_(values["anneal_lr"]),
+        )
+
 
 class TrainState(struct.PyTreeNode):
-    """Everything one seed's training needs to continue exactly: params, optimizer, envs, rng, counters."""
+    """Everything one seed's training needs to continue exactly: params, optimizer, envs, rng, counters,
+    and its hyperparameters (:class:`HParams`)."""
 
     params: Any  # the agent's variables: "params", and "obs_norm" when observations are normalised
     opt_state: Any  # of params["params"] only (the observation statistics are not learned)
@@ -39,6 +79,7 @@ class TrainState(struct.PyTreeNode):
     stats: EpisodeStats
     update: jnp.ndarray  # int32 updates done
     reward_scale: RewardScale | None  # when rewards are scaled
+    hp: HParams  # this row's hyperparameters
 
 
 class Program(NamedTuple):
@@ -79,17 +120,42 @@ def make_network(config: Config) -> PPONetwork:
     )
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """clip_by_global_norm → Adam(eps); with ``anneal_lr``, a linear decay that reaches 0 just after the
-    last optimiser step of the last update ``train.max_env_steps`` allows (every step uses a rate > 0)."""
-    ppo = config.ppo
-    lr: Any = ppo.learning_rate
+def _adam_chain(learning_rate: Any, max_grad_norm: Any, eps: Any) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate, eps=eps))
+
+
+def make_optimizer(hp: HParams) -> optax.GradientTransformation:
+    """clip_by_global_norm → Adam(eps), with ``hp``'s values held in the optimiser state
+    (``optax.inject_hyperparams``): one program serves rows with different rates, norms and epsilons."""
+    # as arrays: inject_hyperparams keeps only array (and Python number) values in the state, and a NumPy
+    # scalar would be taken for a static argument
+    return optax.inject_hyperparams(_adam_chain)(
+        learning_rate=jnp.asarray(hp.learning_rate, jnp.float32),
+        max_grad_norm=jnp.asarray(hp.max_grad_norm, jnp.float32),
+        eps=jnp.asarray(hp.adam_eps, jnp.float32),
+    )
+
+
+def anneal_steps(config: Config) -> int | None:
+    """Optimiser steps over which ``anneal_lr`` decays the rate to 0: those of the last update that
+    ``train.max_env_steps`` allows (every step uses a rate > 0); None without a step budget."""
     total_updates = config.total_updates()
-    if ppo.anneal_lr:
-        assert total_updates is not None  # the config refuses anneal_lr without train.max_env_steps
-        steps = total_updates * config.num_minibatches * ppo.epochs_per_update
-        lr = optax.linear_schedule(ppo.learning_rate, 0.0, steps)
-    return optax.chain(optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(lr, eps=ppo.adam_eps))
+    return (
+        None
+        if total_updates is None
+        else total_updates * config.num_minibatches * config.ppo.epochs_per_update
+    )
+
+
+def scheduled(opt_state: Any, hp: HParams, steps: int | None) -> Any:
+    """``opt_state`` with this step's learning rate: ``hp.learning_rate``, linearly decayed to 0 over
+    ``steps`` optimiser steps when ``hp.anneal_lr`` (optax.linear_schedule's formula)."""
+    if steps is None:
+        return opt_state
+    count = jnp.clip(opt_state.count, 0, steps)
+    decayed = hp.learning_rate * (1 - count / steps)
+    rate = jnp.where(hp.anneal_lr, decayed, hp.learning_rate).astype(jnp.float32)
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
 
 
 def new_episode_stats(num_envs: int, window: int) -> EpisodeStats:
@@ -116,16 +182,19 @@ def make_budget(config: Config):
     return within_budget
 
 
-def make_learner(config: Config, network: PPONetwork, tx: optax.GradientTransformation, dist: Any):
-    """``learn(variables, opt_state, key, traj, stats) -> (variables, opt_state, key, metrics)``: GAE over
-    one rollout's trajectory ``[steps, envs, ...]``, then ``ppo.epochs_per_update`` epochs of shuffled
-    minibatch steps. Shared by the fully jitted program and the host-env path (:mod:`ppo.host_program`)."""
+def make_learner(config: Config, network: PPONetwork, dist: Any):
+    """``learn(variables, opt_state, key, traj, stats, hp) -> (variables, opt_state, key, metrics)``: GAE
+    over one rollout's trajectory ``[steps, envs, ...]``, then ``ppo.epochs_per_update`` epochs of shuffled
+    minibatch steps, with the row's hyperparameters ``hp``. Shared by the fully jitted program and the
+    host-env path (:mod:`ppo.host_program`)."""
     ppo = config.ppo
     batch, num_minibatches = ppo.batch_size, config.num_minibatches
+    steps = anneal_steps(config)
 
-    def minibatch_step(carry, minibatch):
+    def minibatch_step(carry, minibatch, hp: HParams):
         params, opt_state = carry
         obs, actions, old_log_probs, advantages, returns = minibatch
+        tx = make_optimizer(hp)
 
         def loss_fn(p):
             pi, values = network.apply({"params": p}, obs)
@@ -136,9 +205,9 @@ def make_learner(config: Config, network: PPONetwork, tx: optax.GradientTransfor
                 old_log_probs,
                 advantages,
                 returns,
-                ppo.clip_epsilon,
-                ppo.value_coef,
-                ppo.entropy_coef,
+                hp.clip_epsilon,
+                hp.value_coef,
+                hp.entropy_coef,
                 ppo.normalize_advantages,
                 dist,
             )
@@ -146,16 +215,16 @@ def make_learner(config: Config, network: PPONetwork, tx: optax.GradientTransfor
 
         (_, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
+        updates, opt_state = tx.update(grads, scheduled(opt_state, hp, steps), params)
         params = optax.apply_updates(params, updates)
         return (params, opt_state), (info, grad_norm)
 
-    def learn(variables: Any, opt_state: Any, key: jax.Array, traj: Any, stats: EpisodeStats):
+    def learn(variables: Any, opt_state: Any, key: jax.Array, traj: Any, stats: EpisodeStats, hp: HParams):
         next_values: jax.Array = network.apply(  # type: ignore[assignment]  # Flax types apply's output loosely
             {"params": variables["params"]}, traj.next_obs, method=PPONetwork.value
         )
         advantages, returns = gae(
-            traj.rewards, traj.values, next_values, traj.terminated, traj.dones, ppo.gamma, ppo.gae_lambda
+            traj.rewards, traj.values, next_values, traj.terminated, traj.dones, hp.gamma, hp.gae_lambda
         )
         flat = jax.tree.map(
             lambda x: x.reshape((batch,) + x.shape[2:]),
@@ -169,7 +238,9 @@ def make_learner(config: Config, network: PPONetwork, tx: optax.GradientTransfor
             minibatches = jax.tree.map(
                 lambda x: x[perm].reshape((num_minibatches, batch // num_minibatches) + x.shape[1:]), flat
             )
-            (params, opt_state), out = jax.lax.scan(minibatch_step, (params, opt_state), minibatches)
+            (params, opt_state), out = jax.lax.scan(
+                lambda carry, mb: minibatch_step(carry, mb, hp), (params, opt_state), minibatches
+            )
             return (params, opt_state, key), out
 
         (params, opt_state, key), (info, grad_norm) = jax.lax.scan(
@@ -192,21 +263,22 @@ def make_learner(config: Config, network: PPONetwork, tx: optax.GradientTransfor
     return learn
 
 
-def make_program(config: Config) -> Program:
-    """Build the jitted ``init`` and ``run_chunk`` for ``config`` (nothing is traced until first call)."""
+def make_program(config: Config, rows: int | None = None) -> Program:
+    """Build the jitted ``init`` and ``run_chunk`` for ``config`` (nothing is traced until first call),
+    for ``rows`` training rows (default: the config's seeds; a population's members x seeds)."""
     configure_cpu_devices()  # a no-op after the first call (the trainer makes it)
     env, env_params = make_jax_env(config.env.id, config.env.max_steps_per_episode)
     spec = env_spec(config.env.id)
     network = make_network(config)
-    tx = make_optimizer(config)
     ppo = config.ppo
+    n_rows = len(config.train.seeds) if rows is None else rows
     num_envs, num_steps = config.env.num_envs, config.num_steps
     window = config.train.convergence_window
     dist = distribution(spec.action)
-    rollout = make_rollout(network, env, env_params, num_envs, num_steps, dist, ppo.gamma)
+    rollout = make_rollout(network, env, env_params, num_envs, num_steps, dist)
     normalize_obs, scale_rewards = config.env.normalize_observations, config.env.normalize_rewards
 
-    def init_one(seed: jnp.ndarray, params: Any) -> TrainState:
+    def init_one(seed: jnp.ndarray, params: Any, hp: HParams) -> TrainState:
         key = jax.random.PRNGKey(seed)
         key, _, k_env = jax.random.split(key, 3)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, num_envs), env_params)
@@ -214,10 +286,11 @@ def make_program(config: Config) -> Program:
             params = {**params, "obs_norm": update_stats(init_stats(spec.observation_shape), obs)}
         scale = RewardScale.create(num_envs) if scale_rewards else None
         stats = new_episode_stats(num_envs, window)
-        return TrainState(params, tx.init(params["params"]), env_state, obs, key, stats, jnp.int32(0), scale)
+        opt_state = make_optimizer(hp).init(params["params"])
+        return TrainState(params, opt_state, env_state, obs, key, stats, jnp.int32(0), scale, hp)
 
     within_budget = make_budget(config)
-    learn = make_learner(config, network, tx, dist)
+    learn = make_learner(config, network, dist)
 
     def update_one(state: TrainState, active: jnp.ndarray) -> tuple[TrainState, UpdateMetrics]:
         go = within_budget(state, active)
@@ -231,11 +304,11 @@ def make_program(config: Config) -> Program:
     def train_update(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
         stats = state.stats._replace(completed=jnp.int32(0), completed_return=jnp.float32(0.0))
         variables, env_state, obs, stats, reward_scale, key, traj = rollout(
-            state.params, state.env_state, state.obs, stats, state.reward_scale, state.key
+            state.params, state.env_state, state.obs, stats, state.reward_scale, state.key, state.hp.gamma
         )
-        variables, opt_state, key, metrics = learn(variables, state.opt_state, key, traj, stats)
+        variables, opt_state, key, metrics = learn(variables, state.opt_state, key, traj, stats, state.hp)
         new_state = TrainState(
-            variables, opt_state, env_state, obs, key, stats, state.update + 1, reward_scale
+            variables, opt_state, env_state, obs, key, stats, state.update + 1, reward_scale, state.hp
         )
         return new_state, metrics
 
@@ -252,12 +325,14 @@ def make_program(config: Config) -> Program:
     # compiles once whatever the seed count, and stacking happens on the host.
     init_single = jax.jit(init_one)
 
-    def init(seeds: jnp.ndarray) -> TrainState:
+    def init(seeds: jnp.ndarray, hparams: list[HParams] | None = None) -> TrainState:
+        """Stacked states of ``seeds`` (one row each), with ``hparams`` per row (default: the config's)."""
+        rows_hp = hparams or [HParams.of(ppo)] * len(np.asarray(seeds))
         # the weights come from the host (ppo.networks.init_params: no initialiser to compile)
         states = jax.device_get(
             [
-                init_single(seed, init_params(network, spec.observation_shape, int(seed)))
-                for seed in np.asarray(seeds)
+                init_single(seed, init_params(network, spec.observation_shape, int(seed)), hp)
+                for seed, hp in zip(np.asarray(seeds), rows_hp, strict=True)
             ]
         )
         # stack on the host: jnp.stack would compile a small program per leaf shape (~2 s cold)
@@ -265,11 +340,14 @@ def make_program(config: Config) -> Program:
 
     def state_shapes(n_seeds: int) -> Any:
         one = jax.eval_shape(
-            init_one, jax.ShapeDtypeStruct((), jnp.uint32), param_shapes(network, spec.observation_shape)
+            init_one,
+            jax.ShapeDtypeStruct((), jnp.uint32),
+            param_shapes(network, spec.observation_shape),
+            HParams.of(ppo),
         )
         # concrete states come from NumPy stacking: never weak-typed, so neither are these
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype), one)
 
-    batched = chunk_single if len(config.train.seeds) == 1 else jax.vmap(chunk_one, in_axes=(0, 0, None))
+    batched = chunk_single if n_rows == 1 else jax.vmap(chunk_one, in_axes=(0, 0, None))
     run_chunk = jax.jit(batched, static_argnums=2)
     return Program(init, run_chunk, network, state_shapes)

@@ -107,10 +107,9 @@ def make_rollout(
     num_envs: int,
     num_steps: int,
     dist: Distribution,
-    gamma: float,
 ):
-    """Return ``rollout(variables, env_state, obs, stats, reward_scale, key) -> (variables, env_state, obs,
-    stats, reward_scale, key, traj)``.
+    """Return ``rollout(variables, env_state, obs, stats, reward_scale, key, gamma) -> (variables,
+    env_state, obs, stats, reward_scale, key, traj)`` (``gamma``: the row's discount, for reward scaling).
 
     ``variables`` are the agent's (``params``, and ``obs_norm`` when observations are normalised: its
     statistics are updated with every step's observations, so they come back changed). ``reward_scale`` is
@@ -120,7 +119,7 @@ def make_rollout(
     """
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def rollout(variables, env_state, obs, stats: EpisodeStats, reward_scale, key):
+    def rollout(variables, env_state, obs, stats: EpisodeStats, reward_scale, key, gamma):
         def one_step(carry, _):
             variables, env_state, obs, stats, reward_scale, key = carry
             key, k_action, k_step = jax.random.split(key, 3)

@@ -106,15 +106,15 @@ def test_rollout_normalises_like_vecnormalize():
         jax.random.split(jax.random.PRNGKey(3), num_envs), env_params
     )
     stats = EpisodeStats(jnp.zeros(num_envs), jnp.zeros(8), jnp.int32(0), jnp.int32(0), jnp.float32(0.0))
-    rollout = jax.jit(make_rollout(network, env, env_params, num_envs, num_steps, dist, gamma))
+    rollout = jax.jit(make_rollout(network, env, env_params, num_envs, num_steps, dist))
     key = jax.random.PRNGKey(7)
-    raw_out = rollout(params, env_state, obs, stats, None, key)
+    raw_out = rollout(params, env_state, obs, stats, None, key, gamma)
     raw = raw_out[-1]
     # what the envs returned after each step: the next step's observations, then the rollout's end ones
     returned = np.concatenate([np.asarray(raw.obs[1:]), np.asarray(raw_out[2])[None]]).astype(np.float64)
     normed_vars = {**params, "obs_norm": update_stats(init_stats((3,)), obs)}
     out_vars, *_, scale, _, traj = rollout(
-        normed_vars, env_state, obs, stats, RewardScale.create(num_envs), key
+        normed_vars, env_state, obs, stats, RewardScale.create(num_envs), key, gamma
     )
     np.testing.assert_array_equal(np.asarray(traj.actions), np.asarray(raw.actions))  # same trajectory
 

@@ -11,7 +11,7 @@ import pytest
 from ppo.advantages import gae
 from ppo.config import build_config
 from ppo.losses import ppo_loss
-from ppo.program import make_optimizer
+from ppo.program import HParams, make_optimizer
 
 
 def gae_reference(rewards, values, next_values, terminated, dones, gamma, lam):
@@ -211,7 +211,7 @@ def test_the_update_calls_the_loss_on_minibatches_of_raw_advantages(monkeypatch)
 def test_gradients_are_clipped_to_max_grad_norm_before_adam():
     lr, eps, max_norm = 1e-2, 1e-5, 0.5
     cfg = build_config({"ppo": {"max_grad_norm": max_norm, "learning_rate": lr, "adam_eps": eps}})
-    tx = make_optimizer(cfg)
+    tx = make_optimizer(HParams.of(cfg.ppo))
     adam = optax.adam(lr, eps=eps)
     params = {"b": jnp.zeros(2), "w": jnp.zeros(4)}
     steps = [  # global norms 50 (clipped), ~0.19 (kept), ~3.9 (clipped; per-leaf clipping would differ)

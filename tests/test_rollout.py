@@ -62,8 +62,8 @@ def _rollout(env_id, limit, num_envs, num_steps, window=256, seed=0, ep_return=N
         completed=jnp.int32(0),
         completed_return=jnp.float32(0.0),
     )
-    rollout = jax.jit(make_rollout(network, env, env_params, num_envs, num_steps, Categorical(), 0.99))
-    _, end_state, end_obs, end_stats, _, _, traj = rollout(params, env_state, obs, stats, None, key)
+    rollout = jax.jit(make_rollout(network, env, env_params, num_envs, num_steps, Categorical()))
+    _, end_state, end_obs, end_stats, _, _, traj = rollout(params, env_state, obs, stats, None, key, 0.99)
     return env, env_params, network, params, traj, end_state, end_obs, end_stats
 
 

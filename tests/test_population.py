@@ -1,0 +1,77 @@
+"""Populations (ppo/population.py): members that differ in shape-free hyperparameters train as one
+program, with the numbers of separate training."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from ppo import PPOTrainer
+from ppo.config import ConfigError
+from ppo.population import train_population
+from tests.helpers import small_config
+
+UPDATES = 10  # two chunks of five
+
+
+def _config(**overrides):
+    return small_config(**{"train.max_env_steps": 128 * UPDATES, **overrides})
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_a_population_of_one_is_plain_training_bit_for_bit(ppo_home):
+    config = _config(**{"train.seeds": [0, 1]})
+    trainer = PPOTrainer(config=config)
+    trainer.train()
+    result = train_population(config, [{}])
+    assert result.returns.shape == (1, 2, UPDATES) and result.env_steps == 128 * UPDATES
+    for seed in range(2):
+        for ours, plain in zip(
+            _leaves(result.params[0][seed]), _leaves(trainer.seed_params[seed]), strict=True
+        ):
+            np.testing.assert_array_equal(ours, plain)
+
+
+def test_members_with_different_hyperparameters_equal_separate_runs(ppo_home):
+    members = [{"ppo.learning_rate": 1e-3}, {"learning_rate": 3e-3, "clip_epsilon": 0.1, "gamma": 0.9}]
+    config = _config(**{"train.seeds": [4]})
+    result = train_population(config, members)
+    assert result.returns.shape == (2, 1, UPDATES)
+    finals = []
+    for m, member in enumerate(members):
+        alone = PPOTrainer(
+            config=_config(
+                **{
+                    "train.seeds": [4],
+                    **{k if k.startswith("ppo.") else f"ppo.{k}": v for k, v in member.items()},
+                }
+            )
+        )
+        alone.train()
+        for ours, theirs in zip(_leaves(result.params[m][0]), _leaves(alone.seed_params[0]), strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-6)
+        finals.append(_leaves(result.params[m][0]))
+    # the members really differ (the rows did not all train with the first member's values)
+    assert any(not np.allclose(a, b) for a, b in zip(*finals, strict=True))
+
+
+@pytest.mark.parametrize(
+    "member,field",
+    [
+        ({"ppo.hidden_sizes": [8]}, "ppo.hidden_sizes"),
+        ({"env.num_envs": 4}, "env.num_envs"),
+        ({"ppo.gamma": 1.5}, "gamma"),
+    ],
+)
+def test_a_member_may_change_only_shape_free_hyperparameters_within_their_ranges(member, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        train_population(_config(), [{}, member])
+
+
+def test_a_population_needs_a_step_budget():
+    with pytest.raises(ConfigError, match="max_env_steps"):
+        train_population(_config(**{"train.max_env_steps": None}), [{}])
