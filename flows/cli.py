@@ -99,17 +99,11 @@ def _alive(pid_file: Path) -> bool:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return False
-    return _process_start(pid) is not None if sys.platform.startswith("linux") else _signal_zero(pid)
+    if sys.platform.startswith("linux"):
+        return _process_start(pid) is not None
+    from ppo.tracking.store import pid_alive
 
-
-def _signal_zero(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _prefect_env() -> None:

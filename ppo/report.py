@@ -201,15 +201,7 @@ def eval_returns_plot(
     title = "Evaluation returns"
     if values.size > 1 and np.all(values == values[0]):
         title += f": all {values.size} episodes returned {values[0]:g}"
-    ax.set_xlabel("greedy episode return (real gymnasium env)")
-    ax.set_ylabel("episodes")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "greedy episode return (real gymnasium env)", "episodes", title)
 
 
 def _picture(frame: np.ndarray) -> Any:
@@ -258,16 +250,9 @@ def performance_profile(
             boot = profile(r[idx].reshape(1000, -1))
             band = np.array([_percentile_ci(boot[:, t], 0.95) for t in range(taus.size)])
             ax.fill_between(taus, band[:, 0], band[:, 1], color=f"C{i}", alpha=0.2)
-    ax.set_xlabel("return threshold tau")
-    ax.set_ylabel("fraction of episodes with return > tau")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Performance profile (greedy evaluation episodes)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-    return path
+    title = "Performance profile (greedy evaluation episodes)"
+    return _finish(fig, ax, path, "return threshold tau", "fraction of episodes with return > tau", title)
 
 
 def policy_gif(
@@ -309,6 +294,19 @@ def policy_gif(
         buf, format="GIF", save_all=True, append_images=frames[1:], duration=40, loop=0, optimize=True
     )
     atomic.write_bytes(path, buf.getvalue())
+    return path
+
+
+def _finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Labels, legend and grid of a one-axes plot; saved to ``path`` (atomically) and closed."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    _plt().close(fig)
     return path
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: the per-update loss figures every training logs (history keys and MLflow metric names alike)
+LOSS_KEYS = ("loss/policy", "loss/value", "loss/entropy", "loss/approx_kl", "loss/clip_fraction", "grad_norm")
+
+
 def small_config(**overrides):
     """A tiny CartPole config shared by the fast tests (one compile per module)."""
     from ppo.config import build_config
@@ -209,3 +213,22 @@ def register_passed(run_id: str, model_name: str = "ppo-cartpole") -> str:
     version = tracking.register_model(run_id, model_name)
     tracking.tag_version(model_name, version, {"gate.passed": True, "gate.status": "passed"})
     return version
+
+
+def run_pipeline(config: Path, env: dict[str, str], *args: str, code: int = 0, timeout: float = 900):
+    """``ppo pipeline -c config [args]`` in a subprocess (stdout captured: it ends with the JSON result);
+    asserts its exit status; returns ``(completed process, the JSON result)``."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "pipeline", "-c", str(config), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == code, out.stderr[-3000:]
+    return out, json.loads(out.stdout.strip().splitlines()[-1])

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -20,7 +18,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.promote import promote_model
 from flows.train_ppo import train_ppo
 from ppo import tracking
-from tests.helpers import ROOT, small_config
+from tests.helpers import run_pipeline, small_config
 
 # two seeds (the gate's recipe check asks for both), a gate any trained policy passes on its own
 GATE = {"gate.min_return": 0.0, "gate.episodes": 10, "gate.min_seeds": 2, "tracking.enabled": True}
@@ -236,14 +234,5 @@ def test_pipeline_exit_code_tells_gated_out_from_promoted(harness, tmp_path):
     path, home = harness
     env = {**os.environ, "PPO_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "pipeline", "-c", str(path), "--set", "gate.min_return=100000"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert out.returncode == 4, out.stderr[-3000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    _, summary = run_pipeline(path, env, "--set", "gate.min_return=100000", code=4)
     assert summary["outcome"] == "gated_out" and not summary["promoted"] and summary["champion"] is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ppo import PPOTrainer
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -22,22 +22,10 @@ def test_cartpole_config_solves_cartpole_for_three_seeds(ppo_home):
 @pytest.mark.parametrize("name,threshold", [("cartpole.yaml", 475.0), ("acrobot.yaml", -100.0)])
 def test_every_shipped_config_passes_its_own_gate(ppo_home, tmp_path, name, threshold):
     # the whole pipeline, as `make run` runs it: 5 seeds, the gate at the env's reward threshold
-    import json
     import os
-    import subprocess
-    import sys
 
     env = {**os.environ, "PPO_HOME": str(ppo_home), "PREFECT_HOME": str(tmp_path / "prefect")}
-    out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "pipeline", "-c", str(ROOT / "configs" / name)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    out, summary = run_pipeline(ROOT / "configs" / name, env)
     assert summary["outcome"] == "promoted" and summary["ci"][0] >= threshold, summary
     # what a person sees (stderr): one summary with links to where to look next, and none of the noise
     # that used to surround it (MLflow's warnings and prints, internal placeholders)

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from ppo import PPOTrainer, tracking
 from ppo.tracking import MLflowLogger
-from tests.helpers import register_passed, small_config
+from tests.helpers import LOSS_KEYS, register_passed, small_config
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,7 @@ def test_run_has_params_metrics_tags_and_artifacts(tracked_run):
         "train/episode_return",
         "train/episodes",
         "train/env_steps",
-        "loss/policy",
-        "loss/value",
-        "loss/entropy",
-        "loss/approx_kl",
-        "loss/clip_fraction",
-        "grad_norm",
+        *LOSS_KEYS,
         "eval/return_mean",
         "eval/return_std",
         "perf/env_steps_per_s",
@@ -222,14 +217,7 @@ def test_curves_have_a_point_per_update_and_summary_figures_are_not_curves(track
     run_id = result["run_id"]
     batch = trainer.config.ppo.batch_size
     per_update = [batch * (i + 1) for i in range(30)]  # 6 chunks of 5 updates, both seeds in every one
-    for key in (
-        "loss/policy",
-        "loss/value",
-        "loss/entropy",
-        "loss/approx_kl",
-        "loss/clip_fraction",
-        "grad_norm",
-    ):
+    for key in LOSS_KEYS:
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == per_update, key
     policy = {m.step: m.value for m in client.get_metric_history(run_id, "loss/policy")}
     for row in result["history"]:  # a chunk's row is the mean of its updates

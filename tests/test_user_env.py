@@ -4,9 +4,7 @@ cannot make the trainer import modules it was not allowed to."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -17,7 +15,7 @@ import pytest
 from examples.point_env import PointEnv, PointGymEnv
 from ppo.config import ConfigError, build_config
 from ppo.envs import env_spec, make_gymnasium_env
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_pipeline
 
 EXAMPLE = "examples.point_env:PointEnv"
 
@@ -117,14 +115,5 @@ def test_an_env_without_a_twin_is_evaluated_on_itself(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_the_example_env_goes_through_the_pipeline_to_a_champion(tmp_path):
     env = {**os.environ, "PPO_HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / "prefect")}
-    out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "pipeline", "-c", str(ROOT / "examples" / "point.yaml")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    _, summary = run_pipeline(ROOT / "examples" / "point.yaml", env)
     assert summary["outcome"] == "promoted" and summary["model_name"] == "ppo-pointenv", summary

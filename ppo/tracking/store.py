@@ -176,7 +176,7 @@ def ensure_sqlite_store(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.creating"):  # left by a creator that was killed
         pid = stale.name.rsplit(".", 2)[-2]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and pid_alive(int(pid))):
             with contextlib.suppress(OSError):
                 stale.unlink()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
@@ -213,7 +213,8 @@ def ensure_sqlite_store(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0; one of another user's counts too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

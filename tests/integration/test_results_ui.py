@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.helpers import ROOT, free_port, small_config
+from tests.helpers import ROOT, free_port, run_pipeline, small_config
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -52,16 +52,7 @@ def test_a_pipelines_results_in_ppo_ui_and_the_browser(tmp_path):
     env = {**os.environ, "PPO_HOME": str(home), "MLFLOW_PORT": str(mport), "PREFECT_PORT": str(pport)}
     for key in ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)  # the defaults: one Prefect home and one MLflow store under $PPO_HOME
-    out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "pipeline", "-c", str(config)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    _, summary = run_pipeline(config, env)
     run_id, model = summary["run_id"], summary["model_name"]
     assert summary["links"]["mlflow_run"].startswith(f"http://127.0.0.1:{mport}/#/experiments/")
 
@@ -143,12 +134,8 @@ def test_a_pipelines_results_in_ppo_ui_and_the_browser(tmp_path):
         assert full and full[0].startswith(f"{mlflow_ui}/#/experiments/"), links
         assert f"/runs/{run_id}/artifacts/report/report.html" in full[0]
     finally:
-        ui.terminate()
-        try:
-            ui.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            ui.kill()
-            ui.wait()
+        ui.terminate()  # SIGTERM: it stops its servers' sessions first (a SIGKILL would orphan them)
+        ui.wait(timeout=60)
     # ppo ui stopped what it started, and no longer claims to run
     for port in (mport, pport):
         with pytest.raises(OSError):
