@@ -19,6 +19,18 @@ import numpy as np
 _FINAL_KEYS = ("best_seed_index", "final_eval", "finished", "stop_reason")
 
 
+#: the per-update losses: history key -> :class:`ppo.program.UpdateMetrics` field (a chunk's row holds
+#: their means over the applied updates; ppo.trainer.update_points, every update's value)
+LOSS_FIELDS = {
+    "loss/policy": "policy",
+    "loss/value": "value",
+    "loss/entropy": "entropy",
+    "loss/approx_kl": "approx_kl",
+    "loss/clip_fraction": "clip_fraction",
+    "grad_norm": "grad_norm",
+}
+
+
 @dataclass
 class Books:
     """Per-seed bookkeeping of one training run (lists are indexed by seed position)."""
@@ -235,12 +247,7 @@ def build_row(
         "episodes": int(counted_episodes(episodes, trained).min()),
         "avg_reward": float(np.mean(valid_windows)) if valid_windows else None,
         "episode_return": float(np.mean(valid_returns)) if valid_returns else None,
-        "loss/policy": masked_mean(metrics.policy, ran),
-        "loss/value": masked_mean(metrics.value, ran),
-        "loss/entropy": masked_mean(metrics.entropy, ran),
-        "loss/approx_kl": masked_mean(metrics.approx_kl, ran),
-        "loss/clip_fraction": masked_mean(metrics.clip_fraction, ran),
-        "grad_norm": masked_mean(metrics.grad_norm, ran),
+        **{key: masked_mean(getattr(metrics, field), ran) for key, field in LOSS_FIELDS.items()},
         "env_steps_per_s": steps_this_chunk / dt if dt > 0 else None,
         "converged_seeds": int(sum(books.converged)),
         "wall_s": wall_s,

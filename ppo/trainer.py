@@ -37,16 +37,6 @@ Callback = Callable[[dict[str, Any]], Any]
 #: run writes them back, so its curves are those of an uninterrupted run
 UPDATE_POINTS = "update_points"
 
-#: the per-update losses: history key -> :class:`ppo.program.UpdateMetrics` field
-_UPDATE_LOSSES = {
-    "loss/policy": "policy",
-    "loss/value": "value",
-    "loss/entropy": "entropy",
-    "loss/approx_kl": "approx_kl",
-    "loss/clip_fraction": "clip_fraction",
-    "grad_norm": "grad_norm",
-}
-
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss; the run is aborted and nothing is registered."""
@@ -584,7 +574,7 @@ def update_points(
     at, which = np.unique(number[ran], return_inverse=True)  # the distinct update numbers, ascending
     count = np.bincount(which, minlength=len(at))
     out: dict[str, list[Any]] = {"env_steps": [int(u) * batch for u in at]}
-    for key, field in _UPDATE_LOSSES.items():
+    for key, field in progress.LOSS_FIELDS.items():
         values = np.asarray(getattr(metrics, field), dtype=float)[ran]
         out[key] = [float(v) for v in np.bincount(which, weights=values, minlength=len(at)) / count]
     completed = np.asarray(metrics.episodes_completed)
