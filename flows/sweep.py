@@ -1,6 +1,8 @@
 """Flow ``sweep-ppo``: plan the trials, run them in parallel on Ray, compare them, and score the chosen
 one on held-out episodes (the score it reports; ``ppo/sweep.py`` says which episodes each score uses).
 
+Trials that differ only in shape-free hyperparameters form a group, trained as one population: each Ray
+task trains a group (a cluster spreads groups over nodes, a node's devices take the group's rows).
 Trials run on ``RayTaskRunner``: a local Ray started for the flow, or the cluster in ``$RAY_ADDRESS``
 (Ray reads it). Without the ``ray`` extra the flow says so and runs the trials one at a time on
 Prefect's local runner. The flow object ``sweep_ppo`` is made (and Ray imported) on first access, not
@@ -16,7 +18,7 @@ from prefect import Flow, flow, unmapped
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.sweep import plan_sweep, run_trial, score_heldout, sweep_report
+from tasks.sweep import plan_sweep, run_group, score_heldout, sweep_report
 
 
 def task_runner() -> tuple[Any, str | None]:
@@ -51,18 +53,24 @@ def sweep_ppo_fn(sweep_path: str = "configs/sweep-cartpole.yaml") -> dict[str, A
     if note:
         print(note)
     plan = plan_sweep(sweep_path)
-    futures = run_trial.map(
-        plan["trials"],
+    trials, groups = plan["trials"], plan["groups"]
+    print(f"{len(trials)} trials in {len(groups)} group(s), each trained as one program")
+    futures = run_group.map(
+        [[trials[i] for i in group] for group in groups],
         parent_run_id=unmapped(plan["parent_run_id"]),
         eval_episodes=unmapped(plan["eval_episodes"]),
     )
-    # one line per trial as it finishes (the trials' own logs stay on their Ray workers)
-    total = len(plan["trials"])
-    for done, future in enumerate(as_completed(futures), 1):
-        r = future.result()
-        score = "diverged" if r.get("error") else f"selection score {r['score_selection']:.1f}"
-        print(f"trial {r['trial']} finished ({done}/{total}): {r['params']} -> {score}, {r['wall_s']:.0f} s")
-    results = [future.result() for future in futures]  # in trial order
+    # one line per trial as its group finishes (the trials' own logs stay on their Ray workers)
+    done = 0
+    for future in as_completed(futures):
+        for r in future.result():
+            done += 1
+            score = "diverged" if r.get("error") else f"selection score {r['score_selection']:.1f}"
+            print(
+                f"trial {r['trial']} finished ({done}/{len(trials)}): {r['params']} -> {score}, "
+                f"{r['wall_s']:.0f} s"
+            )
+    results = sorted((r for f in futures for r in f.result()), key=lambda r: r["trial"])
     heldout = score_heldout(plan["parent_run_id"], results)
     return sweep_report(plan["parent_run_id"], results, plan["trials"], heldout, plan["eval_episodes"])
 

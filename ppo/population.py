@@ -1,25 +1,32 @@
 """Populations: configs that differ only in hyperparameters that shape no array train as ONE program.
 
-A population is a base config and P members, each a set of overrides of :data:`ppo.program.HPARAM_FIELDS`
-(learning rate, clip epsilon, gamma, GAE lambda, entropy/value coefficients, max grad norm, Adam epsilon,
-the annealing flag). Every member trains every seed of the config: P x S training rows, each carrying its
-own hyperparameters in its state (:class:`ppo.program.HParams`), vmapped in one compiled program and split
-over devices like seeds are (:mod:`ppo.sharding`). PureJaxRL vmaps ``make_train`` over hyperparameters the
-same way; a sweep of 8 trials then costs one compile and one dispatch per chunk instead of 8 processes.
+A population is P members whose configs are equal but for :data:`ppo.program.HPARAM_FIELDS` (learning
+rate, clip epsilon, gamma, GAE lambda, entropy/value coefficients, max grad norm, Adam epsilon, the
+annealing flag): :func:`group_key` says which configs may share a program. Every member trains every seed
+of the config: P x S training rows, each carrying its own hyperparameters in its state
+(:class:`ppo.program.HParams`), vmapped in one compiled program and split over devices like seeds are
+(:mod:`ppo.sharding`). PureJaxRL vmaps ``make_train`` over hyperparameters the same way; a sweep of 8
+trials then costs one compile and one dispatch per chunk instead of 8 processes.
 
-Members train their whole step budget (``train.max_env_steps``): a population is for comparing members at
-equal cost, so nobody stops early. A population of one is plain training: same program, same numbers.
+Each member is a :class:`ppo.trainer.PPOTrainer` and keeps everything a trainer does between chunks
+(:func:`train_together`): its own books, convergence and early stopping, periodic and final evaluation,
+checkpoint folder, MLflow run and ``result.json``, so a member's result is the one it would get training
+alone. A population of one is plain training: same program, same numbers.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ppo.config import Config, ConfigError, build_config
+
+if TYPE_CHECKING:
+    from ppo.trainer import PPOTrainer
 
 
 def _field(key: str) -> str:
@@ -43,6 +50,22 @@ def member_config(config: Config, member: dict[str, Any]) -> Config:
     return build_config(config.to_dict(), overrides)
 
 
+def _shape_fields(config: Config) -> dict[str, Any]:
+    """The dotted config fields that make a program: all but the shape-free hyperparameters, where
+    checkpoints go and where runs are logged (``tracking``, ``registry``, ``gate`` play no part)."""
+    from ppo.program import HPARAM_FIELDS
+
+    free = {f"ppo.{f}" for f in HPARAM_FIELDS} | {"train.checkpoint_dir"}
+    return {
+        k: v for k, v in config.flat().items() if k.split(".")[0] in ("env", "ppo", "train") and k not in free
+    }
+
+
+def group_key(config: Config) -> str:
+    """Configs with the same key train together as one population (one compiled program)."""
+    return json.dumps(_shape_fields(config), sort_keys=True, default=str)
+
+
 @dataclass
 class PopulationResult:
     """What a population trained: per member and seed, the final variables and the learning curve."""
@@ -52,16 +75,17 @@ class PopulationResult:
     params: list[list[Any]]  # [member][seed]: the agent's variables (NumPy)
     #: [member, seed, update]: the mean return of the episodes each update completed (NaN: none completed)
     returns: np.ndarray
-    env_steps: int  # per row (member x seed)
+    env_steps: int  # the most env steps of any row (member x seed)
+    total_env_steps: int  # of all rows together
     wall_s: float
     compile_s: float
-    timings: dict[str, float] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)  # each member's trainer result
 
     @property
     def env_steps_per_s(self) -> float:
         """Env steps of all rows per second of training (compilation excluded)."""
         train = self.wall_s - self.compile_s
-        return self.env_steps * len(self.members) * len(self.seeds) / train if train > 0 else float("nan")
+        return self.total_env_steps / train if train > 0 else float("nan")
 
     def final_return(self, window: int = 10) -> np.ndarray:
         """[member, seed]: the mean of the last ``window`` updates that completed episodes."""
@@ -73,83 +97,151 @@ class PopulationResult:
         return out
 
 
+def _rows(tree: Any, member: int, seeds: int) -> Any:
+    """Member ``member``'s rows (``[member * seeds, (member + 1) * seeds)``) of a host pytree."""
+    import jax
+
+    return jax.tree.map(lambda x: x[member * seeds : (member + 1) * seeds], tree)
+
+
+def train_together(
+    trainers: list[PPOTrainer], on_chunk: Any = None
+) -> list[dict[str, Any] | FloatingPointError]:
+    """Train ``trainers`` (one per member; their configs must share a :func:`group_key`) as one program.
+
+    Each member keeps its own books, logger, evaluations and checkpoints, exactly as
+    :meth:`ppo.trainer.PPOTrainer.train` would (without resume); a member stops when its seeds are frozen,
+    the others train on. A member whose loss turns NaN/inf is stopped and its run marked FAILED; its entry
+    in the returned list is the :class:`ppo.trainer.NonFiniteLossError` (a diverged member is a legitimate
+    outcome of a sweep), the others are their results. Any other error stops every member's run and is
+    raised. ``on_chunk(metrics, state)`` sees each chunk's metrics and the state after it, all rows, on
+    the host.
+    """
+    import jax
+
+    from ppo.program import HParams
+    from ppo.progress import Books
+    from ppo.runtime import Runtime, uses_host_envs
+    from ppo.sharding import configure_cpu_devices
+    from ppo.trainer import NonFiniteLossError, _Run
+
+    if not trainers:
+        raise ConfigError("a population needs at least one member")
+    first = trainers[0].config
+    if uses_host_envs(first):
+        raise ConfigError(f"{first.env.id} trains on host-side envs: populations need a JAX env")
+    shape = _shape_fields(first)
+    for i, trainer in enumerate(trainers[1:], 1):
+        other = _shape_fields(trainer.config)
+        if other != shape:
+            diff = sorted(k for k in shape.keys() | other.keys() if shape.get(k) != other.get(k))
+            raise ConfigError(
+                f"population member {i} differs from member 0 in {', '.join(diff)}: only shape-free "
+                "hyperparameters may differ within a population (train the others as separate groups)"
+            )
+    configure_cpu_devices()
+    timings: dict[str, float] = {}
+    runtime = Runtime.population(first, [HParams.of(t.config.ppo) for t in trainers], timings)
+    chunk, n_seeds = first.train.updates_per_chunk, len(first.train.seeds)
+    started = time.perf_counter()
+    runtime.compile_ahead(chunk)
+    state = runtime.init_state()
+    host = jax.device_get(state)
+    outcomes: list[dict[str, Any] | FloatingPointError | None] = [None] * len(trainers)
+    runs: list[_Run] = []
+    open_runs: set[int] = set()  # members whose logger run is open (to close on any error)
+    try:
+        for m, trainer in enumerate(trainers):
+            trainer.timings = timings
+            books = Books.new(n_seeds, trainer.config.train.eval_frequency, trainer.config.config_hash())
+            runs.append(_Run(books, trainer._open_logger(resumed=False), None, started))
+            open_runs.add(m)
+        while True:
+            masks = []
+            for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
+                mask = None if outcomes[m] is not None else trainer._active(_rows(host, m, n_seeds), run)
+                masks.append(np.zeros(n_seeds, bool) if mask is None else mask)
+            active = np.concatenate(masks)
+            if not active.any():
+                break
+            active_dev = runtime.place_active(active)
+            chunk_fn = runtime.chunk_fn(state, active_dev, chunk)
+            t = time.perf_counter()
+            state, metrics = chunk_fn(state, active_dev)
+            metrics = jax.device_get(metrics)
+            dt = time.perf_counter() - t
+            host = jax.device_get(state)
+            if on_chunk is not None:
+                on_chunk(metrics, host)
+            for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
+                if not masks[m].any():
+                    continue
+                try:
+                    trainer._after_chunk(_rows(host, m, n_seeds), _rows(metrics, m, n_seeds), dt, run)
+                except NonFiniteLossError as e:
+                    outcomes[m] = e
+                    trainer._abort(run.logger, e)
+                    open_runs.discard(m)
+        for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
+            if outcomes[m] is not None:
+                continue
+            result = trainer._finish(_rows(host, m, n_seeds), run)
+            result["resumed_from_chunk"] = None
+            trainer._complete(result, run.logger)
+            if run.logger is not None:
+                run.logger.end(status="FINISHED")
+            open_runs.discard(m)
+            outcomes[m] = result
+    except BaseException as e:
+        for m in sorted(open_runs):
+            trainers[m]._abort(runs[m].logger, e)
+        raise
+    return [o for o in outcomes if o is not None]
+
+
 def train_population(
     config: Config,
     members: list[dict[str, Any]],
     callback: Any = None,
 ) -> PopulationResult:
-    """Train every member of the population on every seed of ``config`` for ``train.max_env_steps`` env
-    steps per row, as one compiled program; ``callback(updates_done, total_updates)`` after each chunk."""
-    import jax
-    import jax.numpy as jnp
-
-    from ppo.program import HParams, make_program
-    from ppo.runtime import enable_compilation_cache, uses_host_envs
-    from ppo.sharding import configure_cpu_devices, plan_for
+    """Train every member of the population on every seed of ``config`` (up to ``train.max_env_steps``
+    env steps per row, or until a row converges) as one compiled program; ``callback(chunks_done)``
+    after each chunk. Members log nothing (:func:`train_together` with MLflow-logging trainers does)."""
+    from ppo.trainer import PPOTrainer
 
     if not members:
         raise ConfigError("a population needs at least one member")
-    if uses_host_envs(config):
-        raise ConfigError(f"{config.env.id} trains on host-side envs: populations need a JAX env")
-    total_updates = config.total_updates()
-    if total_updates is None:
+    if config.total_updates() is None:
         raise ConfigError("a population trains to train.max_env_steps: set it")
-    member_configs = [member_config(config, m) for m in members]  # each validated
+    tracked = build_config(config.to_dict(), {"tracking.enabled": False})
+    trainers = [PPOTrainer(config=member_config(tracked, m)) for m in members]
     seeds = [int(s) for s in config.train.seeds]
-    rows = len(members) * len(seeds)
-    configure_cpu_devices()
-    enable_compilation_cache()
+    curves: list[np.ndarray] = []
+    updates = np.zeros(len(members) * len(seeds), np.int64)  # each row's updates after the last chunk
     t0 = time.perf_counter()
-    program = make_program(config, rows=rows)
-    # the plan of a config with one seed per row: rows split over devices as seeds are
-    layout = build_config(config.to_dict(), {"train.seeds": list(range(rows))})
-    plan = plan_for(layout)
-    hparams = [HParams.of(c.ppo) for c in member_configs for _ in seeds]
-    row_seeds = jnp.asarray([s for _ in members for s in seeds], dtype=jnp.uint32)
-    state = program.init(row_seeds, hparams)
-    active = jnp.ones(rows, bool)
-    fn = program.run_chunk
-    if plan is not None:
-        state_sh = plan.state(state, config.env.num_envs)
-        state = jax.device_put(state, state_sh)
-        active = jax.device_put(active, plan.per_seed())
-        fn = jax.jit(
-            fn.__wrapped__,
-            static_argnums=2,
-            in_shardings=(state_sh, plan.per_seed()),
-            out_shardings=(state_sh, plan.per_seed()),
-        )
-    chunk = config.train.updates_per_chunk
-    compiled: dict[int, Any] = {}
-    compile_s = 0.0
-    curves = []
-    done = 0
-    while done < total_updates:
-        k = min(chunk, total_updates - done)
-        if k not in compiled:
-            t = time.perf_counter()
-            compiled[k] = fn.lower(state, active, k).compile()
-            compile_s += time.perf_counter() - t
-        state, metrics = compiled[k](state, active)  # k is static: part of the compiled program
+
+    def on_chunk(metrics: Any, state: Any) -> None:
         completed = np.asarray(metrics.episodes_completed, np.float64)  # [rows, k]
         total = np.asarray(metrics.completed_return, np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            curves.append(np.where(completed > 0, total / completed, np.nan))
-        done += k
+            curves.append(np.where(np.asarray(metrics.ran) & (completed > 0), total / completed, np.nan))
+        updates[:] = np.asarray(state.update)
         if callback is not None:
-            callback(done, total_updates)
-    host = jax.device_get(state.params)
-    params = [
-        [jax.tree.map(lambda x, r=m * len(seeds) + s: np.asarray(x[r]), host) for s in range(len(seeds))]
-        for m in range(len(members))
-    ]
-    returns = np.concatenate(curves, axis=1).reshape(len(members), len(seeds), -1)
+            callback(len(curves))
+
+    outcomes = train_together(trainers, on_chunk)
+    for member, outcome in zip(members, outcomes, strict=True):
+        if isinstance(outcome, FloatingPointError):
+            raise ConfigError(f"population member {member} diverged: {outcome}")
+    batch = config.ppo.batch_size
     return PopulationResult(
         members=[dict(m) for m in members],
         seeds=seeds,
-        params=params,
-        returns=returns,
-        env_steps=total_updates * config.ppo.batch_size,
+        params=[list(t.seed_params) for t in trainers],
+        returns=np.concatenate(curves, axis=1).reshape(len(members), len(seeds), -1),
+        env_steps=int(updates.max()) * batch,
+        total_env_steps=int(updates.sum()) * batch,
         wall_s=time.perf_counter() - t0,
-        compile_s=compile_s,
+        compile_s=trainers[0].timings.get("compile_s", 0.0),
+        results=[o for o in outcomes if isinstance(o, dict)],
     )

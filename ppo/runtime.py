@@ -1,9 +1,11 @@
 """The compiled-program runtime: program and chunk caches, compile-ahead, device placement.
 
-A :class:`Runtime` binds one config to its device layout (:mod:`ppo.sharding`) and a ``timings`` dict.
-Programs (:func:`ppo.program.make_program`) and compiled chunks live in module-global caches keyed by
-the config hash, so a second trainer for the same config in the same process (a re-run flow, a resume)
-neither retraces nor recompiles.
+A :class:`Runtime` binds one config to its device layout (:mod:`ppo.sharding`) and a ``timings`` dict;
+with ``hparams`` (one :class:`ppo.program.HParams` per member) it runs a population: every member trains
+every seed, ``members x seeds`` rows of one program (:mod:`ppo.population`). Programs
+(:func:`ppo.program.make_program`) and compiled chunks live in module-global caches keyed by the config
+hash and the row count, so a second trainer for the same config in the same process (a re-run flow, a
+resume) neither retraces nor recompiles.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 from ppo.config import Config, ppo_home
 
 #: Built programs and compiled chunks, per config hash.
-_PROGRAMS: dict[str, Any] = {}
-_COMPILED: dict[tuple[str, int], Any] = {}  # a compiled chunk, or the Future of one being compiled
+_PROGRAMS: dict[tuple[str, int | None], Any] = {}
+#: a compiled chunk, or the Future of one being compiled, per (config hash, rows, updates per chunk)
+_COMPILED: dict[tuple[str, int | None, int], Any] = {}
 
 
 def enable_compilation_cache() -> Path | None:
@@ -47,9 +50,10 @@ def uses_host_envs(config: Config) -> bool:
     return config.env.backend == "host" or env_spec(config.env.id).host
 
 
-def get_program(config: Config) -> Any:  # ppo.program.Program
-    """The (cached) program of ``config``; the first build turns the persistent compilation cache on."""
-    key = config.config_hash()
+def get_program(config: Config, rows: int | None = None) -> Any:  # ppo.program.Program
+    """The (cached) program of ``config`` for ``rows`` training rows (None: one per seed of the config);
+    the first build turns the persistent compilation cache on."""
+    key = (config.config_hash(), rows)
     if key not in _PROGRAMS:
         from ppo.program import make_program
 
@@ -59,7 +63,7 @@ def get_program(config: Config) -> Any:  # ppo.program.Program
 
             _PROGRAMS[key] = make_host_program(config)
         else:
-            _PROGRAMS[key] = make_program(config)
+            _PROGRAMS[key] = make_program(config, rows=rows)
     return _PROGRAMS[key]
 
 
@@ -71,19 +75,47 @@ class Runtime:
         config: the run's config (its hash keys the caches).
         plan: the multi-device layout (:class:`ppo.sharding.Plan`), or ``None`` on one device.
         timings: where ``compile_s`` and ``init_s`` are recorded (shared with the trainer).
+        hparams: a population's members (their :class:`ppo.program.HParams`), or ``None``: the config's
+            own values. Rows are member-major: member ``m``'s seeds are rows ``[m * S, (m + 1) * S)``.
+            A population of one is the config's own program, cache entries included.
     """
 
     config: Config
     plan: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    hparams: tuple[Any, ...] | None = None
+
+    @classmethod
+    def population(cls, config: Config, hparams: list[Any], timings: dict[str, float]) -> Runtime:
+        """The runtime of ``len(hparams)`` members training ``config``'s seeds, its rows split over the
+        devices as seeds are (:func:`ppo.sharding.plan_for` of a config with one seed per row)."""
+        from ppo.config import build_config
+        from ppo.sharding import plan_for
+
+        rows = len(hparams) * len(config.train.seeds)
+        plan = plan_for(build_config(config.to_dict(), {"train.seeds": list(range(rows))}))
+        return cls(config, plan, timings, tuple(hparams))
+
+    @property
+    def members(self) -> int:
+        return 1 if self.hparams is None else len(self.hparams)
+
+    @property
+    def rows(self) -> int | None:
+        """The program's row count where it is not the config's seed count (a population of 2+)."""
+        return self.members * self.n_seeds if self.members > 1 else None
 
     @property
     def program(self) -> Any:
-        return get_program(self.config)
+        return get_program(self.config, self.rows)
 
     @property
     def n_seeds(self) -> int:
         return len(self.config.train.seeds)
+
+    @property
+    def n_rows(self) -> int:
+        return self.members * self.n_seeds
 
     def place(self, state: Any) -> Any:
         """Put a (host or device) state where the chunk program expects it."""
@@ -104,14 +136,18 @@ class Runtime:
 
     def state_shapes(self) -> Any:
         """The stacked train state as ``ShapeDtypeStruct``s (``jax.eval_shape``: nothing runs)."""
-        return self.program.state_shapes(self.n_seeds)
+        return self.program.state_shapes(self.n_rows)
 
     def init_state(self) -> Any:
         import jax.numpy as jnp
 
         init = self.program.init
         t = time.perf_counter()
-        state = self.place(init(jnp.asarray(self.config.train.seeds, dtype=jnp.uint32)))
+        seeds = jnp.asarray(list(self.config.train.seeds) * self.members, dtype=jnp.uint32)
+        if self.hparams is None:
+            state = self.place(init(seeds))
+        else:  # member-major rows, each with its member's hyperparameters
+            state = self.place(init(seeds, [hp for hp in self.hparams for _ in range(self.n_seeds)]))
         self.timings.setdefault("init_s", time.perf_counter() - t)
         return state
 
@@ -142,20 +178,20 @@ class Runtime:
         own small compile) and the checkpoint load run meanwhile on the other; a cold start saves the
         init's time. :meth:`chunk_fn` waits for it.
         """
-        key = (self.config.config_hash(), num_updates)
+        key = (self.config.config_hash(), self.rows, num_updates)
         if key in _COMPILED or self.program.host:
             return
         import jax
 
         shapes = self.state_shapes()
-        active = jax.ShapeDtypeStruct((self.n_seeds,), bool)
+        active = jax.ShapeDtypeStruct((self.n_rows,), bool)
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ppo-compile")
         _COMPILED[key] = pool.submit(self.compile, shapes, active, num_updates)
         pool.shutdown(wait=False)
 
     def chunk_fn(self, state: Any, active: Any, num_updates: int) -> Any:
         """The compiled chunk for ``num_updates`` updates (compiling it, or waiting for compile-ahead)."""
-        key = (self.config.config_hash(), num_updates)
+        key = (self.config.config_hash(), self.rows, num_updates)
         if key not in _COMPILED:
             _COMPILED[key] = self.compile(state, active, num_updates)
         elif isinstance(_COMPILED[key], concurrent.futures.Future):

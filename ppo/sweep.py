@@ -9,6 +9,8 @@ A sweep file::
     seed: 0                            # random only: the draws are reproducible
     eval_episodes: 20                  # greedy gymnasium episodes per trained seed: each trial's selection
                                        # score, and the chosen trial's held-out score (other episodes)
+    populations: true                  # trials that differ only in shape-free hyperparameters train as
+                                       # one program, one task per group (false: one task per trial)
     fixed:                             # overrides shared by every trial
       train.max_env_steps: 100000
     space:                             # any dotted config field
@@ -18,6 +20,12 @@ A sweep file::
       env.num_envs: {low: 4, high: 16, int: true}
 
 Every trial's config is validated before any trial runs; a bad one is reported with its trial number.
+
+Groups (:func:`group_trials`): trials whose configs differ only in hyperparameters that shape no array
+(learning rate, clip epsilon, gamma, GAE lambda, entropy/value coefficients, max grad norm, Adam epsilon,
+annealing) form one population (:mod:`ppo.population`): one task, one compiled program, every trial still
+its own trainer with its own MLflow run, checkpoint and scores. Trials that differ in a shaping key (say
+``ppo.epochs_per_update``) land in different groups, which run in parallel like trials did.
 
 Scores, and the episodes behind them (:func:`eval_seeds`). The best of several noisy scores is biased
 upward (a winner's curse), so the episodes that choose the best trial never report its score:
@@ -82,6 +90,7 @@ class SweepSpec(BaseModel):
     trials: int | None = Field(None, ge=1, le=10_000)
     seed: int = Field(0, ge=0)
     eval_episodes: int = Field(20, ge=1, le=10_000)
+    populations: bool = True
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, list[Any] | Range] = Field(min_length=1)
 
@@ -140,6 +149,19 @@ def trial_configs(spec: SweepSpec, root: Path | None = None) -> list[tuple[dict[
         except ConfigError as e:
             raise ConfigError(f"sweep trial {i} {point}: {e}") from None
     return out
+
+
+def group_trials(configs: list[Config], populations: bool = True) -> list[list[int]]:
+    """The trials (indices into ``configs``) that train together, in trial order: one group per distinct
+    :func:`ppo.population.group_key` (or, without ``populations``, one group per trial)."""
+    if not populations:
+        return [[i] for i in range(len(configs))]
+    from ppo.population import group_key
+
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(group_key(config), []).append(i)
+    return list(groups.values())
 
 
 def eval_seeds(episodes: int) -> dict[str, tuple[int, int]]:

@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +37,18 @@ Callback = Callable[[dict[str, Any]], Any]
 #: books' ``extra`` (``progress.Books`` keeps keys it does not know as they are): a resumed or re-logged
 #: run writes them back, so its curves are those of an uninterrupted run
 UPDATE_POINTS = "update_points"
+
+
+@dataclass
+class _Run:
+    """One training run's host-side state between chunks (what :meth:`PPOTrainer._after_chunk` updates)."""
+
+    books: Books
+    logger: RunLogger | None
+    callback: Callback | None
+    started: float  # perf_counter at the start of train()
+    train_time: float = 0.0  # seconds inside the compiled chunks
+    train_steps: int = 0  # env steps of the updates that were applied
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -209,25 +222,35 @@ class PPOTrainer:
         try:
             if resumed_from is not None and books.history:
                 self._log_history(logger, books.history, books.extra.get(UPDATE_POINTS))
-            result = self._loop(runtime, state, books, callback, logger, started)
+            result = self._loop(runtime, state, _Run(books, logger, callback, started))
             result["resumed_from_chunk"] = resumed_from
-            if logger is not None:  # inside the try: a failure here must not leave the run RUNNING
-                logger.log_result(result, agent=self.agent, config=self.config)
-                result["run_id"] = logger.run_id
-            # before the run is closed: a full disk here ends the run FAILED, never FINISHED without it
-            self._write_result(result)
+            self._complete(result, logger)
         except BaseException as e:
-            if logger is not None:
-                try:
-                    # not an error but a stop from outside (Ctrl-C, SIGTERM as Prefect's TerminationSignal,
-                    # SystemExit): KILLED; the checkpoint is kept for --resume
-                    logger.end(status="FAILED" if isinstance(e, Exception) else "KILLED", error=repr(e))
-                except Exception as end_error:  # the tracking server may be what failed: keep the first error
-                    e.add_note(f"(the MLflow run could not be marked FAILED: {end_error})")
+            self._abort(logger, e)
             raise
         if logger is not None:
             logger.end(status="FINISHED")
         return result
+
+    def _complete(self, result: dict[str, Any], logger: RunLogger | None) -> None:
+        """Log the result to the run and write ``result.json`` (a failure here must end the run FAILED, so
+        callers do this inside their ``try``)."""
+        if logger is not None:
+            logger.log_result(result, agent=self.agent, config=self.config)
+            result["run_id"] = logger.run_id
+        # before the run is closed: a full disk here ends the run FAILED, never FINISHED without it
+        self._write_result(result)
+
+    @staticmethod
+    def _abort(logger: RunLogger | None, error: BaseException) -> None:
+        """End the run after ``error``: FAILED, or KILLED for a stop from outside (Ctrl-C, SIGTERM as
+        Prefect's TerminationSignal, SystemExit; the checkpoint is kept for --resume)."""
+        if logger is None:
+            return
+        try:
+            logger.end(status="FAILED" if isinstance(error, Exception) else "KILLED", error=repr(error))
+        except Exception as end_error:  # the tracking server may be what failed: keep the first error
+            error.add_note(f"(the MLflow run could not be marked FAILED: {end_error})")
 
     def _write_result(self, result: dict[str, Any]) -> None:
         from ppo import atomic
@@ -281,10 +304,7 @@ class PPOTrainer:
             result = {**result, "run_id": logger.run_id}
             self._write_result(result)
         except BaseException as e:
-            try:
-                logger.end(status="FAILED" if isinstance(e, Exception) else "KILLED", error=repr(e))
-            except Exception as end_error:
-                e.add_note(f"(the MLflow run could not be marked FAILED: {end_error})")
+            self._abort(logger, e)
             raise
         logger.end(status="FINISHED")
         return result
@@ -307,106 +327,122 @@ class PPOTrainer:
         self.logger.start(self.config, resumed=resumed, run_dir=self.checkpoint_dir)
         return self.logger
 
-    def _loop(
-        self,
-        runtime: Runtime,
-        state: Any,
-        books: Books,
-        callback: Callback | None,
-        logger: RunLogger | None,
-        started: float,
-    ) -> dict[str, Any]:
+    def _loop(self, runtime: Runtime, state: Any, run: _Run) -> dict[str, Any]:
         """Chunks until every seed is frozen (converged, or a budget spent) or the callback says stop."""
+        import jax
+
+        chunk = self.config.train.updates_per_chunk
+        while (active := self._active(state, run)) is not None:
+            active_dev = runtime.place_active(active)
+            chunk_fn = runtime.chunk_fn(state, active_dev, chunk)
+            t = time.perf_counter()
+            state, metrics = chunk_fn(state, active_dev)
+            metrics = jax.device_get(metrics)
+            self._after_chunk(state, metrics, time.perf_counter() - t, run)
+        return self._finish(state, run)
+
+    def _active(self, state: Any, run: _Run) -> np.ndarray | None:
+        """The seeds that train in the next chunk, or ``None`` when the run is over (every seed frozen,
+        or the callback said stop). ``state`` is this run's (device or host) state."""
+        import jax
+
+        if run.books.stopped_by_callback:
+            return None
+        tr = self.config.train
+        episodes = np.asarray(jax.device_get(state.stats.episodes))
+        updates = np.asarray(jax.device_get(state.update))
+        total_updates = self.config.total_updates()
+        active = progress.active_seeds(run.books, episodes, updates, tr.max_episodes, total_updates)
+        return active if active.any() else None
+
+    def _after_chunk(self, state: Any, metrics: Any, dt: float, run: _Run) -> None:
+        """The host's work after a chunk (``state`` after it, ``metrics`` on the host, ``dt`` its seconds):
+        the non-finite check, convergence, the history row, periodic evaluation, logging, the callback and
+        the checkpoint. Raises :class:`NonFiniteLossError` when an applied update's loss is NaN/inf."""
         import jax
 
         from ppo.checkpoint import save_checkpoint
         from ppo.evaluate import stream_seed
 
-        cfg, tr = self.config, self.config.train
+        cfg, tr, books, logger = self.config, self.config.train, run.books, run.logger
         seeds = list(tr.seeds)
         batch = cfg.ppo.batch_size
-        total_updates = cfg.total_updates()
-        train_time = 0.0
-        train_steps = 0
-        while True:
-            episodes = np.asarray(jax.device_get(state.stats.episodes))
-            updates = np.asarray(jax.device_get(state.update))
-            active = progress.active_seeds(books, episodes, updates, tr.max_episodes, total_updates)
-            if not active.any() or books.stopped_by_callback:
-                break
-            active_dev = runtime.place_active(active)
-            chunk_fn = runtime.chunk_fn(state, active_dev, tr.updates_per_chunk)
-            t = time.perf_counter()
-            state, metrics = chunk_fn(state, active_dev)
-            metrics = jax.device_get(metrics)
-            stats = jax.device_get(state.stats)
-            dt = time.perf_counter() - t
-            train_time += dt
-            ran = np.asarray(metrics.ran, bool)  # [seeds, updates]: updates actually applied
-            updates_after = np.asarray(jax.device_get(state.update))
-            train_steps += int(ran.sum()) * batch
-            books.chunk += 1
+        stats = jax.device_get(state.stats)
+        run.train_time += dt
+        ran = np.asarray(metrics.ran, bool)  # [seeds, updates]: updates actually applied
+        updates_after = np.asarray(jax.device_get(state.update))
+        run.train_steps += int(ran.sum()) * batch
+        books.chunk += 1
 
-            bad = progress.first_non_finite(metrics.total_loss, ran)
-            if bad is not None:
-                raise NonFiniteLossError(
-                    f"non-finite loss at update {int(updates[bad[0]]) + bad[1] + 1} (seed {seeds[bad[0]]}): "
-                    f"policy={metrics.policy[bad]}, value={metrics.value[bad]}; "
-                    "training aborted, nothing will be registered"
-                )
-
-            episodes = np.asarray(stats.episodes)
-            trained = np.asarray(ran.any(axis=1))  # seeds that took at least one update in this chunk
-            means = progress.window_means(stats.window, episodes, tr.convergence_window)
-            progress.update_convergence(
-                books,
-                means,
-                episodes,
-                trained,
-                tr.convergence_window,
-                tr.target_reward,
-                tr.early_stopping_patience,
-            )
-            env_steps = int(updates_after.max()) * batch
-            row = progress.build_row(
-                books,
-                metrics,
-                episodes,
-                means,
-                seeds,
-                env_steps,
-                batch,
-                dt,
-                wall_s=time.perf_counter() - started,
+        bad = progress.first_non_finite(metrics.total_loss, ran)
+        if bad is not None:
+            update = int(updates_after[bad[0]]) - int(ran[bad[0]].sum()) + bad[1] + 1
+            raise NonFiniteLossError(
+                f"non-finite loss at update {update} (seed {seeds[bad[0]]}): "
+                f"policy={metrics.policy[bad]}, value={metrics.value[bad]}; "
+                "training aborted, nothing will be registered"
             )
 
-            # periodic evaluation, per seed: each seed that trained in this chunk and passed its next
-            # evaluation point is evaluated on a fresh block of the periodic stream
-            due = progress.due_for_eval(books, episodes, trained)
-            eval_metrics = None
-            if due:
-                k, n = len(books.evals), tr.eval_episodes
-                eval_metrics = self._evaluate_seeds(state, n, stream_seed("periodic", k * n, n), only=due)
-                eval_metrics.update(
-                    episode=row["episodes"], env_steps=env_steps, seeds=[seeds[i] for i in due]
-                )
-                progress.record_eval(books, row, eval_metrics, due, episodes, tr.eval_frequency, seeds)
-            books.history.append(row)
-            points = update_points(metrics, updates_after, seeds, batch)
-            books.extra.setdefault(UPDATE_POINTS, {})[str(books.chunk)] = points
+        episodes = np.asarray(stats.episodes)
+        trained = np.asarray(ran.any(axis=1))  # seeds that took at least one update in this chunk
+        means = progress.window_means(stats.window, episodes, tr.convergence_window)
+        progress.update_convergence(
+            books,
+            means,
+            episodes,
+            trained,
+            tr.convergence_window,
+            tr.target_reward,
+            tr.early_stopping_patience,
+        )
+        env_steps = int(updates_after.max()) * batch
+        row = progress.build_row(
+            books,
+            metrics,
+            episodes,
+            means,
+            seeds,
+            env_steps,
+            batch,
+            dt,
+            wall_s=time.perf_counter() - run.started,
+        )
 
-            if logger is not None:
-                self._log_chunk(logger, row, points)
-            if callback is not None and (books.chunk % tr.log_frequency == 0 or eval_metrics is not None):
-                if callback(progress.callback_info(row, eval_metrics)) is False:
-                    books.stopped_by_callback = True
-            if tr.checkpoint_every and books.chunk % tr.checkpoint_every == 0:
-                save_checkpoint(self.checkpoint_dir, state, books.to_dict())
+        # periodic evaluation, per seed: each seed that trained in this chunk and passed its next
+        # evaluation point is evaluated on a fresh block of the periodic stream
+        due = progress.due_for_eval(books, episodes, trained)
+        eval_metrics = None
+        if due:
+            k, n = len(books.evals), tr.eval_episodes
+            eval_metrics = self._evaluate_seeds(state, n, stream_seed("periodic", k * n, n), only=due)
+            eval_metrics.update(episode=row["episodes"], env_steps=env_steps, seeds=[seeds[i] for i in due])
+            progress.record_eval(books, row, eval_metrics, due, episodes, tr.eval_frequency, seeds)
+        books.history.append(row)
+        points = update_points(metrics, updates_after, seeds, batch)
+        books.extra.setdefault(UPDATE_POINTS, {})[str(books.chunk)] = points
 
+        if logger is not None:
+            self._log_chunk(logger, row, points)
+        if run.callback is not None and (books.chunk % tr.log_frequency == 0 or eval_metrics is not None):
+            if run.callback(progress.callback_info(row, eval_metrics)) is False:
+                books.stopped_by_callback = True
+        if tr.checkpoint_every and books.chunk % tr.checkpoint_every == 0:
+            save_checkpoint(self.checkpoint_dir, state, books.to_dict())
+
+    def _finish(self, state: Any, run: _Run) -> dict[str, Any]:
+        """After the last chunk: why each seed stopped, the final evaluation (which picks the agent's seed),
+        the final checkpoint, and the result."""
+        import jax
+
+        from ppo.checkpoint import save_checkpoint
+        from ppo.evaluate import stream_seed
+
+        cfg, tr, books = self.config, self.config.train, run.books
+        seeds, batch = list(tr.seeds), cfg.ppo.batch_size
         episodes = np.asarray(jax.device_get(state.stats.episodes))
         updates = np.asarray(jax.device_get(state.update))
         stop_reason, per_seed = progress.stop_reasons(
-            books, episodes, updates, tr.max_episodes, total_updates
+            books, episodes, updates, tr.max_episodes, cfg.total_updates()
         )
         self.state = state
         n = tr.eval_episodes
@@ -420,14 +456,14 @@ class PPOTrainer:
         )
         save_checkpoint(self.checkpoint_dir, state, books.to_dict())
         self._set_agent(best)
-        wall = time.perf_counter() - started
+        wall = time.perf_counter() - run.started
         return {
             **progress.summary(
                 books, seeds, episodes, updates, batch, per_seed, stop_reason, final_eval, best
             ),
             "wall_time_s": wall,
-            "train_time_s": train_time,
-            "env_steps_per_s": train_steps / train_time if train_time > 0 else None,
+            "train_time_s": run.train_time,
+            "env_steps_per_s": run.train_steps / run.train_time if run.train_time > 0 else None,
             "compile_s": self.timings.get("compile_s", 0.0),
             "history": books.history,
             "checkpoint_dir": str(self.checkpoint_dir),

@@ -1,6 +1,7 @@
-"""Prefect tasks of the ``sweep-ppo`` flow: plan (validate every trial, open the parent MLflow run),
-one trial (train + selection score, a nested MLflow run), the chosen trial's held-out score, and the
-report (table, plot, best config). Which episodes each score uses: ``ppo/sweep.py``."""
+"""Prefect tasks of the ``sweep-ppo`` flow: plan (validate every trial, group them, open the parent MLflow
+run), one group of trials (trained as one population; each trial a nested MLflow run with its selection
+score), the chosen trial's held-out score, and the report (table, plot, best config). Which episodes each
+score uses, and how trials are grouped: ``ppo/sweep.py``."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ RESULTS = {"persist_result": True, "result_serializer": "json", "cache_policy": 
 def plan_sweep(sweep_path: str) -> dict[str, Any]:
     """Expand and validate every trial (a bad one fails here, before any training), open the parent run."""
     from ppo import tracking
-    from ppo.sweep import eval_seeds, load_sweep, trial_configs
+    from ppo.sweep import eval_seeds, group_trials, load_sweep, trial_configs
 
     spec = load_sweep(sweep_path)
     trials = trial_configs(spec, root=_ROOT)
+    groups = group_trials([cfg for _, cfg in trials], spec.populations)
     first = trials[0][1]
     client = tracking.client()
     experiment_id = tracking.get_or_create_experiment(client, first.experiment_name)
@@ -41,8 +43,14 @@ def plan_sweep(sweep_path: str) -> dict[str, Any]:
     client.log_param(run_id, "sweep.space", json.dumps(spec.model_dump(mode="json")["space"])[:6000])
     client.log_artifact(run_id, sweep_path)
     client.log_param(run_id, "sweep.eval_seeds", json.dumps(eval_seeds(spec.eval_episodes)))
+    client.log_param(run_id, "sweep.groups", len(groups))
     get_run_logger().info(
-        "sweep %s: %d trials (%s), MLflow parent run %s", sweep_path, len(trials), spec.method, run_id
+        "sweep %s: %d trials (%s) in %d group(s) trained as populations, MLflow parent run %s",
+        sweep_path,
+        len(trials),
+        spec.method,
+        len(groups),
+        run_id,
     )
     return {
         "parent_run_id": run_id,
@@ -50,6 +58,7 @@ def plan_sweep(sweep_path: str) -> dict[str, Any]:
         "trials": [
             {"trial": i, "params": point, "config": cfg.to_dict()} for i, (point, cfg) in enumerate(trials)
         ],
+        "groups": groups,
     }
 
 
@@ -62,77 +71,90 @@ def _trial_config(trial: dict[str, Any], parent_run_id: str) -> Config:
     return build_config(trial["config"], {"train.checkpoint_dir": checkpoint_dir})
 
 
-@task(name="trial", retries=1, **RESULTS)
-def run_trial(trial: dict[str, Any], parent_run_id: str, eval_episodes: int) -> dict[str, Any]:
-    """Train one trial's config as a nested MLflow run and give it its selection score (real gymnasium
-    episodes of the ``sweep_select`` stream, the same for every trial, so the trials compare fairly).
+@task(name="trial-group", retries=1, **RESULTS)
+def run_group(trials: list[dict[str, Any]], parent_run_id: str, eval_episodes: int) -> list[dict[str, Any]]:
+    """Train a group of trials as one population (:func:`ppo.population.train_together`): each trial is
+    still its own trainer, with its own nested MLflow run and checkpoint, and gets its selection score
+    (real gymnasium episodes of the ``sweep_select`` stream, the same for every trial, so the trials
+    compare fairly).
 
-    The trial also plays the ``sweep_heldout`` episodes here, where its trained seeds are (on a Ray
+    Each trial also plays the ``sweep_heldout`` episodes here, where its trained seeds are (on a Ray
     cluster, the worker's disk); that score chooses nothing and is reported only for the chosen trial.
 
     A trial whose loss diverges (NaN/inf: a legitimate outcome of, say, a too-high learning rate) is
-    reported as diverged, not retried, and does not stop the other trials.
+    reported as diverged, not retried, and does not stop the other trials of its group.
     """
+    from ppo.population import train_together
     from ppo.sweep import eval_seeds, trial_score
     from ppo.tracking import MLflowLogger
-    from ppo.trainer import NonFiniteLossError, PPOTrainer
+    from ppo.trainer import PPOTrainer
 
-    cfg = _trial_config(trial, parent_run_id)
-    logger = MLflowLogger.from_config(cfg, run_name=f"trial-{trial['trial']}", parent_run_id=parent_run_id)
-    trainer = PPOTrainer(config=cfg, logger=logger)
-    try:
-        result = trainer.train()
-    except NonFiniteLossError as e:  # the run is already marked FAILED in MLflow
-        get_run_logger().warning("trial %d %s diverged: %s", trial["trial"], trial["params"], e)
-        return {
+    log = get_run_logger()
+    trainers, loggers = [], []
+    for trial in trials:
+        cfg = _trial_config(trial, parent_run_id)
+        logger = MLflowLogger.from_config(
+            cfg, run_name=f"trial-{trial['trial']}", parent_run_id=parent_run_id
+        )
+        trainers.append(PPOTrainer(config=cfg, logger=logger))
+        loggers.append(logger)
+    log.info(
+        "training trials %s as one population (%d rows)",
+        [t["trial"] for t in trials],
+        len(trials) * len(trainers[0].config.train.seeds),
+    )
+    outcomes = train_together(trainers)
+    seeds = eval_seeds(eval_episodes)
+    out = []
+    for trial, trainer, logger, outcome in zip(trials, trainers, loggers, outcomes, strict=True):
+        common = {
             "trial": trial["trial"],
             "params": trial["params"],
-            "score_selection": float("nan"),
-            "std_selection": float("nan"),
-            "env_steps": 0,
-            "converged": False,
-            "wall_s": 0.0,
             "run_id": logger.run_id,
             "pid": os.getpid(),
-            "error": str(e),
         }
-    ev = trainer.evaluate(
-        num_episodes=eval_episodes,
-        backend="gymnasium",
-        all_seeds=True,
-        seed=eval_seeds(eval_episodes)["selection"][0],
-    )
-    score, std = trial_score(ev)
-    held = trial_score(
-        trainer.evaluate(
-            num_episodes=eval_episodes,
-            backend="gymnasium",
-            all_seeds=True,
-            seed=eval_seeds(eval_episodes)["heldout"][0],
+        if not isinstance(outcome, dict):  # diverged: the run is already marked FAILED in MLflow
+            log.warning("trial %d %s diverged: %s", trial["trial"], trial["params"], outcome)
+            out.append(
+                {
+                    **common,
+                    "score_selection": float("nan"),
+                    "std_selection": float("nan"),
+                    "env_steps": 0,
+                    "converged": False,
+                    "wall_s": 0.0,
+                    "error": str(outcome),
+                }
+            )
+            continue
+
+        def score(start: int, trainer: PPOTrainer = trainer) -> tuple[float, float]:
+            ev = trainer.evaluate(num_episodes=eval_episodes, backend="gymnasium", all_seeds=True, seed=start)
+            return trial_score(ev)
+
+        selection, held = score(seeds["selection"][0]), score(seeds["heldout"][0])
+        logger.client.log_metric(logger.run_id, "sweep/score_selection", selection[0])
+        for key, value in trial["params"].items():
+            logger.client.set_tag(logger.run_id, f"sweep.{key}", value)
+        log.info(
+            "trial %d %s: selection score %.1f after %d env steps",
+            trial["trial"],
+            trial["params"],
+            selection[0],
+            outcome["env_steps"],
         )
-    )
-    logger.client.log_metric(logger.run_id, "sweep/score_selection", score)
-    for key, value in trial["params"].items():
-        logger.client.set_tag(logger.run_id, f"sweep.{key}", value)
-    get_run_logger().info(
-        "trial %d %s: selection score %.1f after %d env steps",
-        trial["trial"],
-        trial["params"],
-        score,
-        result["env_steps"],
-    )
-    return {
-        "trial": trial["trial"],
-        "params": trial["params"],
-        "score_selection": score,
-        "std_selection": std,
-        "env_steps": result["env_steps"],
-        "converged": result["converged"],
-        "wall_s": result["wall_time_s"],
-        "run_id": logger.run_id,
-        "pid": os.getpid(),
-        "heldout": {"score": held[0], "std": held[1]},
-    }
+        out.append(
+            {
+                **common,
+                "score_selection": selection[0],
+                "std_selection": selection[1],
+                "env_steps": outcome["env_steps"],
+                "converged": outcome["converged"],
+                "wall_s": outcome["wall_time_s"],
+                "heldout": {"score": held[0], "std": held[1]},
+            }
+        )
+    return out
 
 
 @task(name="heldout-score", retries=1, **RESULTS)

@@ -163,10 +163,13 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     out = state.result()
     assert out["best_trial"] in (0, 1) and out["best_params"]["ppo.learning_rate"] in (1e-3, 3e-3)
     assert os.getpid() not in out["trial_pids"]  # the trials ran in Ray worker processes
+    # the two trials differ only in the learning rate: one group, one population, one Ray task
+    assert len(out["trial_pids"]) == 1
 
     client = tracking.client()
     parent = client.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.best_trial"] == str(out["best_trial"])
+    assert parent.data.params["sweep.groups"] == "1"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
@@ -210,6 +213,25 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     assert rows[0]["trial"] == out["best_trial"]
     assert rows[0]["score_heldout"] == pytest.approx(score(heldout), abs=0.01)
     assert np.isnan(rows[1]["score_heldout"])
+
+
+def test_trials_are_grouped_by_what_shapes_their_program():
+    from pathlib import Path
+
+    from ppo.sweep import group_trials
+
+    root = Path(__file__).resolve().parents[1]
+    trials = trial_configs(load_sweep(root / "configs" / "sweep-cartpole.yaml"), root=root)
+    configs = [cfg for _, cfg in trials]
+    groups = group_trials(configs)
+    assert sorted(i for g in groups for i in g) == list(range(len(configs)))
+    # within a group only shape-free hyperparameters differ; across groups a shaping key does
+    shaping = {"ppo.epochs_per_update": [2, 4, 8]}  # the shipped sweep's one shaping key (if it has one)
+    for group in groups:
+        flat = [configs[i].flat() for i in group]
+        assert len({f[k] for f in flat for k in shaping if k in f}) <= 1
+    assert len(groups) == len({(c.ppo.epochs_per_update,) for c in configs})
+    assert group_trials(configs, populations=False) == [[i] for i in range(len(configs))]
 
 
 def test_diverged_trials_are_reported_and_never_best():
