@@ -24,16 +24,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from ppo import cli as core
 from ppo.cli import Interrupted, SetOpt, console, fail, fmt, interruptible, load_or_exit
+
+if TYPE_CHECKING:
+    from ppo.config import Config
 
 app = typer.Typer(
     rich_markup_mode=None,  # plain help, as ppo.cli's
@@ -106,10 +110,11 @@ def _alive(pid_file: Path) -> bool:
     return pid_alive(pid)
 
 
-def _prefect_env() -> None:
+def _prefect_env(meanwhile: Callable[[], None] | None = None) -> None:
     """Defaults for Prefect (before it is imported): state under $PPO_HOME, no telemetry; the servers of
     ``make serve`` when they run for this $PPO_HOME, else an embedded API server, when no
-    ``PREFECT_API_URL`` is set."""
+    ``PREFECT_API_URL`` is set. ``meanwhile()`` is called once the MLflow store is settled, while an
+    embedded API starts (or before a configured one is checked)."""
     from ppo.config import ppo_home
 
     os.environ.setdefault("PREFECT_HOME", str(ppo_home() / PREFECT_DIR))
@@ -136,6 +141,8 @@ def _prefect_env() -> None:
             highlight=False,
         )
     if api:
+        if meanwhile is not None:
+            meanwhile()
         from ppo.tracking.probe import ServiceUnavailableError, probe
 
         try:
@@ -147,7 +154,7 @@ def _prefect_env() -> None:
         except ServiceUnavailableError as e:
             fail(str(e), code=1)
     else:
-        _start_embedded_api()
+        _start_embedded_api(meanwhile)
 
 
 #: where make serve (scripts/serve.sh) and ppo ui put the Prefect UI unless $PREFECT_PORT says otherwise
@@ -158,7 +165,7 @@ DEFAULT_PREFECT_PORT = 4200
 EMBEDDED_API_ENV = "PPO_EMBEDDED_PREFECT_API"
 
 
-def _start_embedded_api() -> None:
+def _start_embedded_api(meanwhile: Callable[[], None] | None = None) -> None:
     """Start this command's Prefect API server and point ``PREFECT_API_URL`` at it (before Prefect is
     imported, which reads its settings once).
 
@@ -167,7 +174,8 @@ def _start_embedded_api() -> None:
     so it was gone before the command could report its runs' final states, and the client retried for
     minutes; ``kill -9`` of the command left it running, orphaned, for good. This one runs in its own
     session and, on Linux, asks the kernel to SIGKILL it when its parent dies (``PR_SET_PDEATHSIG``);
-    a normal exit stops it (atexit).
+    a normal exit stops it (atexit). ``meanwhile()`` is called once the server process is launched, while
+    it starts.
     """
     import atexit
     import importlib.util
@@ -199,6 +207,9 @@ def _start_embedded_api() -> None:
             preexec_fn=_die_with_parent(),
         )  # fmt: skip
         atexit.register(_stop, server)
+        if meanwhile is not None:
+            meanwhile()
+            meanwhile = None
         url = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + timeout
         while server.poll() is None and time.monotonic() < deadline:
@@ -326,17 +337,76 @@ def _crash_dead_runs() -> None:
         console.print(f"warning: could not check for flow runs left Running by killed commands: {e}")
 
 
-def _run_flow(flow: str, interrupted: str, **kwargs: Any) -> dict[str, Any]:
+def _run_flow(flow: str, interrupted: str, warm: Config | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run ``flow`` (``module:function``) in this process on the embedded or configured Prefect API; its
     result, or exit with the code of what went wrong. On Ctrl-C or SIGTERM: one line, ``interrupted:
-    <signal>; <interrupted>``, and exit 130 / 143 once the runs' final states are reported."""
+    <signal>; <interrupted>``, and exit 130 / 143 once the runs' final states are reported. With ``warm``,
+    the config the flow will train, :func:`_warm_up` runs while the Prefect API starts."""
     with interruptible(lambda: interrupted):
-        _prefect_env()
+        warming: list[threading.Thread] = []
+        _prefect_env(None if warm is None else lambda: warming.extend(_warm_up(warm)))
+        for thread in warming:  # before Prefect is imported here: no two threads importing at once
+            thread.join()
         import importlib
 
         module, name = flow.split(":")
         fn = getattr(importlib.import_module(module), name)
         return _run(fn, **kwargs)
+
+
+#: ``PPO_OVERLAP=0``: no warm-up while the Prefect API starts (the start-up benchmark's serial baseline)
+OVERLAP_ENV = "PPO_OVERLAP"
+
+
+def _warm_up(config: Config) -> list[threading.Thread]:
+    """Start, in a background thread, what ``train-ppo`` would otherwise do after the Prefect API is up, one
+    thing after another: compiling the training program (:meth:`ppo.runtime.Runtime.compile_ahead`, whose
+    result the train task's trainer picks up instead of compiling), creating the MLflow store and the
+    experiment, and importing the report's plotting stack.
+
+    Why: the embedded API takes seconds to start in its own process, and the compiler runs with the GIL
+    released on the other core. Nothing changes what runs: the tasks do the same work and find it done
+    (a cached or finished training compiles nothing here). A failure here is dropped; the task doing the
+    same work meets it and reports it. ``PPO_OVERLAP=0`` turns this off.
+    """
+    if os.environ.get(OVERLAP_ENV, "1") == "0":
+        return []
+
+    def warm() -> None:
+        for step in (_compile_ahead, _mlflow_store, _plotting):
+            try:
+                step(config)
+            except Exception:  # noqa: S112 - the task that does this for real reports it
+                continue
+
+    thread = threading.Thread(target=warm, name="ppo-warm-up", daemon=True)
+    thread.start()
+    return [thread]
+
+
+def _compile_ahead(config: Config) -> None:
+    """Compile ``config``'s training chunk in the background, unless its training is already finished (a
+    re-run whose train task is cached or finds a finished checkpoint compiles nothing)."""
+    from ppo.runtime import uses_host_envs
+    from ppo.trainer import PPOTrainer
+
+    trainer = PPOTrainer(config=config)
+    if not uses_host_envs(config) and not (trainer.checkpoint_dir / "result.json").is_file():
+        trainer.runtime.compile_ahead(config.train.updates_per_chunk)
+
+
+def _mlflow_store(config: Config) -> None:
+    """Open (creating its tables if new) the MLflow store the flow will log to, and its experiment."""
+    from ppo import tracking
+
+    tracking.get_or_create_experiment(tracking.client(), config.experiment_name)
+
+
+def _plotting(config: Config) -> None:
+    """Import the report's plotting stack (matplotlib, on its file-only backend)."""
+    from ppo.report import _plt
+
+    _plt()
 
 
 class _QuietWhileInterrupted(logging.Filter):
@@ -452,13 +522,14 @@ def pipeline(
     from ppo.config import ConfigError, parse_overrides, require_gate_threshold
 
     try:  # fail fast, before Prefect starts, on a bad config
-        require_gate_threshold(load_or_exit(config, set_))
+        checked = require_gate_threshold(load_or_exit(config, set_))
     except ConfigError as e:
         fail(str(e))
     summary = _run_flow(
         "flows.train_ppo:train_ppo",
         "the flow run is marked Crashed, its MLflow run KILLED and the last checkpoint kept: run the same "
         "command again to resume training where it stopped",
+        warm=None if retrain else checked,  # a retrain trains fresh seeds: another program
         config_path=str(config) if config else None,
         overrides=parse_overrides(set_),
         retrain=retrain,

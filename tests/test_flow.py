@@ -236,3 +236,20 @@ def test_pipeline_exit_code_tells_gated_out_from_promoted(harness, tmp_path):
     env.pop("PREFECT_API_URL", None)
     _, summary = run_pipeline(path, env, "--set", "gate.min_return=100000", code=4)
     assert summary["outcome"] == "gated_out" and not summary["promoted"] and summary["champion"] is None
+
+
+def test_the_overlapped_start_up_decides_exactly_as_the_serial_one(harness, tmp_path):
+    """``ppo pipeline`` compiles, opens the MLflow store and imports the plotting stack while its Prefect
+    API starts (flows.cli._warm_up); with ``PPO_OVERLAP=0`` all of it happens after, in the tasks. Same
+    config and seeds: the same training, gate figures and champion either way."""
+    path, _ = harness
+    summaries = {}
+    for overlap in ("0", "1"):
+        env = {**os.environ, "PPO_HOME": str(tmp_path / f"home-{overlap}"), "PPO_OVERLAP": overlap}
+        for key in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI"):
+            env.pop(key, None)
+        _, summaries[overlap] = run_pipeline(path, env)
+    serial, overlapped = summaries["0"], summaries["1"]
+    assert serial["outcome"] == overlapped["outcome"] == "promoted"
+    for key in ("gate", "env_steps", "seeds", "version", "champion"):
+        assert overlapped[key] == serial[key], key

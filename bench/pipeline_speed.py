@@ -1,0 +1,115 @@
+"""Pipeline start-up benchmark: prints one JSON line.
+
+``ppo pipeline -c configs/cartpole.yaml`` (what ``make run`` runs once the venv exists), timed from
+process start to exit, in a fresh process each time:
+
+* ``cold``: an empty ``$PPO_HOME`` (no JAX compilation cache, no Prefect database, no MLflow store, no
+  checkpoint), with the start-up overlapped (the default: compile, MLflow store and plotting imports run
+  while the embedded Prefect API starts);
+* ``cold_serial``: the same with ``PPO_OVERLAP=0`` (everything after the API is up, one after another):
+  the anchor, measured in the same run;
+* ``warm``: ``cold``'s command again in the same ``$PPO_HOME`` (Prefect's task cache, the checkpoint and
+  the compilation cache all there): a cached re-run.
+
+Per-task seconds come from the run's own Prefect database (its task runs' start and end times); ``to_flow_s``
+is process start to the flow run's start (interpreter, imports, the API). Each run's outcome and champion
+version are on the line too: the overlap must not change what the pipeline decides.
+
+    python bench/pipeline_speed.py [--config configs/cartpole.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _when(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def breakdown(home: Path) -> dict:
+    """The latest flow run's start (epoch seconds) and its task runs' seconds, from Prefect's database."""
+    db = sqlite3.connect(home / "prefect" / "prefect.db")
+    try:
+        flow_id, flow_start = db.execute(
+            "SELECT id, start_time FROM flow_run WHERE start_time IS NOT NULL "
+            "ORDER BY start_time DESC LIMIT 1"
+        ).fetchone()
+        tasks = db.execute(
+            "SELECT name, start_time, end_time FROM task_run WHERE flow_run_id = ? ORDER BY start_time",
+            (flow_id,),
+        ).fetchall()
+    finally:
+        db.close()
+    seconds: dict[str, float] = {}
+    for name, start, end in tasks:
+        key = name.rsplit("-", 1)[0]  # "train-0" -> "train"
+        # a cached task run has no start: it took no time of its own
+        took = _when(end) - _when(start) if start and end else 0.0
+        seconds[key] = round(seconds.get(key, 0.0) + took, 2)
+    return {"flow_start": _when(flow_start), "tasks_s": seconds}
+
+
+def run(home: Path, config: str, overlap: bool) -> dict:
+    env = {**os.environ, "PPO_HOME": str(home), "PPO_OVERLAP": "1" if overlap else "0"}
+    for key in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "PPO_JAX_CACHE"):
+        env.pop(key, None)  # everything under this $PPO_HOME, embedded API
+    t0, start = time.perf_counter(), time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "pipeline", "-c", config, "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 4):
+        sys.exit(f"ppo pipeline exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    parts = breakdown(home)
+    return {
+        "wall_s": round(wall, 2),
+        "to_flow_s": round(parts["flow_start"] - start, 2),
+        "tasks_s": parts["tasks_s"],
+        "outcome": summary["outcome"],
+        "version": summary.get("version"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/cartpole.yaml")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pipeline-speed-") as tmp:
+        cold = run(Path(tmp) / "overlap", args.config, overlap=True)
+        warm = run(Path(tmp) / "overlap", args.config, overlap=True)
+        serial = run(Path(tmp) / "serial", args.config, overlap=False)
+    print(
+        json.dumps(
+            {
+                "bench": "pipeline_speed",
+                "config": args.config,
+                "cold": cold,
+                "warm": warm,
+                "cold_serial": serial,
+                "cold_saving_s": round(serial["wall_s"] - cold["wall_s"], 2),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
