@@ -241,15 +241,22 @@ def test_pipeline_exit_code_tells_gated_out_from_promoted(harness, tmp_path):
 def test_the_overlapped_start_up_decides_exactly_as_the_serial_one(harness, tmp_path):
     """``ppo pipeline`` compiles, opens the MLflow store and imports the plotting stack while its Prefect
     API starts (flows.cli._warm_up); with ``PPO_OVERLAP=0`` all of it happens after, in the tasks. Same
-    config and seeds: the same training, gate figures and champion either way."""
+    config and seeds: the same training, the same deployed policy, the same champion either way. (The
+    gate's figures differ by design: its held-out episodes are drawn from each candidate's run id.)"""
+    from mlflow.tracking import MlflowClient
+
     path, _ = harness
-    summaries = {}
+    summaries, finals = {}, {}
     for overlap in ("0", "1"):
-        env = {**os.environ, "PPO_HOME": str(tmp_path / f"home-{overlap}"), "PPO_OVERLAP": overlap}
+        home = tmp_path / f"home-{overlap}"
+        env = {**os.environ, "PPO_HOME": str(home), "PPO_OVERLAP": overlap}
         for key in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI"):
             env.pop(key, None)
         _, summaries[overlap] = run_pipeline(path, env)
+        run = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(summaries[overlap]["run_id"])
+        finals[overlap] = (run.data.metrics["eval/return_mean"], run.data.tags["best_seed"])
     serial, overlapped = summaries["0"], summaries["1"]
     assert serial["outcome"] == overlapped["outcome"] == "promoted"
-    for key in ("gate", "env_steps", "seeds", "version", "champion"):
+    for key in ("env_steps", "seeds", "converged", "model_version", "champion"):
         assert overlapped[key] == serial[key], key
+    assert finals["1"] == finals["0"]  # the trainer's final evaluation and the seed it deploys
