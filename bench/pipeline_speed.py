@@ -24,14 +24,12 @@ import argparse
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _cli import timed_ppo  # bench/ is on the path of `python bench/pipeline_speed.py`
 
 
 def _when(value: str) -> float:
@@ -65,19 +63,8 @@ def run(home: Path, config: str, overlap: bool) -> dict:
     env = {**os.environ, "PPO_HOME": str(home), "PPO_OVERLAP": "1" if overlap else "0"}
     for key in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "PPO_JAX_CACHE"):
         env.pop(key, None)  # everything under this $PPO_HOME, embedded API
-    t0, start = time.perf_counter(), time.time()
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "pipeline", "-c", config, "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 4):
-        sys.exit(f"ppo pipeline exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    start = time.time()
+    wall, summary = timed_ppo(["pipeline", "-c", config], env, ok=(0, 4))
     parts = breakdown(home)
     return {
         "wall_s": round(wall, 2),

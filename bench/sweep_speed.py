@@ -22,15 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from _cli import ROOT, timed_ppo  # bench/ is on the path of `python bench/sweep_speed.py`
 
 
 def run_sweep(sweep: dict, populations: bool, workdir: Path) -> dict:
@@ -42,19 +38,7 @@ def run_sweep(sweep: dict, populations: bool, workdir: Path) -> dict:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     env = {**os.environ, "PPO_HOME": str(workdir / path.stem), "PPO_JAX_CACHE": "0"}
     env.pop("RAY_ADDRESS", None)  # a local Ray, started by the flow, for both
-    t = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "sweep", "-s", str(path), "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"ppo sweep (populations={populations}) exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    wall, result = timed_ppo(["sweep", "-s", str(path)], env)
     return {"wall_s": wall, **result}
 
 

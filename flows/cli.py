@@ -596,7 +596,7 @@ def _print_sweep(summary: dict[str, Any]) -> None:
     rows = pd.read_csv(summary["table"]).to_dict("records")
     fixed = {"trial", "status", "score_selection", "std_selection", "score_heldout", "std_heldout"}
     fixed |= {"env_steps", "converged", "wall_s", "mlflow_run"}
-    swept = [k for k in rows[0] if k not in fixed]
+    swept = [k for k in rows[0] if k not in fixed and not k.startswith("final.")]  # pbt's: in the csv
     from rich import box
 
     # compact: header names wrap rather than being cut, no outer border
@@ -633,6 +633,8 @@ def _print_sweep(summary: dict[str, Any]) -> None:
         soft_wrap=False,
     )
     console.print(f"best config: {summary['best_config']}\nplot: {summary['plot']}", highlight=False)
+    if summary.get("lineage_plot"):
+        console.print(f"PBT lineage: {summary['lineage_plot']}", highlight=False)
 
 
 @app.command(short_help="gate a registered version and promote it if it passes")

@@ -54,11 +54,13 @@ def sweep_ppo_fn(sweep_path: str = "configs/sweep-cartpole.yaml") -> dict[str, A
         print(note)
     plan = plan_sweep(sweep_path)
     trials, groups = plan["trials"], plan["groups"]
-    print(f"{len(trials)} trials in {len(groups)} group(s), each trained as one program")
+    how = "population-based training" if plan["pbt"] else "each trained as one program"
+    print(f"{len(trials)} trials in {len(groups)} group(s), {how}")
     futures = run_group.map(
         [[trials[i] for i in group] for group in groups],
         parent_run_id=unmapped(plan["parent_run_id"]),
         eval_episodes=unmapped(plan["eval_episodes"]),
+        pbt=unmapped(plan["pbt"]),
     )
     # one line per trial as its group finishes (the trials' own logs stay on their Ray workers)
     done = 0

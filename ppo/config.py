@@ -75,6 +75,21 @@ class EnvConfig(_Section):
         return value
 
 
+#: the ``ppo`` fields that shape no array: each training row (a population member's seed) carries its own
+#: values, so one compiled program trains members that differ in them (``ppo.population``, ``ppo.pbt``)
+HPARAM_FIELDS = (
+    "learning_rate",
+    "clip_epsilon",
+    "gamma",
+    "gae_lambda",
+    "entropy_coef",
+    "value_coef",
+    "max_grad_norm",
+    "adam_eps",
+    "anneal_lr",
+)
+
+
 class PPOConfig(_Section):
     """Algorithm hyperparameters; names and defaults are the reference table's."""
 

@@ -1,6 +1,6 @@
 """Populations: configs that differ only in hyperparameters that shape no array train as ONE program.
 
-A population is P members whose configs are equal but for :data:`ppo.program.HPARAM_FIELDS` (learning
+A population is P members whose configs are equal but for :data:`ppo.config.HPARAM_FIELDS` (learning
 rate, clip epsilon, gamma, GAE lambda, entropy/value coefficients, max grad norm, Adam epsilon, the
 annealing flag): :func:`group_key` says which configs may share a program. Every member trains every seed
 of the config: P x S training rows, each carrying its own hyperparameters in its state
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def _field(key: str) -> str:
     """``ppo.learning_rate`` or ``learning_rate`` -> ``learning_rate``; anything else is refused."""
-    from ppo.program import HPARAM_FIELDS
+    from ppo.config import HPARAM_FIELDS
 
     name = key.removeprefix("ppo.")
     if name not in HPARAM_FIELDS:
@@ -53,7 +53,7 @@ def member_config(config: Config, member: dict[str, Any]) -> Config:
 def _shape_fields(config: Config) -> dict[str, Any]:
     """The dotted config fields that make a program: all but the shape-free hyperparameters, where
     checkpoints go and where runs are logged (``tracking``, ``registry``, ``gate`` play no part)."""
-    from ppo.program import HPARAM_FIELDS
+    from ppo.config import HPARAM_FIELDS
 
     free = {f"ppo.{f}" for f in HPARAM_FIELDS} | {"train.checkpoint_dir"}
     return {
@@ -105,7 +105,7 @@ def _rows(tree: Any, member: int, seeds: int) -> Any:
 
 
 def train_together(
-    trainers: list[PPOTrainer], on_chunk: Any = None
+    trainers: list[PPOTrainer], on_chunk: Any = None, between: Any = None
 ) -> list[dict[str, Any] | FloatingPointError]:
     """Train ``trainers`` (one per member; their configs must share a :func:`group_key`) as one program.
 
@@ -115,7 +115,9 @@ def train_together(
     in the returned list is the :class:`ppo.trainer.NonFiniteLossError` (a diverged member is a legitimate
     outcome of a sweep), the others are their results. Any other error stops every member's run and is
     raised. ``on_chunk(metrics, state)`` sees each chunk's metrics and the state after it, all rows, on
-    the host.
+    the host. ``between(state, eligible)``, after each chunk's bookkeeping, may return a new host state to
+    train on (population-based training, :mod:`ppo.pbt`); ``eligible[m]``: every seed of member ``m``
+    still trains (its rows may change; a frozen seed's state never does).
     """
     import jax
 
@@ -182,6 +184,15 @@ def train_together(
                     outcomes[m] = e
                     trainer._abort(run.logger, e)
                     open_runs.discard(m)
+            if between is not None:
+                eligible = np.zeros(len(trainers), bool)
+                for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
+                    mask = None if outcomes[m] is not None else trainer._active(_rows(host, m, n_seeds), run)
+                    eligible[m] = mask is not None and bool(mask.all())
+                changed = between(host, eligible)
+                if changed is not None:
+                    host = changed
+                    state = runtime.place(jax.tree.map(np.asarray, changed))
         for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
             if outcomes[m] is not None:
                 continue

@@ -18,7 +18,7 @@ import optax
 from flax import struct
 
 from ppo.advantages import gae
-from ppo.config import Config
+from ppo.config import HPARAM_FIELDS, Config
 from ppo.distributions import distribution
 from ppo.envs import env_spec, make_jax_env
 from ppo.losses import ppo_loss
@@ -26,20 +26,6 @@ from ppo.networks import PPONetwork, init_params, param_shapes
 from ppo.normalize import RewardScale, init_stats, update_stats
 from ppo.rollout import EpisodeStats, make_rollout
 from ppo.sharding import configure_cpu_devices
-
-#: the hyperparameters that shape no array: each training row (a population member's seed) carries its
-#: own values, so one compiled program trains members that differ in them (``ppo.population``)
-HPARAM_FIELDS = (
-    "learning_rate",
-    "clip_epsilon",
-    "gamma",
-    "gae_lambda",
-    "entropy_coef",
-    "value_coef",
-    "max_grad_norm",
-    "adam_eps",
-    "anneal_lr",
-)
 
 
 class HParams(struct.PyTreeNode):

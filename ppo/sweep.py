@@ -4,9 +4,10 @@ comparison of finished trials. No Prefect, no Ray here: ``flows/sweep.py`` runs 
 A sweep file::
 
     base: configs/cartpole.yaml        # the config every trial starts from (default: built-in defaults)
-    method: random                     # grid (every combination of lists) or random (``trials`` draws)
-    trials: 8                          # random only
-    seed: 0                            # random only: the draws are reproducible
+    method: random                     # grid (every combination of lists), random (``trials`` draws) or
+                                       # pbt (``trials`` draws, then population-based training)
+    trials: 8                          # random and pbt only
+    seed: 0                            # random and pbt only: the draws are reproducible
     eval_episodes: 20                  # greedy gymnasium episodes per trained seed: each trial's selection
                                        # score, and the chosen trial's held-out score (other episodes)
     populations: true                  # trials that differ only in shape-free hyperparameters train as
@@ -20,6 +21,17 @@ A sweep file::
       env.num_envs: {low: 4, high: 16, int: true}
 
 Every trial's config is validated before any trial runs; a bad one is reported with its trial number.
+
+``method: pbt`` (:mod:`ppo.pbt`): the ``trials`` draws are the initial members of one population; every
+``pbt.interval`` updates the worst ``pbt.fraction`` copy the weights, optimiser state and hyperparameters
+of one of the best and multiply each swept value by one of ``pbt.factors``. Every swept key must then be
+a shape-free numeric hyperparameter. Each trial's run records its lineage (``pbt.lineage``, the values
+as ``pbt/<field>`` curves, the final values as ``pbt.final.*``); ``best_config.yaml`` holds the best
+trial's final values, and the sweep's run a lineage plot::
+
+    method: pbt
+    trials: 8
+    pbt: {interval: 10, fraction: 0.25, factors: [0.8, 1.2]}
 
 Groups (:func:`group_trials`): trials whose configs differ only in hyperparameters that shape no array
 (learning rate, clip epsilon, gamma, GAE lambda, entropy/value coefficients, max grad norm, Adam epsilon,
@@ -83,14 +95,30 @@ class Range(BaseModel):
         return float(rng.uniform(self.low, self.high))
 
 
+class PBTSpec(BaseModel):
+    """A sweep's population-based training (:class:`ppo.pbt.PBT`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    interval: int = Field(ge=1, description="updates between exploit steps (a multiple of updates_per_chunk)")
+    fraction: float = Field(0.25, gt=0.0, le=0.5)
+    factors: list[float] = Field(default_factory=lambda: [0.8, 1.2], min_length=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> PBTSpec:
+        if any(f <= 0 for f in self.factors):
+            raise ValueError(f"factors must be > 0, got {self.factors}")
+        return self
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     base: str | None = None
-    method: Literal["grid", "random"] = "grid"
+    method: Literal["grid", "random", "pbt"] = "grid"
     trials: int | None = Field(None, ge=1, le=10_000)
     seed: int = Field(0, ge=0)
     eval_episodes: int = Field(20, ge=1, le=10_000)
     populations: bool = True
+    pbt: PBTSpec | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, list[Any] | Range] = Field(min_length=1)
 
@@ -104,11 +132,35 @@ class SweepSpec(BaseModel):
                     "method: random, or list the values)"
                 )
         elif self.trials is None:
-            raise ValueError("random search needs trials: N")
+            raise ValueError(f"{self.method} search needs trials: N")
+        if self.method == "pbt":
+            self._check_pbt()
+        elif self.pbt is not None:
+            raise ValueError(f"a pbt section needs method: pbt (method is {self.method})")
         for key, values in self.space.items():
             if isinstance(values, list) and not values:
                 raise ValueError(f"space.{key}: needs at least one value")
         return self
+
+    def _check_pbt(self) -> None:
+        from ppo.config import HPARAM_FIELDS
+
+        if self.pbt is None:
+            raise ValueError("method: pbt needs a pbt section, e.g. pbt: {interval: 10}")
+        if (self.trials or 0) < 2:
+            raise ValueError("population-based training needs trials: 2 or more (the population)")
+        if not self.populations:
+            raise ValueError("population-based training trains one population: populations must be true")
+        perturbable = [f"ppo.{f}" for f in HPARAM_FIELDS if f != "anneal_lr"]
+        for key, values in self.space.items():
+            numeric = isinstance(values, Range) or all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values
+            )
+            if key not in perturbable or not numeric:
+                raise ValueError(
+                    f"space.{key}: population-based training perturbs numeric shape-free hyperparameters "
+                    f"only ({', '.join(perturbable)})"
+                )
 
 
 def load_sweep(path: str | os.PathLike[str]) -> SweepSpec:
@@ -125,6 +177,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     keys = list(spec.space)
     if spec.method == "grid":
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*spec.space.values())]
+    # random, and pbt's initial population
     rng = np.random.default_rng(spec.seed)
     trials = []
     for _ in range(spec.trials or 0):
@@ -148,7 +201,27 @@ def trial_configs(spec: SweepSpec, root: Path | None = None) -> list[tuple[dict[
             out.append((point, load_config(base, {**spec.fixed, **point})))
         except ConfigError as e:
             raise ConfigError(f"sweep trial {i} {point}: {e}") from None
+    if spec.pbt is not None and out:
+        chunk = out[0][1].train.updates_per_chunk
+        if spec.pbt.interval % chunk:
+            raise ConfigError(
+                f"pbt.interval: {spec.pbt.interval} updates is not a multiple of train.updates_per_chunk "
+                f"({chunk}): exploit steps happen between chunks"
+            )
     return out
+
+
+def pbt_of(spec: SweepSpec) -> dict[str, Any] | None:
+    """The keyword arguments of :class:`ppo.pbt.PBT` for a pbt sweep (JSON-ready), or None."""
+    if spec.pbt is None:
+        return None
+    return {
+        "interval": spec.pbt.interval,
+        "fields": [key.removeprefix("ppo.") for key in spec.space],
+        "fraction": spec.pbt.fraction,
+        "factors": list(spec.pbt.factors),
+        "seed": spec.seed,
+    }
 
 
 def group_trials(configs: list[Config], populations: bool = True) -> list[list[int]]:
@@ -217,6 +290,7 @@ def comparison_table(
         {
             "trial": r["trial"],
             **r["params"],
+            **{f"final.{k}": v for k, v in (r.get("final_params") or {}).items()},  # pbt: values at the end
             "status": "diverged" if r.get("error") else "ok",
             "score_selection": round(r["score_selection"], 2),
             "std_selection": round(r["std_selection"], 2),
@@ -299,5 +373,59 @@ def plot_sweep(
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic.write_bytes(path, buf.getvalue())  # a full disk keeps the previous plot, leaves no torn one
+    plt.close(fig)
+    return path
+
+
+def plot_lineage(results: list[dict[str, Any]], path: Path, best: int, title: str = "PBT lineage") -> Path:
+    """Population-based training: each trial's perturbed values over updates (a step curve per trial, a
+    dot where it copied another trial, the best trial in orange), one panel per swept key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ppo import atomic
+    from ppo.pbt import values_over_updates
+
+    results = [r for r in _finished(results) if "lineage" in r]
+    keys = list(results[0]["params"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        field = key.removeprefix("ppo.")
+        for r in sorted(results, key=lambda r: r["trial"] == best):  # the best drawn last, on top
+            initial = {field: r["params"][key]}
+            updates, values = values_over_updates(initial, r["lineage"], r["last_update"])[field]
+            chosen = r["trial"] == best
+            ax.step(
+                updates,
+                values,
+                where="post",
+                color="tab:orange" if chosen else "tab:blue",
+                alpha=1.0 if chosen else 0.45,
+                lw=2.0 if chosen else 1.0,
+                label=f"trial {r['trial']} (best)" if chosen else None,
+            )
+            exploits = [e for e in r["lineage"] if field in e["hparams"]]
+            ax.scatter(
+                [e["update"] for e in exploits],
+                [e["hparams"][field] for e in exploits],
+                s=14,
+                color="tab:orange" if chosen else "tab:blue",
+                zorder=3,
+            )
+        if min(min([r["params"][key], *(e["hparams"][field] for e in r["lineage"])]) for r in results) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("update (dot: copied a better trial, then perturbed)")
+        ax.set_ylabel(key)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic.write_bytes(path, buf.getvalue())
     plt.close(fig)
     return path

@@ -25,7 +25,7 @@ RESULTS = {"persist_result": True, "result_serializer": "json", "cache_policy": 
 def plan_sweep(sweep_path: str) -> dict[str, Any]:
     """Expand and validate every trial (a bad one fails here, before any training), open the parent run."""
     from ppo import tracking
-    from ppo.sweep import eval_seeds, group_trials, load_sweep, trial_configs
+    from ppo.sweep import eval_seeds, group_trials, load_sweep, pbt_of, trial_configs
 
     spec = load_sweep(sweep_path)
     trials = trial_configs(spec, root=_ROOT)
@@ -59,6 +59,7 @@ def plan_sweep(sweep_path: str) -> dict[str, Any]:
             {"trial": i, "params": point, "config": cfg.to_dict()} for i, (point, cfg) in enumerate(trials)
         ],
         "groups": groups,
+        "pbt": pbt_of(spec),
     }
 
 
@@ -72,7 +73,9 @@ def _trial_config(trial: dict[str, Any], parent_run_id: str) -> Config:
 
 
 @task(name="trial-group", retries=1, **RESULTS)
-def run_group(trials: list[dict[str, Any]], parent_run_id: str, eval_episodes: int) -> list[dict[str, Any]]:
+def run_group(
+    trials: list[dict[str, Any]], parent_run_id: str, eval_episodes: int, pbt: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Train a group of trials as one population (:func:`ppo.population.train_together`): each trial is
     still its own trainer, with its own nested MLflow run and checkpoint, and gets its selection score
     (real gymnasium episodes of the ``sweep_select`` stream, the same for every trial, so the trials
@@ -83,6 +86,9 @@ def run_group(trials: list[dict[str, Any]], parent_run_id: str, eval_episodes: i
 
     A trial whose loss diverges (NaN/inf: a legitimate outcome of, say, a too-high learning rate) is
     reported as diverged, not retried, and does not stop the other trials of its group.
+
+    With ``pbt`` (:func:`ppo.sweep.pbt_of`) the group is trained with population-based training
+    (:class:`ppo.pbt.Schedule`); each trial's run gets its lineage and final values.
     """
     from ppo.population import train_together
     from ppo.sweep import eval_seeds, trial_score
@@ -103,7 +109,14 @@ def run_group(trials: list[dict[str, Any]], parent_run_id: str, eval_episodes: i
         [t["trial"] for t in trials],
         len(trials) * len(trainers[0].config.train.seeds),
     )
-    outcomes = train_together(trainers)
+    schedule = None
+    if pbt is not None:
+        from ppo.pbt import PBT, Schedule
+
+        first = trainers[0].config
+        rule = PBT(**{**pbt, "fields": tuple(pbt["fields"]), "factors": tuple(pbt["factors"])})
+        schedule = Schedule(rule, len(trainers), len(first.train.seeds), first.train.convergence_window)
+    outcomes = train_together(trainers, between=schedule)
     seeds = eval_seeds(eval_episodes)
     out = []
     for trial, trainer, logger, outcome in zip(trials, trainers, loggers, outcomes, strict=True):
@@ -136,6 +149,7 @@ def run_group(trials: list[dict[str, Any]], parent_run_id: str, eval_episodes: i
         logger.client.log_metric(logger.run_id, "sweep/score_selection", selection[0])
         for key, value in trial["params"].items():
             logger.client.set_tag(logger.run_id, f"sweep.{key}", value)
+        pbt_result = {} if schedule is None else _log_lineage(schedule, len(out), trainer, trial, logger)
         log.info(
             "trial %d %s: selection score %.1f after %d env steps",
             trial["trial"],
@@ -152,9 +166,43 @@ def run_group(trials: list[dict[str, Any]], parent_run_id: str, eval_episodes: i
                 "converged": outcome["converged"],
                 "wall_s": outcome["wall_time_s"],
                 "heldout": {"score": held[0], "std": held[1]},
+                **pbt_result,
             }
         )
     return out
+
+
+def _log_lineage(
+    schedule: Any, member: int, trainer: Any, trial: dict[str, Any], logger: Any
+) -> dict[str, Any]:
+    """A PBT member's lineage on its MLflow run (``pbt.lineage`` and ``pbt.final.*`` tags, ``pbt/<field>``
+    curves over env steps) and in its result (``lineage``, ``final_params``, ``last_update``)."""
+    import time
+
+    import numpy as np
+    from mlflow.entities import Metric
+
+    from ppo.pbt import values_over_updates
+
+    lineage = schedule.lineage(member)
+    batch = trainer.config.ppo.batch_size
+    last_update = int(np.max(np.asarray(trainer.state.update)))
+    hp = trainer.state.hp  # the member's rows: every seed holds the same values
+    final = {f"ppo.{field}": float(np.asarray(getattr(hp, field))[0]) for field in schedule.pbt.fields}
+    initial = {field: trial["params"][f"ppo.{field}"] for field in schedule.pbt.fields}
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"pbt/{field}", value, now, update * batch)
+        for field, (updates, values) in values_over_updates(initial, lineage, last_update).items()
+        for update, value in zip(updates, values, strict=True)
+    ]
+    client, run_id = logger.client, logger.run_id
+    client.log_batch(run_id, metrics=metrics)
+    client.set_tag(run_id, "pbt.lineage", json.dumps(lineage)[:5000])
+    client.set_tag(run_id, "pbt.exploits", len(lineage))
+    for key, value in final.items():
+        client.set_tag(run_id, f"pbt.final.{key}", value)
+    return {"lineage": lineage, "final_params": final, "last_update": last_update}
 
 
 @task(name="heldout-score", retries=1, **RESULTS)
@@ -197,8 +245,8 @@ def sweep_report(
     import yaml
 
     from ppo import tracking
-    from ppo.config import ppo_home
-    from ppo.sweep import comparison_table, eval_seeds, plot_sweep, seeds_note
+    from ppo.config import build_config, ppo_home
+    from ppo.sweep import comparison_table, eval_seeds, plot_lineage, plot_sweep, seeds_note
 
     best = next(r for r in results if r["trial"] == heldout["trial"])
     directory = ppo_home() / "sweeps" / parent_run_id
@@ -209,6 +257,12 @@ def sweep_report(
     atomic.write_text(directory / "sweep.csv", pd.DataFrame(rows).to_csv(index=False))
     plot_sweep(results, directory / "sweep.png", title=f"PPO sweep {parent_run_id[:8]}", heldout=heldout)
     best_config = next(t["config"] for t in trials if t["trial"] == best["trial"])
+    lineage_plot = None
+    if best.get("final_params"):  # pbt: the best trial's values at the end, and everyone's lineage
+        best_config = build_config(best_config, best["final_params"]).to_dict()
+        lineage_plot = plot_lineage(
+            results, directory / "pbt_lineage.png", best["trial"], title=f"PBT lineage {parent_run_id[:8]}"
+        )
     atomic.write_text(directory / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=False))
     client = tracking.client()
     client.log_artifacts(parent_run_id, str(directory))
@@ -218,8 +272,9 @@ def sweep_report(
     client.set_tag(parent_run_id, "sweep.best_run_id", best["run_id"])
     client.set_terminated(parent_run_id, "FINISHED")
     note = seeds_note(eval_episodes)
-    from ppo.config import build_config
     from tasks.summary import artifact_key
+
+    lineage_note = "" if lineage_plot is None else f"\n\nPBT lineage: `{lineage_plot}`"
 
     model_name = build_config(best_config).model_name  # the sweep's env: one key per model, like train-ppo
     create_table_artifact(
@@ -229,7 +284,7 @@ def sweep_report(
         f"# PPO sweep\n\nBest trial {best['trial']} {best['params']}: held-out score "
         f"{heldout['score_heldout']:.1f} (selection score {best['score_selection']:.1f}, "
         f"which chose it).\n\n{note}.\n\nBest config: `{directory / 'best_config.yaml'}`"
-        f"\n\nPlot: `{directory / 'sweep.png'}`\n",
+        f"\n\nPlot: `{directory / 'sweep.png'}`{lineage_note}\n",
         key=artifact_key("sweep-summary", model_name),
     )
     return {
@@ -241,6 +296,7 @@ def sweep_report(
         "eval_seeds": {k: list(v) for k, v in eval_seeds(eval_episodes).items()},
         "best_config": str(directory / "best_config.yaml"),
         "plot": str(directory / "sweep.png"),
+        "lineage_plot": None if lineage_plot is None else str(lineage_plot),
         "table": str(directory / "sweep.csv"),
         "trial_pids": sorted({r["pid"] for r in results}),
         # trials whose selection score equals the best's exactly (the table rounds): fewer env steps won

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -61,6 +62,21 @@ def test_grid_and_random_expansion():
             "must be < high",
         ),
         ({"space": {"ppo.gamma": [0.9]}, "budget": 3}, "budget"),
+        ({"method": "pbt", "trials": 4, "space": {"ppo.gamma": [0.9, 0.99]}}, "needs a pbt section"),
+        (
+            {
+                "method": "pbt",
+                "trials": 4,
+                "pbt": {"interval": 5},
+                "space": {"ppo.epochs_per_update": [2, 4]},
+            },
+            "perturbs numeric shape-free hyperparameters only",
+        ),
+        ({"method": "pbt", "trials": 1, "pbt": {"interval": 5}, "space": {"ppo.gamma": [0.9]}}, "2 or more"),
+        (
+            {"method": "random", "trials": 2, "pbt": {"interval": 5}, "space": {"ppo.gamma": [0.9]}},
+            "method: pbt",
+        ),
     ],
 )
 def test_bad_sweep_files_are_named(tmp_path, data, expected):
@@ -215,23 +231,39 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
     assert np.isnan(rows[1]["score_heldout"])
 
 
-def test_trials_are_grouped_by_what_shapes_their_program():
+def test_trials_are_grouped_by_what_shapes_their_program(tmp_path):
     from pathlib import Path
 
     from ppo.sweep import group_trials
 
-    root = Path(__file__).resolve().parents[1]
-    trials = trial_configs(load_sweep(root / "configs" / "sweep-cartpole.yaml"), root=root)
-    configs = [cfg for _, cfg in trials]
+    spec = load_sweep(
+        _spec(
+            tmp_path,
+            {
+                "method": "random",
+                "trials": 12,
+                "space": {
+                    "ppo.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+                    "ppo.gamma": [0.98, 0.99],
+                    "ppo.epochs_per_update": [2, 4],  # shapes the program: one group per value
+                },
+            },
+        )
+    )
+    configs = [cfg for _, cfg in trial_configs(spec)]
     groups = group_trials(configs)
-    assert sorted(i for g in groups for i in g) == list(range(len(configs)))
-    # within a group only shape-free hyperparameters differ; across groups a shaping key does
-    shaping = {"ppo.epochs_per_update": [2, 4, 8]}  # the shipped sweep's one shaping key (if it has one)
+    assert sorted(i for g in groups for i in g) == list(range(12))
+    assert all(g == sorted(g) for g in groups)  # trial order within a group
+    assert sorted({configs[g[0]].ppo.epochs_per_update for g in groups}) == [2, 4] and len(groups) == 2
     for group in groups:
-        flat = [configs[i].flat() for i in group]
-        assert len({f[k] for f in flat for k in shaping if k in f}) <= 1
-    assert len(groups) == len({(c.ppo.epochs_per_update,) for c in configs})
-    assert group_trials(configs, populations=False) == [[i] for i in range(len(configs))]
+        assert len({configs[i].ppo.epochs_per_update for i in group}) == 1
+    assert group_trials(configs, populations=False) == [[i] for i in range(12)]
+
+    # the shipped sweep swaps only shape-free keys: its trials are one population
+    root = Path(__file__).resolve().parents[1]
+    shipped_spec = load_sweep(root / "configs" / "sweep-cartpole.yaml")
+    shipped = [cfg for _, cfg in trial_configs(shipped_spec, root=root)]
+    assert group_trials(shipped) == [list(range(len(shipped)))]
 
 
 def test_diverged_trials_are_reported_and_never_best():
@@ -304,3 +336,94 @@ def test_the_sweep_table_fits_a_terminal_and_says_how_the_best_was_chosen(tmp_pa
     assert "score" in out and "held-out" in out
     assert "tie" in out and "fewest env steps" in out, out
     assert "trials 0, 1, 2, 3, 4, 5 tie at 500" in " ".join(out.split()), out
+
+
+def test_pbt_interval_must_fall_between_chunks(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(small_config().to_dict()))  # 5 updates per chunk
+    spec = load_sweep(
+        _spec(
+            tmp_path,
+            {
+                "base": str(base),
+                "method": "pbt",
+                "trials": 2,
+                "pbt": {"interval": 7},
+                "space": {"ppo.gamma": [0.9]},
+            },
+        )
+    )
+    with pytest.raises(
+        ConfigError, match=r"pbt.interval: 7 updates is not a multiple of train.updates_per_chunk \(5\)"
+    ):
+        trial_configs(spec)
+
+
+def test_pbt_sweep_exploits_inside_one_program_and_records_the_lineage(tmp_path, monkeypatch):
+    """method: pbt on a real local Ray: four CartPole members, an exploit step after every chunk; each
+    trial's run carries its lineage, its final values are what its checkpointed state trains with, and the
+    sweep's best config holds the best trial's final values."""
+    _requires_ray()
+    import json
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.sweep import sweep_ppo
+    from ppo import tracking
+    from ppo.config import build_config
+    from ppo.trainer import PPOTrainer
+
+    monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0]}).to_dict()))
+    path = _spec(
+        tmp_path,
+        {
+            "base": str(base),
+            "method": "pbt",
+            "trials": 4,
+            "seed": 3,
+            "eval_episodes": 2,
+            "pbt": {"interval": 5, "fraction": 0.25, "factors": [0.5, 2.0]},
+            "fixed": {"train.max_env_steps": 128 * 20},
+            "space": {"ppo.learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}},
+        },
+    )
+    with prefect_test_harness(server_startup_timeout=120):
+        state = sweep_ppo(str(path), return_state=True)
+    assert state.is_completed(), state
+    out = state.result()
+    assert len(out["trial_pids"]) == 1  # one population, one task
+
+    client = tracking.client()
+    parent = client.get_run(out["parent_run_id"])
+    assert "pbt_lineage.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    lineages = {c.info.run_name: json.loads(c.data.tags["pbt.lineage"]) for c in children}
+    events = [e for lineage in lineages.values() for e in lineage]
+    assert events, "no exploit step happened"  # 4 chunks, an exploit after each of the first three
+    assert {e["update"] for e in events} <= {5, 10, 15, 20}
+    for child in children:
+        lineage = lineages[child.info.run_name]
+        final = float(child.data.tags["pbt.final.ppo.learning_rate"])
+        history = client.get_metric_history(child.info.run_id, "pbt/learning_rate")
+        assert history and history[-1].value == pytest.approx(final)
+        if lineage:  # the value of its last exploit is the one it ended with
+            assert final == pytest.approx(lineage[-1]["hparams"]["learning_rate"])
+            assert all(e["donor"] != e["member"] and e["donor_fitness"] > e["fitness"] for e in lineage)
+        # the trial's checkpointed state trains with its final value
+        trial = int(child.info.run_name.removeprefix("trial-"))
+        cfg = load_config(str(base), {"train.max_env_steps": 128 * 20})
+        cfg = build_config(
+            cfg.to_dict(), {"train.checkpoint_dir": f"sweeps/{parent.info.run_id}/trial-{trial}"}
+        )
+        trainer = PPOTrainer(config=cfg)
+        trainer.restore()
+        assert float(np.asarray(trainer.state.hp.learning_rate)[0]) == pytest.approx(final)
+    best = load_config(out["best_config"])
+    by_trial = {int(c.info.run_name.removeprefix("trial-")): c for c in children}
+    assert best.ppo.learning_rate == pytest.approx(
+        float(by_trial[out["best_trial"]].data.tags["pbt.final.ppo.learning_rate"])
+    )
