@@ -131,7 +131,12 @@ def train_together(
         raise ConfigError("a population needs at least one member")
     first = trainers[0].config
     if uses_host_envs(first):
-        raise ConfigError(f"{first.env.id} trains on host-side envs: populations need a JAX env")
+        if len(trainers) > 1 or between is not None:
+            raise ConfigError(f"{first.env.id} trains on host-side envs: populations need a JAX env")
+        try:  # host envs step in Python: a "population" of one is the trainer's own loop
+            return [trainers[0].train()]
+        except NonFiniteLossError as e:
+            return [e]
     shape = _shape_fields(first)
     for i, trainer in enumerate(trainers[1:], 1):
         other = _shape_fields(trainer.config)

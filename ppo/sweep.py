@@ -226,14 +226,16 @@ def pbt_of(spec: SweepSpec) -> dict[str, Any] | None:
 
 def group_trials(configs: list[Config], populations: bool = True) -> list[list[int]]:
     """The trials (indices into ``configs``) that train together, in trial order: one group per distinct
-    :func:`ppo.population.group_key` (or, without ``populations``, one group per trial)."""
+    :func:`ppo.population.group_key` (or, without ``populations``, one group per trial). A config that
+    trains on host-side envs (``ppo.host_program``) is a group of its own: its envs step in Python."""
     if not populations:
         return [[i] for i in range(len(configs))]
     from ppo.population import group_key
+    from ppo.runtime import uses_host_envs
 
     groups: dict[str, list[int]] = {}
     for i, config in enumerate(configs):
-        groups.setdefault(group_key(config), []).append(i)
+        groups.setdefault(f"host-{i}" if uses_host_envs(config) else group_key(config), []).append(i)
     return list(groups.values())
 
 

@@ -265,6 +265,12 @@ def test_trials_are_grouped_by_what_shapes_their_program(tmp_path):
     shipped = [cfg for _, cfg in trial_configs(shipped_spec, root=root)]
     assert group_trials(shipped) == [list(range(len(shipped)))]
 
+    # host-side envs step in Python: every trial is a group of its own (a population needs a JAX env)
+    host = [
+        load_config(root / "configs" / "lunarlander.yaml", {"ppo.learning_rate": lr}) for lr in (1e-4, 3e-4)
+    ]
+    assert group_trials(host) == [[0], [1]]
+
 
 def test_diverged_trials_are_reported_and_never_best():
     from ppo.sweep import best_trial, comparison_table
