@@ -7,6 +7,10 @@ convergence and early stopping, callbacks, logging (through a :class:`RunLogger`
 seed that has converged (or used its episode budget) is frozen: its state stops changing while the
 others train on, so every seed ends at the parameters with which it met the criterion.
 
+The loop's steps (:meth:`PPOTrainer._active`, :meth:`PPOTrainer._after_chunk`, :meth:`PPOTrainer._finish`)
+work on one run's state, so :func:`ppo.population.train_together` drives several trainers through them
+on the rows of one population program: each member keeps exactly a trainer's bookkeeping.
+
 Each chunk also yields its per-update points (:func:`update_points`: every update's losses and episode
 returns, which the compiled chunk computes anyway) for the logger's curves; the history keeps one row per
 chunk.
