@@ -71,7 +71,7 @@ def run(home: Path, config: str, overlap: bool) -> dict:
         "to_flow_s": round(parts["flow_start"] - start, 2),
         "tasks_s": parts["tasks_s"],
         "outcome": summary["outcome"],
-        "version": summary.get("version"),
+        "version": summary.get("model_version"),
     }
 
 

@@ -114,7 +114,7 @@ def _prefect_env(meanwhile: Callable[[], None] | None = None) -> None:
     """Defaults for Prefect (before it is imported): state under $PPO_HOME, no telemetry; the servers of
     ``make serve`` when they run for this $PPO_HOME, else an embedded API server, when no
     ``PREFECT_API_URL`` is set. ``meanwhile()`` is called once the MLflow store is settled, while an
-    embedded API starts (or before a configured one is checked)."""
+    embedded API starts (or after a configured one answered)."""
     from ppo.config import ppo_home
 
     os.environ.setdefault("PREFECT_HOME", str(ppo_home() / PREFECT_DIR))
@@ -141,8 +141,6 @@ def _prefect_env(meanwhile: Callable[[], None] | None = None) -> None:
             highlight=False,
         )
     if api:
-        if meanwhile is not None:
-            meanwhile()
         from ppo.tracking.probe import ServiceUnavailableError, probe
 
         try:
@@ -153,6 +151,8 @@ def _prefect_env(meanwhile: Callable[[], None] | None = None) -> None:
             )
         except ServiceUnavailableError as e:
             fail(str(e), code=1)
+        if meanwhile is not None:  # only once the API answers: a failed probe exits at once
+            meanwhile()
     else:
         _start_embedded_api(meanwhile)
 

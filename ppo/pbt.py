@@ -38,7 +38,8 @@ class PBT:
             ``anneal_lr``).
         fraction: the bottom ``fraction`` of the members copy from the top ``fraction`` (at least one each).
         factors: each copied value is multiplied by one of these, drawn per field, then kept in the
-            field's valid range.
+            field's valid range (so a value of 0, e.g. ``entropy_coef: 0``, stays 0: draw from ranges
+            above 0 for fields PBT should move).
         seed: the draws (donors, factors) are reproducible.
     """
 
@@ -121,7 +122,9 @@ def exploit(
         return state, []
     order = np.argsort(scores, kind="stable")  # ascending: the worst first
     top = [int(m) for m in order[-n:]]
-    bottom = [int(m) for m in order[:n] if eligible[m] and scores[m] < scores[order[-n]]]
+    # the n worst of the members that may receive, if they are strictly worse than every donor
+    bottom = [int(m) for m in order if eligible[m] and int(m) not in top][:n]
+    bottom = [m for m in bottom if scores[m] < scores[top[0]]]
     if not bottom:
         return state, []
     # whole-tree copies on the host (NumPy), then the rows of each recipient are overwritten
@@ -160,12 +163,18 @@ class Schedule:
         self.next_update = pbt.interval
         self.events: list[Exploit] = []
 
-    def __call__(self, state: Any, eligible: np.ndarray) -> Any:
+    def __call__(self, state: Any, eligible: np.ndarray, alive: np.ndarray | None = None) -> Any:
+        """After a chunk: the state after an exploit step when one is due and copied anything, else None.
+        ``eligible``: members that may receive; ``alive``: members that have not diverged (default all):
+        the others rank last and receive nothing, so they are never donors (their weights may be NaN)."""
         update = int(np.max(np.asarray(state.update)))
         if update < self.next_update:
             return None
         self.next_update = (update // self.pbt.interval + 1) * self.pbt.interval
         scores = fitness(state, self.members, self.seeds, self.window)
+        if alive is not None:  # a diverged member neither gives nor receives
+            scores = np.where(np.asarray(alive, bool), scores, -np.inf)
+            eligible = np.asarray(eligible, bool) & np.asarray(alive, bool)
         new, events = exploit(state, scores, self.seeds, self.pbt, self.rng, update, eligible)
         self.events.extend(events)
         return new if events else None

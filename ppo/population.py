@@ -115,9 +115,10 @@ def train_together(
     in the returned list is the :class:`ppo.trainer.NonFiniteLossError` (a diverged member is a legitimate
     outcome of a sweep), the others are their results. Any other error stops every member's run and is
     raised. ``on_chunk(metrics, state)`` sees each chunk's metrics and the state after it, all rows, on
-    the host. ``between(state, eligible)``, after each chunk's bookkeeping, may return a new host state to
-    train on (population-based training, :mod:`ppo.pbt`); ``eligible[m]``: every seed of member ``m``
-    still trains (its rows may change; a frozen seed's state never does).
+    the host. ``between(state, eligible, alive)``, after each chunk's bookkeeping, may return a new host
+    state to train on (population-based training, :mod:`ppo.pbt`); ``eligible[m]``: every seed of member
+    ``m`` still trains (its rows may change; a frozen seed's state never does); ``alive[m]``: member ``m``
+    has not diverged (a diverged member's weights must never be copied).
     """
     import jax
 
@@ -194,7 +195,8 @@ def train_together(
                 for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
                     mask = None if outcomes[m] is not None else trainer._active(_rows(host, m, n_seeds), run)
                     eligible[m] = mask is not None and bool(mask.all())
-                changed = between(host, eligible)
+                alive = np.array([o is None for o in outcomes])
+                changed = between(host, eligible, alive)
                 if changed is not None:
                     host = changed
                     state = runtime.place(jax.tree.map(np.asarray, changed))

@@ -202,6 +202,13 @@ def trial_configs(spec: SweepSpec, root: Path | None = None) -> list[tuple[dict[
         except ConfigError as e:
             raise ConfigError(f"sweep trial {i} {point}: {e}") from None
     if spec.pbt is not None and out:
+        from ppo.runtime import uses_host_envs
+
+        if uses_host_envs(out[0][1]):
+            raise ConfigError(
+                f"method: pbt trains one population: {out[0][1].env.id} trains on host-side envs, which a "
+                "population cannot (use method: random)"
+            )
         chunk = out[0][1].train.updates_per_chunk
         if spec.pbt.interval % chunk:
             raise ConfigError(

@@ -186,12 +186,16 @@ def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | N
         tracking.set_run_tags(result["run_id"], tags)
     resumed = result.get("resumed_from_chunk")
     log.info(
-        "trained %s: %s episodes, %s env steps in %.1f s%s",
+        "trained %s: %s episodes, %s env steps in %.1f s%s%s",
         "to convergence" if result["converged"] else f"until {result.get('stop_reason') or 'its budget'}",
         f"{result['episodes']:,}",
         f"{result['env_steps']:,}",
         result["wall_time_s"],
         f" (resumed from the checkpoint after chunk {resumed})" if resumed is not None else "",
+        # ppo pipeline's warm-up (flows.cli._warm_up) compiled it while the Prefect API started
+        "; its program was compiled ahead, while the Prefect API started"
+        if trainer.timings.get("compiled_ahead")
+        else "",
     )
     return {
         k: result.get(k)

@@ -252,7 +252,9 @@ def test_the_overlapped_start_up_decides_exactly_as_the_serial_one(harness, tmp_
         env = {**os.environ, "PPO_HOME": str(home), "PPO_OVERLAP": overlap}
         for key in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI"):
             env.pop(key, None)
-        _, summaries[overlap] = run_pipeline(path, env)
+        out, summaries[overlap] = run_pipeline(path, env)
+        # the train task found its program compiled by the warm-up, and says so; never without it
+        assert ("compiled ahead, while the Prefect API started" in out.stderr) == (overlap == "1"), out.stderr
         run = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(summaries[overlap]["run_id"])
         finals[overlap] = (run.data.metrics["eval/return_mean"], run.data.tags["best_seed"])
     serial, overlapped = summaries["0"], summaries["1"]

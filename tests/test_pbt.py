@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ppo.pbt import PBT, bounds, exploit, fitness
+from ppo.pbt import PBT, Schedule, bounds, exploit, fitness
 from ppo.program import HParams, make_program
 from tests.helpers import small_config
 
@@ -95,3 +95,23 @@ def test_fitness_is_the_mean_window_return_over_a_members_seeds():
     np.testing.assert_allclose(fitness(state, 2, SEEDS, 10), [27.5, 8.0])
     state = state.replace(stats=state.stats._replace(episodes=np.array([2, 2, 0, 0])))
     assert fitness(state, 2, SEEDS, 10)[1] == -np.inf
+
+
+def test_a_diverged_member_is_never_a_donor():
+    """Its frozen weights may be NaN while its last training returns look best: the schedule ranks it
+    last, so the worst member copies the best member that is still alive."""
+    state = _population([1e-3, 2e-3, 3e-3, 4e-3])
+    window = np.asarray(state.stats.window).copy()
+    for row, value in enumerate([10, 10, 90, 90, 30, 30, 50, 50]):  # members score 10, 90, 30, 50
+        window[row, :2] = value
+    state = state.replace(
+        stats=state.stats._replace(window=window, episodes=np.full(8, 2)),
+        update=np.full(8, 5, np.int32),
+    )
+    schedule = Schedule(PBT(interval=5, fields=("learning_rate",)), members=4, seeds=SEEDS, window=10)
+    everyone = np.ones(4, bool)
+    schedule(state, everyone, alive=np.array([True, False, True, True]))  # member 1 diverged
+    assert [(e.member, e.donor) for e in schedule.events] == [(0, 3)]
+    alive_all = Schedule(PBT(interval=5, fields=("learning_rate",)), members=4, seeds=SEEDS, window=10)
+    alive_all(state, everyone)
+    assert [(e.member, e.donor) for e in alive_all.events] == [(0, 1)]

@@ -365,6 +365,24 @@ def test_pbt_interval_must_fall_between_chunks(tmp_path):
         trial_configs(spec)
 
 
+def test_pbt_on_a_host_env_is_refused_before_anything_trains(tmp_path):
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = load_sweep(
+        _spec(
+            tmp_path,
+            {
+                "base": str(root / "configs" / "lunarlander.yaml"),
+                "method": "pbt",
+                "trials": 2,
+                "pbt": {"interval": 10},
+                "space": {"ppo.gamma": [0.98, 0.99]},
+            },
+        )
+    )
+    with pytest.raises(ConfigError, match="LunarLander-v3 trains on host-side envs"):
+        trial_configs(spec)
+
+
 def test_pbt_sweep_exploits_inside_one_program_and_records_the_lineage(tmp_path, monkeypatch):
     """method: pbt on a real local Ray: four CartPole members, an exploit step after every chunk; each
     trial's run carries its lineage, its final values are what its checkpointed state trains with, and the
