@@ -213,9 +213,12 @@ def _picture(frame: np.ndarray) -> Any:
         scale = 255.0 if float(np.max(frame, initial=0.0)) <= 1.0 else 1.0
         frame = np.clip(np.asarray(frame, np.float64) * scale, 0, 255).round().astype(np.uint8)
     small = frame.shape[0] < 100
-    return Image.fromarray(frame).resize(
-        (300, 200), Image.Resampling.NEAREST if small else Image.Resampling.BICUBIC
-    )
+    picture = Image.fromarray(frame)
+    factor = frame.shape[1] // 300
+    if not small and factor >= 1 and frame.shape[:2] == (200 * factor, 300 * factor):
+        # classic control renders 600x400: an exact 2x box reduction, 10x cheaper than a bicubic resize
+        return picture.reduce(factor) if factor > 1 else picture
+    return picture.resize((300, 200), Image.Resampling.NEAREST if small else Image.Resampling.BICUBIC)
 
 
 def performance_profile(
@@ -289,12 +292,28 @@ def policy_gif(
         obs, _, term, trunc, _ = env.step(agent.predict(np.asarray(obs, np.float32)[None])[0])
         done, t = term or trunc, t + 1
     env.close()
-    buf = io.BytesIO()
-    frames[0].save(
-        buf, format="GIF", save_all=True, append_images=frames[1:], duration=40, loop=0, optimize=True
-    )
-    atomic.write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, _gif(frames))
     return path
+
+
+def _gif(frames: list[Any]) -> bytes:
+    """Frames as an animated GIF on one palette, built once from a strip of up to 8 frames spread over the
+    clip: PIL's default quantises every frame on its own, which was the report's slowest step (2.7 ms of
+    median cut per frame against 0.1 ms of mapping to a palette)."""
+    from PIL import Image
+
+    sample = frames[:: max(1, len(frames) // 8)]
+    width, height = sample[0].size
+    strip = Image.new("RGB", (width, height * len(sample)))
+    for i, frame in enumerate(sample):
+        strip.paste(frame.convert("RGB"), (0, i * height))
+    palette = strip.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+    indexed = [f.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+    buf = io.BytesIO()
+    indexed[0].save(
+        buf, format="GIF", save_all=True, append_images=indexed[1:], duration=40, loop=0, optimize=True
+    )
+    return buf.getvalue()
 
 
 def _finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
