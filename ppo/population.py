@@ -164,14 +164,17 @@ def train_together(
             books = Books.new(n_seeds, trainer.config.train.eval_frequency, trainer.config.config_hash())
             runs.append(_Run(books, trainer._open_logger(resumed=False), None, started))
             open_runs.add(m)
-        while True:
+
+        def seeds_to_train() -> list[np.ndarray]:
+            """Per member, its seeds that train in the next chunk (none once it stopped or diverged)."""
             masks = []
             for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
                 mask = None if outcomes[m] is not None else trainer._active(_rows(host, m, n_seeds), run)
                 masks.append(np.zeros(n_seeds, bool) if mask is None else mask)
-            active = np.concatenate(masks)
-            if not active.any():
-                break
+            return masks
+
+        masks = seeds_to_train()
+        while (active := np.concatenate(masks)).any():
             active_dev = runtime.place_active(active)
             chunk_fn = runtime.chunk_fn(state, active_dev, chunk)
             t = time.perf_counter()
@@ -190,11 +193,10 @@ def train_together(
                     outcomes[m] = e
                     trainer._abort(run.logger, e)
                     open_runs.discard(m)
+            # after the bookkeeping: who trains next (an exploit step changes no episode or update count)
+            masks = seeds_to_train()
             if between is not None:
-                eligible = np.zeros(len(trainers), bool)
-                for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
-                    mask = None if outcomes[m] is not None else trainer._active(_rows(host, m, n_seeds), run)
-                    eligible[m] = mask is not None and bool(mask.all())
+                eligible = np.array([bool(mask.all()) for mask in masks])
                 alive = np.array([o is None for o in outcomes])
                 changed = between(host, eligible, alive)
                 if changed is not None:
