@@ -314,10 +314,12 @@ def make_program(config: Config, rows: int | None = None) -> Program:
     def init(seeds: jnp.ndarray, hparams: list[HParams] | None = None) -> TrainState:
         """Stacked states of ``seeds`` (one row each), with ``hparams`` per row (default: the config's)."""
         rows_hp = hparams or [HParams.of(ppo)] * len(np.asarray(seeds))
-        # the weights come from the host (ppo.networks.init_params: no initialiser to compile)
+        # the weights come from the host (ppo.networks.init_params: no initialiser to compile), drawn once
+        # per seed: a population's members share their seeds' initial weights
+        weights = {int(s): init_params(network, spec.observation_shape, int(s)) for s in np.asarray(seeds)}
         states = jax.device_get(
             [
-                init_single(seed, init_params(network, spec.observation_shape, int(seed)), hp)
+                init_single(seed, weights[int(seed)], hp)
                 for seed, hp in zip(np.asarray(seeds), rows_hp, strict=True)
             ]
         )
