@@ -178,9 +178,12 @@ def _start_embedded_api(meanwhile: Callable[[], None] | None = None) -> None:
     it starts.
     """
     import atexit
+    import importlib.metadata
     import importlib.util
     import socket
     import urllib.request
+
+    from ppo import store_templates
 
     spec = importlib.util.find_spec("prefect")
     assert spec is not None and spec.origin is not None
@@ -192,6 +195,12 @@ def _start_embedded_api(meanwhile: Callable[[], None] | None = None) -> None:
         "PREFECT__SERVER_FINAL": "1",
     }
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"))
+    # a new database starts as a copy of the installed Prefect's empty one (ppo.store_templates): creating
+    # it takes ~10 s; the first one created for a version becomes that template once the server answers
+    db = store_templates.prefect_database(Path(os.environ["PREFECT_HOME"]).expanduser())
+    version = importlib.metadata.version("prefect")
+    fresh = db is not None and not db.exists()
+    copied = fresh and db is not None and store_templates.copy_template("prefect", version, db)
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
     for _attempt in range(3):  # another process may take the free port before the server binds it
         with socket.socket() as sock:
@@ -216,6 +225,8 @@ def _start_embedded_api(meanwhile: Callable[[], None] | None = None) -> None:
             try:
                 with direct.open(url + "/health", timeout=2) as answer:
                     if answer.status == 200:
+                        if fresh and not copied and db is not None:  # before any run is written to it
+                            store_templates.save_template("prefect", version, db)
                         os.environ["PREFECT_API_URL"] = os.environ[EMBEDDED_API_ENV] = url
                         # it serves no UI and ends with this command; its runs are in the shared
                         # database that make serve's and ppo ui's Prefect UI show, on this address

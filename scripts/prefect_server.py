@@ -27,6 +27,17 @@ def main() -> None:
         # an empty or wildcard list would silently turn the check off: refuse to start instead
         raise SystemExit("error: PPO_ALLOWED_HOSTS must name the hosts clients use (no '*')")
 
+    import importlib.metadata
+    from pathlib import Path
+
+    from ppo import store_templates
+
+    # a new database starts as a copy of the installed Prefect's empty one when an earlier start kept one
+    # (ppo.store_templates): Prefect then skips its ~10 s of migrations and block registration
+    db = store_templates.prefect_database(Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser())
+    if db is not None:
+        store_templates.copy_template("prefect", importlib.metadata.version("prefect"), db)
+
     import uvicorn
     from prefect.server.api.server import create_app
     from prefect.settings import get_current_settings

@@ -43,6 +43,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # fresh Prefect state (results, cache records) per test session: a "first run" is really a first run
     _PREFECT_HOME.append(tempfile.mkdtemp(prefix="ppo-prefect-tests-"))
     _set_env("PREFECT_HOME", _PREFECT_HOME[-1])
+    # the session's own store templates (ppo/store_templates.py): its first new MLflow store and Prefect
+    # database become the templates of the ones after, as in a fresh venv; nothing is left in the venv
+    _set_env("PPO_STORE_TEMPLATES", str(Path(_PREFECT_HOME[-1]) / "store-templates"), default=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

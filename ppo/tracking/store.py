@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ppo import atomic
+from ppo import atomic, store_templates
 from ppo.config import Config, confined_path, ppo_home
 from ppo.tracking.probe import probe
 from ppo.tracking.uris import local_store_path
@@ -181,11 +181,14 @@ def ensure_sqlite_store(path: Path) -> None:
                 stale.unlink()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
     try:
-        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
-        try:
-            _initialize_tables(engine)
-        finally:
-            engine.dispose()
+        # from the installed MLflow's template when there is one (ppo.store_templates), else migrated
+        if not store_templates.copy_template("mlflow", mlflow.__version__, tmp):
+            engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+            try:
+                _initialize_tables(engine)
+            finally:
+                engine.dispose()
+            store_templates.save_template("mlflow", mlflow.__version__, tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

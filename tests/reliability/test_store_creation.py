@@ -48,7 +48,8 @@ KILL_MID_MIGRATION = textwrap.dedent(
 
 
 def _kill_mid_migration(home: Path, how: str) -> None:
-    env = {**os.environ, "PPO_HOME": str(home)}
+    # no store template: the kill is aimed at the migrations a store without one runs
+    env = {**os.environ, "PPO_HOME": str(home), "PPO_STORE_TEMPLATES": "0"}
     args = [sys.executable, "-c", KILL_MID_MIGRATION, how, f"sqlite:///{home / 'mlflow.db'}"]
     home.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
