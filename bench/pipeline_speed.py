@@ -8,8 +8,14 @@ process start to exit, in a fresh process each time:
   while the embedded Prefect API starts);
 * ``cold_serial``: the same with ``PPO_OVERLAP=0`` (everything after the API is up, one after another):
   the anchor, measured in the same run;
+* ``cold_no_templates``: ``cold`` with ``PPO_STORE_TEMPLATES=0``: the Prefect database and the MLflow
+  store are created by their migrations instead of copied from the venv's templates (ppo/store_templates.py),
+  as on the very first run in a new venv;
 * ``warm``: ``cold``'s command again in the same ``$PPO_HOME`` (Prefect's task cache, the checkpoint and
   the compilation cache all there): a cached re-run.
+
+When the venv has no store templates yet, one run builds them first; its figures are on the line as
+``first_in_venv`` (and ``cold`` is measured after it, from the templates).
 
 Per-task seconds come from the run's own Prefect database (its task runs' start and end times); ``to_flow_s``
 is process start to the flow run's start (interpreter, imports, the API). Each run's outcome and champion
@@ -59,10 +65,26 @@ def breakdown(home: Path) -> dict:
     return {"flow_start": _when(flow_start), "tasks_s": seconds}
 
 
-def run(home: Path, config: str, overlap: bool) -> dict:
+def templates_present() -> bool:
+    """Whether this venv holds both store templates of the installed Prefect and MLflow."""
+    import importlib.metadata
+
+    from ppo import store_templates
+
+    paths = [
+        store_templates.template_path(kind, importlib.metadata.version(kind))
+        for kind in ("prefect", "mlflow")
+    ]
+    return all(path is not None and path.is_file() for path in paths)
+
+
+def run(home: Path, config: str, overlap: bool, templates: bool = True) -> dict:
     env = {**os.environ, "PPO_HOME": str(home), "PPO_OVERLAP": "1" if overlap else "0"}
     for key in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "PPO_JAX_CACHE"):
         env.pop(key, None)  # everything under this $PPO_HOME, embedded API
+    env.pop("PPO_STORE_TEMPLATES", None)  # the venv's templates (or none, below)
+    if not templates:
+        env["PPO_STORE_TEMPLATES"] = "0"
     start = time.time()
     wall, summary = timed_ppo(["pipeline", "-c", config], env, ok=(0, 4))
     parts = breakdown(home)
@@ -79,10 +101,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/cartpole.yaml")
     args = ap.parse_args()
+    os.environ.pop("PPO_STORE_TEMPLATES", None)
     with tempfile.TemporaryDirectory(prefix="pipeline-speed-") as tmp:
+        first = None if templates_present() else run(Path(tmp) / "first", args.config, overlap=True)
         cold = run(Path(tmp) / "overlap", args.config, overlap=True)
         warm = run(Path(tmp) / "overlap", args.config, overlap=True)
         serial = run(Path(tmp) / "serial", args.config, overlap=False)
+        bare = run(Path(tmp) / "bare", args.config, overlap=True, templates=False)
     print(
         json.dumps(
             {
@@ -91,7 +116,10 @@ def main() -> None:
                 "cold": cold,
                 "warm": warm,
                 "cold_serial": serial,
+                "cold_no_templates": bare,
+                "first_in_venv": first,
                 "cold_saving_s": round(serial["wall_s"] - cold["wall_s"], 2),
+                "templates_saving_s": round(bare["wall_s"] - cold["wall_s"], 2),
                 "cpus": os.cpu_count(),
             }
         )
