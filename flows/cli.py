@@ -18,6 +18,7 @@ the next command marks the runs of a process that is provably gone Crashed (:fun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -175,7 +176,7 @@ def _start_embedded_api(meanwhile: Callable[[], None] | None = None) -> None:
     minutes; ``kill -9`` of the command left it running, orphaned, for good. This one runs in its own
     session and, on Linux, asks the kernel to SIGKILL it when its parent dies (``PR_SET_PDEATHSIG``);
     a normal exit stops it (atexit). ``meanwhile()`` is called once the server process is launched, while
-    it starts.
+    it starts, with ``PREFECT_API_URL`` already pointing at it (this process binds its port).
     """
     import atexit
     import importlib.metadata
@@ -202,42 +203,42 @@ def _start_embedded_api(meanwhile: Callable[[], None] | None = None) -> None:
     fresh = db is not None and not db.exists()
     copied = fresh and db is not None and store_templates.copy_template("prefect", version, db)
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-    for _attempt in range(3):  # another process may take the free port before the server binds it
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+    # this process binds the port and hands the socket to uvicorn (--fd): no other process can take it
+    # between choosing and binding, so the API's address is known before the server starts and Prefect
+    # can be imported (it reads its settings once) while the server starts
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+             "prefect.server.api.server:create_app", "--fd", str(sock.fileno()),
              "--log-level", "error", "--lifespan", "on"],
             env=env,
             stdin=subprocess.DEVNULL,
+            pass_fds=(sock.fileno(),),
             start_new_session=True,
             preexec_fn=_die_with_parent(),
         )  # fmt: skip
-        atexit.register(_stop, server)
-        if meanwhile is not None:
-            meanwhile()
-            meanwhile = None
-        url = f"http://127.0.0.1:{port}/api"
-        deadline = time.monotonic() + timeout
-        while server.poll() is None and time.monotonic() < deadline:
-            try:
-                with direct.open(url + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        if fresh and not copied and db is not None:  # before any run is written to it
-                            store_templates.save_template("prefect", version, db)
-                        os.environ["PREFECT_API_URL"] = os.environ[EMBEDDED_API_ENV] = url
-                        # it serves no UI and ends with this command; its runs are in the shared
-                        # database that make serve's and ppo ui's Prefect UI show, on this address
-                        ui_port = os.environ.get("PREFECT_PORT", "").strip() or str(DEFAULT_PREFECT_PORT)
-                        os.environ.setdefault("PREFECT_UI_URL", f"http://127.0.0.1:{ui_port}")
-                        return
-            except OSError:
-                time.sleep(0.1)
-        _stop(server)
-        if time.monotonic() >= deadline:
-            break
+    atexit.register(_stop, server)
+    url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = os.environ[EMBEDDED_API_ENV] = url
+    # it serves no UI and ends with this command; its runs are in the shared database that make serve's
+    # and ppo ui's Prefect UI show, on this address
+    ui_port = os.environ.get("PREFECT_PORT", "").strip() or str(DEFAULT_PREFECT_PORT)
+    os.environ.setdefault("PREFECT_UI_URL", f"http://127.0.0.1:{ui_port}")
+    if meanwhile is not None:
+        meanwhile()
+    deadline = time.monotonic() + timeout
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with direct.open(url + "/health", timeout=2) as answer:
+                if answer.status == 200:
+                    if fresh and not copied and db is not None:  # before any run is written to it
+                        store_templates.save_template("prefect", version, db)
+                    return
+        except OSError:
+            time.sleep(0.1)
+    _stop(server)
     fail(
         f"the embedded Prefect API server did not start within {timeout:.0f} s (exit {server.returncode}); "
         "see its messages above, or start one (make serve) and set PREFECT_API_URL",
@@ -351,16 +352,17 @@ def _crash_dead_runs() -> None:
 def _run_flow(flow: str, interrupted: str, warm: Config | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run ``flow`` (``module:function``) in this process on the embedded or configured Prefect API; its
     result, or exit with the code of what went wrong. On Ctrl-C or SIGTERM: one line, ``interrupted:
-    <signal>; <interrupted>``, and exit 130 / 143 once the runs' final states are reported. With ``warm``,
-    the config the flow will train, :func:`_warm_up` runs while the Prefect API starts."""
+    <signal>; <interrupted>``, and exit 130 / 143 once the runs' final states are reported. While the
+    Prefect API starts, :func:`_warm_up` imports the flow's module and, given ``warm`` (the config the flow
+    will train), prepares its training."""
     with interruptible(lambda: interrupted):
+        module, name = flow.split(":")
         warming: list[threading.Thread] = []
-        _prefect_env(None if warm is None else lambda: warming.extend(_warm_up(warm)))
-        for thread in warming:  # before Prefect is imported here: no two threads importing at once
+        _prefect_env(lambda: warming.extend(_warm_up(module, warm)))
+        for thread in warming:  # before anything is imported here: no two threads importing at once
             thread.join()
         import importlib
 
-        module, name = flow.split(":")
         fn = getattr(importlib.import_module(module), name)
         return _run(fn, **kwargs)
 
@@ -369,11 +371,12 @@ def _run_flow(flow: str, interrupted: str, warm: Config | None = None, **kwargs:
 OVERLAP_ENV = "PPO_OVERLAP"
 
 
-def _warm_up(config: Config) -> list[threading.Thread]:
-    """Start, in a background thread, what ``train-ppo`` would otherwise do after the Prefect API is up, one
-    thing after another: compiling the training program (:meth:`ppo.runtime.Runtime.compile_ahead`, whose
-    result the train task's trainer picks up instead of compiling), creating the MLflow store and the
-    experiment, and importing the report's plotting stack.
+def _warm_up(module: str, config: Config | None) -> list[threading.Thread]:
+    """Start, in a background thread, what the flow would otherwise do after the Prefect API is up, one
+    thing after another: given ``config`` (``train-ppo``'s), compiling the training program
+    (:meth:`ppo.runtime.Runtime.compile_ahead`, whose result the train task's trainer picks up instead of
+    compiling), creating the MLflow store and the experiment, and importing the report's plotting stack;
+    then importing the flow's ``module`` (Prefect with it: ``PREFECT_API_URL`` is set by now).
 
     Why: the embedded API takes seconds to start in its own process, and the compiler runs with the GIL
     released on the other core. Nothing changes what runs: the tasks do the same work and find it done
@@ -384,11 +387,18 @@ def _warm_up(config: Config) -> list[threading.Thread]:
         return []
 
     def warm() -> None:
-        for step in (_compile_ahead, _mlflow_store, _plotting):
+        import importlib
+
+        steps = [] if config is None else [_compile_ahead, _mlflow_store, _plotting]
+        for step in steps:
             try:
                 step(config)
             except Exception:  # noqa: S112 - the task that does this for real reports it
                 continue
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: S110 - the command imports it again and reports what is wrong
+            pass
 
     thread = threading.Thread(target=warm, name="ppo-warm-up", daemon=True)
     thread.start()
@@ -397,13 +407,16 @@ def _warm_up(config: Config) -> list[threading.Thread]:
 
 def _compile_ahead(config: Config) -> None:
     """Compile ``config``'s training chunk in the background, unless its training is already finished (a
-    re-run whose train task is cached or finds a finished checkpoint compiles nothing)."""
+    re-run whose train task is cached or finds a finished checkpoint compiles nothing, and does not even
+    import JAX: its tasks may not need it)."""
+    from ppo.checkpoint import checkpoint_folder
     from ppo.runtime import uses_host_envs
+
+    if uses_host_envs(config) or (checkpoint_folder(config) / "result.json").is_file():
+        return
     from ppo.trainer import PPOTrainer
 
-    trainer = PPOTrainer(config=config)
-    if not uses_host_envs(config) and not (trainer.checkpoint_dir / "result.json").is_file():
-        trainer.runtime.compile_ahead(config.train.updates_per_chunk)
+    PPOTrainer(config=config).runtime.compile_ahead(config.train.updates_per_chunk)
 
 
 def _mlflow_store(config: Config) -> None:
@@ -467,8 +480,44 @@ def _quiet_when_interrupted() -> None:
                 handler.addFilter(quiet)
 
 
+def _heartbeats() -> contextlib.AbstractContextManager[Any]:
+    """Prefect's flow-run heartbeats as configured, except on this command's embedded API: off there.
+
+    Why: the heartbeat thread sleeps in 1 s steps and a flow run's end waits for it (0.5 s on average,
+    up to 1 s, on every run). Heartbeats exist so that a server's proactive trigger can mark a silent run
+    Crashed; an embedded API runs no such service and ends with this process, whose dead runs the next
+    command marks Crashed itself (:func:`_crash_dead_runs`).
+    """
+    if not os.environ.get(EMBEDDED_API_ENV):
+        return contextlib.nullcontext()
+    from prefect.settings import temporary_settings
+
+    return temporary_settings(updates={"flows.heartbeat_frequency": None})
+
+
+def _run_tagged(fn: Any, run_tags: list[str], kwargs: dict[str, Any]) -> Any:
+    """Run flow ``fn`` with ``kwargs`` in this process, its flow run created with ``run_tags``; its end state.
+
+    Why not ``with tags(...): fn(...)``: every task run then inherits the tags too, and Prefect asks the
+    API for a concurrency slot of each tag before every tagged task run starts (one more round trip per
+    task, ~2 s of a cold ``ppo pipeline`` on this 2-core machine). The process tag only has to be on the
+    flow run (:func:`_crash_dead_runs` finds the task runs through it). This creates the flow run (Pending,
+    as the engine would) and hands it to the engine, as Prefect's own runner does for a deployment's run.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Pending
+    from prefect.utilities.callables import get_call_parameters
+
+    parameters = get_call_parameters(fn.fn, (), kwargs)
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(
+            flow=fn, parameters=fn.serialize_parameters(parameters), state=Pending(), tags=run_tags
+        )
+    return run_flow(flow=fn, flow_run=flow_run, parameters=parameters, return_type="state")
+
+
 def _run(fn: Any, **kwargs: Any) -> dict[str, Any]:
-    from prefect import tags
     from prefect.exceptions import PrefectException, TerminationSignal
 
     _quiet_when_interrupted()
@@ -476,8 +525,8 @@ def _run(fn: Any, **kwargs: Any) -> dict[str, Any]:
     _crash_dead_runs()
     mine = _process_tag()
     try:
-        with tags(*([mine] if mine else [])):
-            state = fn(return_state=True, **kwargs)
+        with _heartbeats():
+            state = _run_tagged(fn, [mine] if mine else [], kwargs)
     except TerminationSignal as e:  # SIGTERM, when Prefect did not pass it on to interruptible's handler
         raise Interrupted(e.signal) from None
     except PrefectException as e:

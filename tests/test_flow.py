@@ -262,3 +262,48 @@ def test_the_overlapped_start_up_decides_exactly_as_the_serial_one(harness, tmp_
     for key in ("env_steps", "seeds", "converged", "model_version", "champion"):
         assert overlapped[key] == serial[key], key
     assert finals["1"] == finals["0"]  # the trainer's final evaluation and the seed it deploys
+
+
+def test_a_re_run_of_a_finished_training_does_not_import_jax_at_start_up(tmp_path):
+    """The warm-up's compile step (flows.cli._compile_ahead) on a config whose training finished (its
+    checkpoint folder holds result.json): nothing to compile, and JAX is not even imported (a cached
+    re-run's tasks need no JAX; importing it cost ~0.9 s of the start-up's one free core). Without the
+    result, it imports JAX and compiles."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from flows.cli import _compile_ahead\n"
+        "from ppo.checkpoint import checkpoint_folder\n"
+        "from tests.helpers import small_config\n"
+        "config = small_config()\n"
+        "folder = checkpoint_folder(config)\n"
+        "folder.mkdir(parents=True, exist_ok=True)\n"
+        "(folder / 'result.json').write_text('{}')\n"
+        "_compile_ahead(config)\n"
+        "print('jax' in sys.modules)\n"
+    )
+    env = {**os.environ, "PPO_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False", out.stdout
+
+
+def test_flow_run_heartbeats_are_off_only_on_an_embedded_api(monkeypatch):
+    """``ppo pipeline`` on its embedded API runs its flow without Prefect's heartbeat thread (whose end the
+    flow waits for, up to 1 s; nothing watches heartbeats on an API that ends with the command); on a
+    configured API (make serve's, a team's) heartbeats stay as configured."""
+    from prefect.settings import get_current_settings
+
+    from flows.cli import EMBEDDED_API_ENV, _heartbeats
+
+    configured = get_current_settings().flows.heartbeat_frequency
+    assert configured is not None
+    monkeypatch.delenv(EMBEDDED_API_ENV, raising=False)
+    with _heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency == configured
+    monkeypatch.setenv(EMBEDDED_API_ENV, "http://127.0.0.1:1/api")
+    with _heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == configured

@@ -9,6 +9,7 @@ the sqlite store), the flow run's state (read from the embedded Prefect database
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -162,6 +163,14 @@ def _flow_runs(tmp_path: Path) -> list[tuple[str, str]]:
         return list(db.execute("SELECT name, state_type FROM flow_run ORDER BY created"))
 
 
+def _tags(tmp_path: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """The tags of every flow run and of every task run in the embedded Prefect database."""
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        flows = [json.loads(t) for (t,) in db.execute("SELECT tags FROM flow_run ORDER BY created")]
+        tasks = [json.loads(t) for (t,) in db.execute("SELECT tags FROM task_run ORDER BY created")]
+    return flows, tasks
+
+
 def _one_line(text: str, sig_name: str) -> None:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) <= 2, f"{len(lines)} lines after {sig_name}:\n{text[-3000:]}"
@@ -225,6 +234,11 @@ def test_kill_9_of_pipeline_leaves_no_server_and_the_next_run_crashes_its_flow_r
         cmd.close()
         _reap(family)
     assert [state for _, state in _flow_runs(tmp_path)] == ["RUNNING"]
+    # the process tag that proves it dead is on the flow run only: a tagged task run would ask the API for
+    # a concurrency slot of the tag before it starts (a round trip per task)
+    flow_tags, task_tags = _tags(tmp_path)
+    assert len(flow_tags) == 1 and any(t.startswith("ppo-proc:") for t in flow_tags[0]), flow_tags
+    assert task_tags and all(t == [] for t in task_tags), task_tags
     # the next ppo command on this PPO_HOME (here a promote of a version that does not exist: quick) finds
     # the dead process's flow run and ends it Crashed
     nxt = Command(tmp_path, "promote", "--version", "7", "-c", str(_config(tmp_path)), log="next.log")
