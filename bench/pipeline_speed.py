@@ -70,12 +70,13 @@ def templates_present() -> bool:
     """Whether this venv holds both store templates of the installed Prefect and MLflow."""
     import importlib.metadata
 
+    import mlflow
+
     from ppo import store_templates
 
-    paths = [
-        store_templates.template_path(kind, importlib.metadata.version(kind))
-        for kind in ("prefect", "mlflow")
-    ]
+    # the versions their owners key templates by (flows/cli.py, ppo/tracking/store.py)
+    versions = {"prefect": importlib.metadata.version("prefect"), "mlflow": mlflow.__version__}
+    paths = [store_templates.template_path(kind, version) for kind, version in versions.items()]
     return all(path is not None and path.is_file() for path in paths)
 
 

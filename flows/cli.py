@@ -207,6 +207,9 @@ def _start_embedded_api(meanwhile: Callable[[], None] | None = None) -> None:
     # between choosing and binding, so the API's address is known before the server starts and Prefect
     # can be imported (it reads its settings once) while the server starts
     with socket.socket() as sock:
+        # uvicorn takes an inherited socket for a unix one and sets no TCP_NODELAY on what it accepts:
+        # set here, inherited by every accepted connection (no Nagle delay on the API's small answers)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         server = subprocess.Popen(
@@ -502,9 +505,12 @@ def _run_tagged(fn: Any, run_tags: list[str], kwargs: dict[str, Any]) -> Any:
     API for a concurrency slot of each tag before every tagged task run starts (one more round trip per
     task, ~2 s of a cold ``ppo pipeline`` on this 2-core machine). The process tag only has to be on the
     flow run (:func:`_crash_dead_runs` finds the task runs through it). This creates the flow run (Pending,
-    as the engine would) and hands it to the engine, as Prefect's own runner does for a deployment's run.
+    as the engine would, with the tags of any enclosing ``tags()`` too) and hands it to the engine, as
+    Prefect's own runner does for a deployment's run. (A subflow run would not carry the tag: no flow of
+    this project runs one.)
     """
     from prefect.client.orchestration import get_client
+    from prefect.context import TagsContext
     from prefect.flow_engine import run_flow
     from prefect.states import Pending
     from prefect.utilities.callables import get_call_parameters
@@ -512,7 +518,10 @@ def _run_tagged(fn: Any, run_tags: list[str], kwargs: dict[str, Any]) -> Any:
     parameters = get_call_parameters(fn.fn, (), kwargs)
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run(
-            flow=fn, parameters=fn.serialize_parameters(parameters), state=Pending(), tags=run_tags
+            flow=fn,
+            parameters=fn.serialize_parameters(parameters),
+            state=Pending(),
+            tags=sorted(set(run_tags) | set(TagsContext.get().current_tags or ())),
         )
     return run_flow(flow=fn, flow_run=flow_run, parameters=parameters, return_type="state")
 

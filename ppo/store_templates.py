@@ -69,18 +69,31 @@ def template_path(kind: str, version: str) -> Path | None:
 
 def copy_template(kind: str, version: str, dest: Path) -> bool:
     """Create ``dest`` as a copy of the template; False (``dest`` untouched) when there is no template,
-    ``dest`` already exists, or the copy fails. The copy is linked into place only when complete, so a
-    reader never sees half a file and two processes never both create ``dest``."""
+    ``dest`` or a journal of an earlier ``dest`` (``-wal``, ``-shm``, ``-journal``: sqlite would replay it
+    onto the copy) exists, or the copy fails. The copy is checked as a template is before it is kept (a
+    damaged template is removed, to be built again) and linked into place only when complete, so a reader
+    never sees half a file and two processes never both create ``dest``."""
     src = template_path(kind, version)
     if src is None or not src.is_file() or dest.exists():
+        return False
+    if any(dest.with_name(dest.name + suffix).exists() for suffix in ("-wal", "-shm", "-journal")):
         return False
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.template")
     try:
         shutil.copyfile(src, tmp)
+        try:
+            with contextlib.closing(sqlite3.connect(tmp)) as copy:  # our own private file: no lock
+                fresh = _is_fresh(copy, kind)
+        except sqlite3.DatabaseError:  # "file is not a database", a malformed page
+            fresh = False
+        if not fresh:
+            with contextlib.suppress(OSError):
+                src.unlink()
+            return False
         _fsync(tmp)
         os.link(tmp, dest)  # fails when another process created dest meanwhile: theirs is used
         return True
-    except OSError:
+    except (OSError, sqlite3.Error):
         return False
     finally:
         with contextlib.suppress(OSError):
@@ -96,7 +109,8 @@ def save_template(kind: str, version: str, source: Path) -> bool:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.saving")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=5)) as src:
+        read_only = source.resolve().as_uri() + "?mode=ro"  # as_uri: a '?', '#' or '%' in the path is escaped
+        with contextlib.closing(sqlite3.connect(read_only, uri=True, timeout=5)) as src:
             with contextlib.closing(sqlite3.connect(tmp)) as out:
                 src.backup(out)
         with contextlib.closing(sqlite3.connect(tmp)) as out:

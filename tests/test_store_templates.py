@@ -66,6 +66,41 @@ def test_a_used_or_unmigrated_store_is_not_kept(tmp_path, templates):
     assert not list(templates.glob(".*"))  # nor half a file
 
 
+def test_a_damaged_template_is_not_copied_and_is_dropped(tmp_path, templates):
+    """A template that no longer reads as a fresh store (a torn disk write, a stray edit) gives no copy
+    and is removed, so the next store is created by its migrations and becomes the template again."""
+    assert store_templates.save_template("mlflow", "1.0", _db(tmp_path / "fresh.db", *FRESH))
+    template = templates / "mlflow-1.0.db"
+    _db(template, "INSERT INTO runs VALUES ('edited in')")  # now holds a run: not a new store
+    dest = tmp_path / "home" / "mlflow.db"
+    dest.parent.mkdir()
+    assert not store_templates.copy_template("mlflow", "1.0", dest)
+    assert not dest.exists() and not template.exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == []  # no temporary left
+    template.write_bytes(b"not a database" * 100)
+    assert not store_templates.copy_template("mlflow", "1.0", dest)
+    assert not dest.exists() and not template.exists()
+
+
+def test_no_copy_beside_an_old_stores_journal(tmp_path, templates):
+    """A deleted store's ``-wal`` (or ``-shm``, ``-journal``) left beside it would be replayed by sqlite
+    onto the copy: no copy then (the owner creates the store, and sqlite deals with its journal)."""
+    assert store_templates.save_template("mlflow", "1.0", _db(tmp_path / "fresh.db", *FRESH))
+    for suffix in ("-wal", "-shm", "-journal"):
+        home = tmp_path / f"home{suffix}"
+        home.mkdir()
+        (home / f"mlflow.db{suffix}").write_bytes(b"left over")
+        assert not store_templates.copy_template("mlflow", "1.0", home / "mlflow.db"), suffix
+        assert not (home / "mlflow.db").exists()
+    assert (templates / "mlflow-1.0.db").is_file()  # the template itself is fine
+
+
+def test_a_store_path_with_uri_characters_is_kept(tmp_path, templates):
+    folder = tmp_path / "odd?name#50%"
+    folder.mkdir()
+    assert store_templates.save_template("mlflow", "1.0", _db(folder / "fresh.db", *FRESH))
+
+
 def test_templates_can_be_switched_off(tmp_path, monkeypatch):
     monkeypatch.setenv(store_templates.TEMPLATES_ENV, "0")
     assert store_templates.template_dir() is None
