@@ -25,6 +25,7 @@ import os
 import shutil
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 TEMPLATES_ENV = "PPO_STORE_TEMPLATES"
@@ -78,26 +79,22 @@ def copy_template(kind: str, version: str, dest: Path) -> bool:
         return False
     if any(dest.with_name(dest.name + suffix).exists() for suffix in ("-wal", "-shm", "-journal")):
         return False
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.template")
-    try:
-        shutil.copyfile(src, tmp)
+    with _staged(dest, "template") as tmp:
         try:
-            with contextlib.closing(sqlite3.connect(tmp)) as copy:  # our own private file: no lock
-                fresh = _is_fresh(copy, kind)
-        except sqlite3.DatabaseError:  # "file is not a database", a malformed page
-            fresh = False
-        if not fresh:
-            with contextlib.suppress(OSError):
-                src.unlink()
+            shutil.copyfile(src, tmp)
+            try:
+                with contextlib.closing(sqlite3.connect(tmp)) as copy:  # our own private file: no lock
+                    fresh = _is_fresh(copy, kind)
+            except sqlite3.DatabaseError:  # "file is not a database", a malformed page
+                fresh = False
+            if not fresh:
+                with contextlib.suppress(OSError):
+                    src.unlink()
+                return False
+            _publish(tmp, dest)
+            return True
+        except (OSError, sqlite3.Error):
             return False
-        _fsync(tmp)
-        os.link(tmp, dest)  # fails when another process created dest meanwhile: theirs is used
-        return True
-    except (OSError, sqlite3.Error):
-        return False
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def save_template(kind: str, version: str, source: Path) -> bool:
@@ -106,25 +103,40 @@ def save_template(kind: str, version: str, source: Path) -> bool:
     dest = template_path(kind, version)
     if dest is None or dest.exists() or not source.is_file():
         return False
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.saving")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        read_only = source.resolve().as_uri() + "?mode=ro"  # as_uri: a '?', '#' or '%' in the path is escaped
-        with contextlib.closing(sqlite3.connect(read_only, uri=True, timeout=5)) as src:
+    with _staged(dest, "saving") as tmp:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            read_only = source.resolve().as_uri() + "?mode=ro"  # as_uri: '?', '#' or '%' in the path escaped
+            with contextlib.closing(sqlite3.connect(read_only, uri=True, timeout=5)) as src:
+                with contextlib.closing(sqlite3.connect(tmp)) as out:
+                    src.backup(out)
             with contextlib.closing(sqlite3.connect(tmp)) as out:
-                src.backup(out)
-        with contextlib.closing(sqlite3.connect(tmp)) as out:
-            out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-            if not _is_fresh(out, kind):
-                return False
-        _fsync(tmp)
-        os.link(tmp, dest)
-        return True
-    except (OSError, sqlite3.Error):
-        return False
+                out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                if not _is_fresh(out, kind):
+                    return False
+            _publish(tmp, dest)
+            return True
+        except (OSError, sqlite3.Error):
+            return False
+
+
+@contextlib.contextmanager
+def _staged(dest: Path, what: str) -> Iterator[Path]:
+    """A private temporary path beside ``dest`` to build it in, removed on the way out whatever happens
+    (once published it is a second link to the same file)."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{what}")
+    try:
+        yield tmp
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Make the complete file ``tmp`` durable and link it as ``dest``: a reader never sees half a file, and
+    ``os.link`` raises (FileExistsError) when another process created ``dest`` meanwhile: theirs is used."""
+    _fsync(tmp)
+    os.link(tmp, dest)
 
 
 def _is_fresh(db: sqlite3.Connection, kind: str) -> bool:
