@@ -8,8 +8,10 @@ each also on the code version. They pass paths, hashes and ids, never arrays.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,55 @@ def challenger(config: dict[str, Any], flow_run_id: str) -> dict[str, Any]:
     }
 
 
+class _LiveProgress:
+    """The training's live progress artifact, updated from a thread of its own (the latest figures win).
+
+    Why not update it from the training loop: each update is an API round trip through Prefect's
+    sync-over-async calls, and a SIGTERM that lands while the main thread waits in one can be caught there
+    (stored in the call's future) instead of stopping the flow: ``kill`` of ``ppo pipeline`` then left the
+    training running (tests/reliability/test_signals.py). The loop only hands over its latest figures.
+    """
+
+    def __init__(self, artifact_id: Any, log: Any) -> None:
+        self._id, self._log = artifact_id, log
+        self._latest: tuple[float, str] | None = None
+        self._closed, self._warned = False, False
+        self._cond = threading.Condition()
+        context = contextvars.copy_context()  # the task run's: its API client settings and logger
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name="ppo-progress", daemon=True
+        )
+        self._thread.start()
+
+    def send(self, progress: float, description: str) -> None:
+        with self._cond:
+            self._latest = (progress, description)
+            self._cond.notify()
+
+    def close(self, wait: bool) -> None:
+        """No more updates; with ``wait``, the last one sent is written before this returns."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if wait:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._latest is None and not self._closed:
+                    self._cond.wait()
+                latest, self._latest = self._latest, None
+            if latest is None:
+                return
+            try:
+                update_progress_artifact(self._id, latest[0], description=latest[1])
+            except Exception as e:  # live progress only: the run's log lines say the same
+                if not self._warned:
+                    self._warned = True
+                    self._log.warning("could not update the live progress artifact: %s", e)
+
+
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a failed ``train`` unless its disk is full: a retry would fail on the same write (the error
     says how much space is needed and where; the last checkpoint is kept for the re-run)."""
@@ -156,14 +207,15 @@ def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | N
         unit,
     )
 
+    updates = _LiveProgress(live, log)
+
     def progress(info: dict[str, Any]) -> None:
         m = info["step_metrics"]
         done = info["env_steps"] if cfg.train.max_env_steps else info["episode"]
         avg = "-" if m["avg_reward"] is None else f"{m['avg_reward']:.1f}"
-        update_progress_artifact(
-            live,
+        updates.send(
             min(100.0, 100.0 * done / budget),
-            description=f"{cfg.env.id}: {done:,}/{budget:,} {unit} per seed, average return {avg}",
+            f"{cfg.env.id}: {done:,}/{budget:,} {unit} per seed, average return {avg}",
         )
         if m["chunk"] % every == 0 or "eval_metrics" in info:
             log.info(
@@ -174,14 +226,18 @@ def train(config: dict[str, Any], config_hash: str, run_tags: dict[str, str] | N
                 None if m["env_steps_per_s"] is None else round(m["env_steps_per_s"]),
             )
 
-    result = trainer.train(callback=progress, resume=True)
+    try:
+        result = trainer.train(callback=progress, resume=True)
+    except BaseException:
+        updates.close(wait=False)  # a failure or a signal: no waiting on the Prefect API
+        raise
     # finished, whatever stopped it (converged early, a budget, or an earlier attempt that had finished)
-    update_progress_artifact(
-        live,
+    updates.send(
         100.0,
-        description=f"{cfg.env.id}: finished ({result.get('stop_reason') or 'done'}) after "
+        f"{cfg.env.id}: finished ({result.get('stop_reason') or 'done'}) after "
         f"{result['env_steps']:,} env steps per seed",
     )
+    updates.close(wait=True)
     if tags:  # also on a run finished before (a retry after training): handed back without being reopened
         tracking.set_run_tags(result["run_id"], tags)
     resumed = result.get("resumed_from_chunk")
