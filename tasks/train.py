@@ -95,10 +95,11 @@ def challenger(config: dict[str, Any], flow_run_id: str) -> dict[str, Any]:
 class _LiveProgress:
     """The training's live progress artifact, updated from a thread of its own (the latest figures win).
 
-    Why not update it from the training loop: each update is an API round trip through Prefect's
-    sync-over-async calls, and a SIGTERM that lands while the main thread waits in one can be caught there
-    (stored in the call's future) instead of stopping the flow: ``kill`` of ``ppo pipeline`` then left the
-    training running (tests/reliability/test_signals.py). The loop only hands over its latest figures.
+    Why not update it from the training loop: each update is an API round trip (Prefect's client) made by
+    the main thread, where Prefect raises SIGTERM as a TerminationSignal; ``kill`` of ``ppo pipeline`` was
+    seen, rarely, to leave the training running (tests/reliability/test_signals.py), the signal caught
+    somewhere below the training loop. These round trips, the loop's only ones per chunk, are the likely
+    place (not proven), so the loop only hands over its latest figures and never waits on the API.
     """
 
     def __init__(self, artifact_id: Any, log: Any) -> None:
