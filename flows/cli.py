@@ -412,10 +412,10 @@ def _compile_ahead(config: Config) -> None:
     """Compile ``config``'s training chunk in the background, unless its training is already finished (a
     re-run whose train task is cached or finds a finished checkpoint compiles nothing, and does not even
     import JAX: its tasks may not need it)."""
-    from ppo.checkpoint import checkpoint_folder
+    from ppo.checkpoint import RESULT_NAME, checkpoint_folder
     from ppo.runtime import uses_host_envs
 
-    if uses_host_envs(config) or (checkpoint_folder(config) / "result.json").is_file():
+    if uses_host_envs(config) or (checkpoint_folder(config) / RESULT_NAME).is_file():
         return
     from ppo.trainer import PPOTrainer
 

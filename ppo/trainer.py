@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ppo import progress
+from ppo.checkpoint import RESULT_NAME
 from ppo.config import Config, build_config, flat_kwargs_to_overrides, load_config
 from ppo.progress import Books
 from ppo.runtime import Runtime, enable_compilation_cache
@@ -214,7 +215,7 @@ class PPOTrainer:
                 books = Books.from_dict(meta, len(tr.seeds))
                 resumed_from = books.chunk
                 books.stopped_by_callback = False
-                done = self.checkpoint_dir / "result.json"
+                done = self.checkpoint_dir / RESULT_NAME
                 if books.finished and books.stop_reason != "callback" and done.is_file():
                     # a finished run: hand back its result, log nothing twice (unless its run is lost)
                     self.state = state
@@ -259,7 +260,7 @@ class PPOTrainer:
     def _write_result(self, result: dict[str, Any]) -> None:
         from ppo import atomic
 
-        atomic.write_text(self.checkpoint_dir / "result.json", json.dumps(result, default=str))
+        atomic.write_text(self.checkpoint_dir / RESULT_NAME, json.dumps(result, default=str))
 
     @staticmethod
     def _log_history(
@@ -318,7 +319,7 @@ class PPOTrainer:
         return (
             bool(meta.get("finished"))
             and meta.get("stop_reason") != "callback"
-            and (self.checkpoint_dir / "result.json").is_file()
+            and (self.checkpoint_dir / RESULT_NAME).is_file()
         )
 
     def _open_logger(self, resumed: bool) -> RunLogger | None:
