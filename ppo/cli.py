@@ -72,16 +72,64 @@ class Interrupted(KeyboardInterrupt):
 
 
 _interrupted: list[int] = []  # the signals seen by _on_signal, in this process
+_redelivering: list[int] = []  # swallowed interrupts sent again by _redeliver_swallowed, not yet handled
 
 
 def _on_signal(signum: int, frame: Any) -> None:
     """The first SIGINT/SIGTERM: silence logging (what unwinds would log is tracebacks of the interrupt
-    itself) and raise :class:`Interrupted`. A second one while the first unwinds: leave at once."""
-    if _interrupted:
+    itself) and raise :class:`Interrupted`. A second one while the first unwinds: leave at once (unless it
+    is the first one again, re-sent by :func:`_redeliver_swallowed`)."""
+    if signum in _redelivering:
+        _redelivering.remove(signum)
+    elif _interrupted:
         os._exit(128 + signum)
-    _interrupted.append(signum)
+    else:
+        _interrupted.append(signum)
     logging.disable(logging.CRITICAL)
     raise Interrupted(signum)
+
+
+def _swallowed_signal(exc: BaseException | None) -> int | None:
+    """The signal behind ``exc`` if it is an interrupt a signal handler raised: ours (``signum``),
+    Prefect's ``TerminationSignal`` (``signal``; this module does not import Prefect) or Python's own
+    ``KeyboardInterrupt`` (SIGINT)."""
+    if exc is None or isinstance(exc, Exception):
+        return None
+    for name in ("signum", "signal"):
+        value = getattr(exc, name, None)
+        if isinstance(value, int):
+            return value
+    return signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None
+
+
+def _redeliver_swallowed(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that sends a swallowed interrupt again.
+
+    Why: a Python signal handler runs at the main thread's next bytecode boundary, wherever that is. Inside
+    a garbage-collector callback (JAX runs one, ``_xla_gc_callback``, at every collection) or a ``__del__``
+    the exception it raises cannot propagate: CPython hands it to this hook (by default it prints
+    ``Exception ignored in ...``) and carries on, and the command ran on after Ctrl-C or SIGTERM (seen in
+    CI). The signal is simulated again from a thread (``_thread.interrupt_main``), so that the handler now
+    installed, ours or Prefect's, runs once the main thread is back in ordinary code (if that lands in such
+    a place again, this hook sends it once more). Every other
+    unraisable exception goes to ``previous``."""
+    import _thread
+    import threading
+
+    def hook(unraisable: Any) -> None:
+        signum = _swallowed_signal(unraisable.exc_value)
+        if signum is None:
+            previous(unraisable)
+            return
+        if signal.getsignal(signum) is _on_signal:
+            _redelivering.append(signum)
+        # after a pause: a signal simulated at once would run its handler inside this hook (which waits for
+        # the thread to start), where what it raises is swallowed again, and for good
+        resend = threading.Timer(0.05, _thread.interrupt_main, args=(signum,))
+        resend.daemon = True
+        resend.start()
+
+    return hook
 
 
 @contextmanager
@@ -89,8 +137,11 @@ def interruptible(explain: Callable[[], str]) -> Iterator[None]:
     """Run a command so that Ctrl-C (SIGINT, to the whole process group from a terminal) and SIGTERM
     (``kill PID``, a CI runner's cancel) stop it within seconds and print one line,
     ``interrupted: SIGINT; <explain()>``, then exit 128 + the signal: 130 for SIGINT, 143 for SIGTERM
-    (what a shell reports for a process the signal killed, so a CI job sees it was interrupted)."""
+    (what a shell reports for a process the signal killed, so a CI job sees it was interrupted).
+    An interrupt raised where Python cannot propagate it is sent again (:func:`_redeliver_swallowed`)."""
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _redeliver_swallowed(previous_hook)
     try:
         yield
     except KeyboardInterrupt as e:
@@ -99,8 +150,11 @@ def interruptible(explain: Callable[[], str]) -> Iterator[None]:
         console.print(f"interrupted: {signal.Signals(signum).name}; {explain()}", highlight=False)
         raise typer.Exit(128 + signum) from None
     finally:
+        sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _interrupted.clear()
+        _redelivering.clear()
 
 
 def load_or_exit(config: Path | None, overrides: list[str] | None) -> Any:

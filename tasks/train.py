@@ -95,11 +95,10 @@ def challenger(config: dict[str, Any], flow_run_id: str) -> dict[str, Any]:
 class _LiveProgress:
     """The training's live progress artifact, updated from a thread of its own (the latest figures win).
 
-    Why not update it from the training loop: each update is an API round trip (Prefect's client) made by
-    the main thread, where Prefect raises SIGTERM as a TerminationSignal; ``kill`` of ``ppo pipeline`` was
-    seen, rarely, to leave the training running (tests/reliability/test_signals.py), the signal caught
-    somewhere below the training loop. These round trips, the loop's only ones per chunk, are the likely
-    place (not proven), so the loop only hands over its latest figures and never waits on the API.
+    Why not update it from the training loop: each update is an API round trip (Prefect's client), and
+    the loop would wait for one every chunk. (This was first written for a lost SIGTERM; that turned out to
+    be the signal handler's exception swallowed inside a garbage-collector callback, which
+    :func:`ppo.cli.interruptible` now sends again.)
     """
 
     def __init__(self, artifact_id: Any, log: Any) -> None:
