@@ -6,9 +6,11 @@ row as ONE program (ppo/population.py), against the anchor measured in the same 
 ``--anchor`` of the same members trained one after another, each its own PPOTrainer (what a trial per
 task does, without the process and MLflow overhead a Ray task adds, so the anchor is the generous one).
 
-Figures: members, seeds, rows, env_steps_per_row, population wall_s / compile_s / env_steps_per_s
-(training only, all rows), anchor_wall_s per member (compile included, as each trial pays it),
-speedup (anchor wall per member x members / population wall), devices.
+Figures: members, seeds, rows, env_steps_per_row, population wall_s / compile_s / env_steps_per_s (all
+rows' env steps per second of the wall time less the compile: initialisation, bookkeeping and the final
+evaluations count) / train_s and train_env_steps_per_s (inside the compiled chunks only: the program's
+own throughput, as train_speed.py reports it for seeds), anchor_wall_s per member (compile included, as
+each trial pays it), speedup (anchor wall per member x members / population wall), devices.
 
     python bench/population_speed.py [--members 64] [--seeds 1] [--steps 150000] [--anchor 4]
 """
@@ -79,6 +81,8 @@ def main() -> None:
                 "population_wall_s": round(result.wall_s, 2),
                 "population_compile_s": round(result.compile_s, 2),
                 "population_env_steps_per_s": round(result.env_steps_per_s),
+                "population_train_s": round(result.train_s, 2),
+                "population_train_env_steps_per_s": round(result.train_env_steps_per_s),
                 "members_final_return_median": round(float(np.nanmedian(final)), 1),
                 "anchor_members": len(anchor),
                 "anchor_wall_s_per_member": round(per_member, 2),

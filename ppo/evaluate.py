@@ -64,55 +64,76 @@ def evaluate_gymnasium(
     params: Any, env_id: str, num_episodes: int, seed: int = 0, max_steps_per_episode: int | None = None
 ) -> np.ndarray:
     """Return the greedy policy's undiscounted return of ``num_episodes`` episodes (float64 array)."""
+    return evaluate_params_list([params], env_id, num_episodes, seed, max_steps_per_episode)[0]
+
+
+def evaluate_params_list(
+    params_list: list[Any], env_id: str, episodes: int, seed: int, max_steps_per_episode: int | None = None
+) -> np.ndarray:
+    """``[len(params_list), episodes]`` greedy returns; every policy faces the same episodes.
+
+    The policies play side by side in one set of envs (policy ``i`` acts in envs
+    ``[i * episodes, (i + 1) * episodes)``). Why: a population's members, a run's seeds, a gate's candidate
+    seeds are evaluated together, and CartPole's vector env then steps all their episodes in one NumPy call
+    per step instead of one per policy. Each policy sees only its own envs' observations, so its returns
+    are those it gets alone (tests/test_evaluate_batched.py)."""
     import gymnasium as gym
 
     from ppo.envs import env_spec, make_gymnasium_env
 
-    policy = GreedyPolicy(params, env_spec(env_id).action)
+    action = env_spec(env_id).action
+    policies = [GreedyPolicy(p, action) for p in params_list]
     if env_spec(env_id).evaluates_on_jax:
-        return evaluate_jax_env(policy, env_id, num_episodes, seed, max_steps_per_episode)
-    n = int(num_episodes)
+        return np.stack(
+            [evaluate_jax_env(p, env_id, episodes, seed, max_steps_per_episode) for p in policies]
+        )
+    n, k = int(episodes), len(policies)
     spec = gym.envs.registry.get(env_id)
     limit = max_steps_per_episode or env_spec(env_id).max_episode_steps()
-    returns = np.zeros(n)
-    alive = np.ones(n, bool)
+    returns = np.zeros(n * k)
+    alive = np.ones(n * k, bool)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return np.concatenate([policy(obs[i * n : (i + 1) * n]) for i, policy in enumerate(policies)])
+
     # CartPole's own vectorised env (its start states are set below from CartPole's state layout)
     if env_id == "CartPole-v1" and spec is not None and spec.vector_entry_point is not None:
         venv = gym.make_vec(
-            env_id, num_envs=n, vectorization_mode="vector_entry_point", max_episode_steps=limit
+            env_id, num_envs=n * k, vectorization_mode="vector_entry_point", max_episode_steps=limit
         )
         venv.reset(seed=seed)
-        # start env j where gymnasium.make(env_id).reset(seed=seed + j) starts (the vector env draws all
-        # its start states from one generator, which would tie every episode to (seed, n))
+        # start env j of each policy's block where gymnasium.make(env_id).reset(seed=seed + j) starts (the
+        # vector env draws all its start states from one generator: every episode would depend on (seed, n))
         single: Any = gym.make(env_id).unwrapped  # CartPoleEnv: its start state is .state
         starts = []
         for j in range(n):
             single.reset(seed=seed + j)
             starts.append(np.array(single.state, dtype=np.float64))
         single.close()
-        venv.unwrapped.state = np.stack(starts, axis=1)
+        venv.unwrapped.state = np.tile(np.stack(starts, axis=1), (1, k))
         obs = venv.unwrapped.state.T.astype(np.float32)
         try:
             while alive.any():
-                actions = policy(obs)
-                obs, rewards, terminated, truncated, _ = venv.step(actions)
+                obs, rewards, terminated, truncated, _ = venv.step(act(obs))
                 returns += np.where(alive, rewards, 0.0)
                 alive &= ~(terminated | truncated)
         finally:
             venv.close()
-        return returns
-    envs = [make_gymnasium_env(env_id, limit) for _ in range(n)]
-    obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
-    while alive.any():
-        actions = policy(obs)
-        for i in np.flatnonzero(alive):
-            o, r, term, trunc, _ = envs[i].step(actions[i])
-            obs[i] = o
-            returns[i] += r
-            alive[i] = not (term or trunc)
-    for e in envs:
-        e.close()
-    return returns
+        return returns.reshape(k, n)
+    envs = [make_gymnasium_env(env_id, limit) for _ in range(n * k)]
+    obs = np.stack([e.reset(seed=seed + i % n)[0] for i, e in enumerate(envs)]).astype(np.float32)
+    try:
+        while alive.any():
+            actions = act(obs)
+            for i in np.flatnonzero(alive):
+                o, r, term, trunc, _ = envs[i].step(actions[i])
+                obs[i] = o
+                returns[i] += r
+                alive[i] = not (term or trunc)
+    finally:
+        for e in envs:
+            e.close()
+    return returns.reshape(k, n)
 
 
 def evaluate_jax_env(
@@ -195,15 +216,3 @@ def summarize_seeds(returns: np.ndarray) -> dict[str, Any]:
     """:func:`summarize` over all episodes of ``[seeds, episodes]`` returns, plus each seed's mean."""
     r = np.asarray(returns, dtype=float)
     return {**summarize(r.ravel()), "per_seed_avg": [float(x) for x in r.mean(axis=1)]}
-
-
-def evaluate_params_list(
-    params_list: list[Any], env_id: str, episodes: int, seed: int, max_steps_per_episode: int | None = None
-) -> np.ndarray:
-    """``[len(params_list), episodes]`` greedy returns; every policy faces the same episodes."""
-    return np.stack(
-        [
-            evaluate_gymnasium(p, env_id, episodes, seed=seed, max_steps_per_episode=max_steps_per_episode)
-            for p in params_list
-        ]
-    )

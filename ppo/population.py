@@ -79,13 +79,21 @@ class PopulationResult:
     total_env_steps: int  # of all rows together
     wall_s: float
     compile_s: float
+    train_s: float = float("nan")  # seconds inside the compiled chunks (the training program itself)
     results: list[dict[str, Any]] = field(default_factory=list)  # each member's trainer result
 
     @property
     def env_steps_per_s(self) -> float:
-        """Env steps of all rows per second of training (compilation excluded)."""
+        """Env steps of all rows per second of the whole call but compilation (initialisation, the host's
+        bookkeeping between chunks and the final evaluations included)."""
         train = self.wall_s - self.compile_s
         return self.total_env_steps / train if train > 0 else float("nan")
+
+    @property
+    def train_env_steps_per_s(self) -> float:
+        """Env steps of all rows per second inside the compiled chunks: the program's own throughput, the
+        figure ``bench/train_speed.py`` reports for seeds."""
+        return self.total_env_steps / self.train_s if self.train_s > 0 else float("nan")
 
     def final_return(self, window: int = 10) -> np.ndarray:
         """[member, seed]: the mean of the last ``window`` updates that completed episodes."""
@@ -202,10 +210,13 @@ def train_together(
                 if changed is not None:
                     host = changed
                     state = runtime.place(jax.tree.map(np.asarray, changed))
-        for m, (trainer, run) in enumerate(zip(trainers, runs, strict=True)):
-            if outcomes[m] is not None:
-                continue
-            result = trainer._finish(_rows(host, m, n_seeds), run)
+        finishing = [m for m in range(len(trainers)) if outcomes[m] is None]
+        final_evals = _final_evaluations(
+            [trainers[m] for m in finishing], [_rows(host, m, n_seeds) for m in finishing]
+        )
+        for m, final_eval in zip(finishing, final_evals, strict=True):
+            trainer, run = trainers[m], runs[m]
+            result = trainer._finish(_rows(host, m, n_seeds), run, final_eval)
             result["resumed_from_chunk"] = None
             trainer._complete(result, run.logger)
             if run.logger is not None:
@@ -217,6 +228,39 @@ def train_together(
             trainers[m]._abort(runs[m].logger, e)
         raise
     return [o for o in outcomes if o is not None]
+
+
+def _final_evaluations(trainers: list[PPOTrainer], states: list[Any]) -> list[dict[str, Any]]:
+    """Each trainer's final evaluation of its seeds (``states``: each one's host state), played together.
+
+    Why together: one evaluation per member, one after another, was a population's longest wait after its
+    training (64 CartPole members: 2.7 s of 64 x 100 episodes); in one set of envs
+    (:func:`ppo.evaluate.evaluate_params_list`) CartPole's vector env steps them all at once. The episodes
+    are those each member's own final evaluation plays (:meth:`PPOTrainer.final_evaluation`), so the
+    results are the same; members whose evaluation differs from the first one's (another episode count or
+    time limit) play their own."""
+    from ppo.evaluate import evaluate_params_list
+    from ppo.trainer import seed_evaluation
+
+    if not trainers:
+        return []
+
+    def plan(t: PPOTrainer) -> tuple[Any, ...]:
+        return (t.config.env.id, t.config.env.max_steps_per_episode, *t.final_evaluation())
+
+    together = [i for i, t in enumerate(trainers) if plan(t) == plan(trainers[0])]
+    params = [trainers[i]._split_seeds(states[i]) for i in together]
+    env_id, max_steps, episodes, seed = plan(trainers[0])
+    returns = evaluate_params_list([p for ps in params for p in ps], env_id, episodes, seed, max_steps)
+    out: list[Any] = [None] * len(trainers)
+    start = 0
+    for i, ps in zip(together, params, strict=True):
+        out[i] = seed_evaluation(returns[start : start + len(ps)], seed)
+        start += len(ps)
+    for i, t in enumerate(trainers):
+        if out[i] is None:
+            out[i] = t._evaluate_seeds(states[i], *t.final_evaluation())
+    return out
 
 
 def train_population(
@@ -263,5 +307,7 @@ def train_population(
         total_env_steps=int(updates.sum()) * batch,
         wall_s=time.perf_counter() - t0,
         compile_s=trainers[0].timings.get("compile_s", 0.0),
+        # the member that trained longest trained in every chunk (the loop ends when none trains)
+        train_s=max((o["train_time_s"] for o in outcomes if isinstance(o, dict)), default=float("nan")),
         results=[o for o in outcomes if isinstance(o, dict)],
     )

@@ -434,13 +434,12 @@ class PPOTrainer:
         if tr.checkpoint_every and books.chunk % tr.checkpoint_every == 0:
             save_checkpoint(self.checkpoint_dir, state, books.to_dict())
 
-    def _finish(self, state: Any, run: _Run) -> dict[str, Any]:
-        """After the last chunk: why each seed stopped, the final evaluation (which picks the agent's seed),
-        the final checkpoint, and the result."""
+    def _finish(self, state: Any, run: _Run, final_eval: dict[str, Any] | None = None) -> dict[str, Any]:
+        """After the last chunk: why each seed stopped, the final evaluation (which picks the agent's seed;
+        ``final_eval``: already played, :meth:`final_evaluation`'s), the final checkpoint, and the result."""
         import jax
 
         from ppo.checkpoint import save_checkpoint
-        from ppo.evaluate import stream_seed
 
         cfg, tr, books = self.config, self.config.train, run.books
         seeds, batch = list(tr.seeds), cfg.ppo.batch_size
@@ -450,8 +449,8 @@ class PPOTrainer:
             books, episodes, updates, tr.max_episodes, cfg.total_updates()
         )
         self.state = state
-        n = tr.eval_episodes
-        final_eval = self._evaluate_seeds(state, n, stream_seed("final", 0, n))
+        if final_eval is None:
+            final_eval = self._evaluate_seeds(state, *self.final_evaluation())
         best = int(np.argmax(final_eval["per_seed_avg"]))
         books.best_seed_index, books.final_eval, books.finished, books.stop_reason = (
             best,
@@ -543,21 +542,27 @@ class PPOTrainer:
         ]
         return self.seed_params
 
+    def final_evaluation(self) -> tuple[int, int]:
+        """The final evaluation's episodes: how many, and the first gymnasium seed (the same for every
+        run: each trained seed, and each member of a population, faces the same start states)."""
+        from ppo.evaluate import stream_seed
+
+        n = self.config.train.eval_episodes
+        return n, stream_seed("final", 0, n)
+
     def _evaluate_seeds(
         self, state: Any, num_episodes: int, seed: int, only: list[int] | None = None
     ) -> dict[str, Any]:
         """Greedy gymnasium returns of every trained seed (or the seed indices in ``only``)."""
-        from ppo.evaluate import evaluate_params_list, summarize_seeds
+        from ppo.evaluate import evaluate_params_list
 
         params = self._split_seeds(state)
         if only is not None:
             params = [params[i] for i in only]
-        out = summarize_seeds(
-            evaluate_params_list(
-                params, self.config.env.id, num_episodes, seed, self.config.env.max_steps_per_episode
-            )
+        returns = evaluate_params_list(
+            params, self.config.env.id, num_episodes, seed, self.config.env.max_steps_per_episode
         )
-        return {**out, "gym_seeds": [seed, seed + num_episodes]}  # the [start, stop) of the episodes played
+        return seed_evaluation(returns, seed)
 
     def evaluate(
         self, num_episodes: int = 10, backend: str = "gymnasium", seed: int = 0, all_seeds: bool = False
@@ -593,6 +598,14 @@ class PPOTrainer:
             run = make_jax_evaluator(make_network(self.config), env, env_params, num_episodes, dist)
             returns = np.stack([np.asarray(run(p, jax.random.PRNGKey(seed))) for p in params_list])
         return summarize_seeds(returns)
+
+
+def seed_evaluation(returns: np.ndarray, seed: int) -> dict[str, Any]:
+    """The evaluation record of ``[seeds, episodes]`` returns played from gymnasium seed ``seed`` on."""
+    from ppo.evaluate import summarize_seeds
+
+    # gym_seeds: the [start, stop) of the episodes played
+    return {**summarize_seeds(returns), "gym_seeds": [seed, seed + returns.shape[1]]}
 
 
 def update_points(

@@ -9,6 +9,7 @@ import pytest
 
 from ppo import PPOTrainer
 from ppo.config import ConfigError, build_config
+from ppo.evaluate import evaluate_params_list
 from ppo.population import member_config, train_population, train_together
 from tests.helpers import small_config
 
@@ -26,9 +27,10 @@ def _leaves(tree):
 def test_a_population_of_one_is_plain_training_bit_for_bit(ppo_home):
     config = _config(**{"train.seeds": [0, 1]})
     trainer = PPOTrainer(config=config)
-    trainer.train()
+    plain = trainer.train()
     result = train_population(config, [{}])
     assert result.returns.shape == (1, 2, UPDATES) and result.env_steps == 128 * UPDATES
+    assert result.results[0]["final_eval"] == plain["final_eval"]
     for seed in range(2):
         for ours, plain in zip(
             _leaves(result.params[0][seed]), _leaves(trainer.seed_params[seed]), strict=True
@@ -51,7 +53,11 @@ def test_members_with_different_hyperparameters_equal_separate_runs(ppo_home):
                 }
             )
         )
-        alone.train()
+        alone_result = alone.train()
+        # the members' final evaluations, played together, face the episodes each plays alone
+        assert result.results[m]["final_eval"]["gym_seeds"] == alone_result["final_eval"]["gym_seeds"]
+        own = evaluate_params_list(result.params[m], "CartPole-v1", *alone.final_evaluation())
+        assert result.results[m]["final_eval"]["returns"] == own.ravel().tolist()
         for ours, theirs in zip(_leaves(result.params[m][0]), _leaves(alone.seed_params[0]), strict=True):
             np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-6)
         finals.append(_leaves(result.params[m][0]))
