@@ -23,6 +23,24 @@ def _spec(tmp_path, data):
     return path
 
 
+def _two_trials(tmp_path):
+    """A sweep file of two tracked two-seed trials (learning rates 1e-3, 3e-3), 1280 env steps each: one
+    population."""
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0, 1]}).to_dict())
+    )
+    return _spec(
+        tmp_path,
+        {
+            "base": str(base),
+            "eval_episodes": 3,
+            "fixed": {"train.max_env_steps": 1280},
+            "space": {"ppo.learning_rate": [1e-3, 3e-3]},
+        },
+    )
+
+
 def test_grid_and_random_expansion():
     grid = SweepSpec(space={"ppo.learning_rate": [1e-3, 3e-3], "ppo.epochs_per_update": [2, 4, 8]})
     assert len(expand(grid)) == 6 and expand(grid)[0] == {
@@ -160,19 +178,7 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
 
     assert type(RUNNER).__name__ == "RayTaskRunner"
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
-    base = tmp_path / "base.yaml"
-    base.write_text(
-        yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0, 1]}).to_dict())
-    )
-    path = _spec(
-        tmp_path,
-        {
-            "base": str(base),
-            "eval_episodes": 3,
-            "fixed": {"train.max_env_steps": 1280},
-            "space": {"ppo.learning_rate": [1e-3, 3e-3]},
-        },
-    )
+    path = _two_trials(tmp_path)
     with prefect_test_harness(server_startup_timeout=120):
         state = sweep_ppo(str(path), return_state=True)
     assert state.is_completed(), state
@@ -472,17 +478,7 @@ def test_ppo_sweep_of_one_population_trains_it_in_its_own_process(tmp_path, monk
     from tests.helpers import ROOT, venv_env
 
     home = tmp_path / "home"
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(small_config(**{"tracking.enabled": True}).to_dict()))
-    path = _spec(
-        tmp_path,
-        {
-            "base": str(base),
-            "eval_episodes": 3,
-            "fixed": {"train.max_env_steps": 1280},
-            "space": {"ppo.learning_rate": [1e-3, 3e-3]},
-        },
-    )
+    path = _two_trials(tmp_path)
     env = venv_env(PPO_HOME=str(home))
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
