@@ -44,7 +44,7 @@ def _signal_inside_next_gc(signum: int) -> Iterator[None]:
         gc.callbacks.remove(callback)
 
 
-def _work_until_interrupted(seconds: float = 5.0) -> None:
+def _work_until_interrupted(seconds: float = 30.0) -> None:
     """A collection (the signal arrives inside it), then work; returns only if nothing stopped it."""
     gc.collect()
     deadline = time.monotonic() + seconds
@@ -71,7 +71,7 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_stops_the_command(
 
     started = time.monotonic()
     assert _exit_code(run) == code
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # gc.collect() of a whole suite's heap takes ~2 s; not 30
     assert f"interrupted: {signal.Signals(signum).name}; test" in capsys.readouterr().err
 
 
@@ -94,7 +94,7 @@ def test_prefects_termination_signal_swallowed_by_a_gc_callback_still_stops_the_
 
     started = time.monotonic()
     assert _exit_code(run) == 143
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # gc.collect() of a whole suite's heap takes ~2 s; not 30
     first = stopped_by[0]
     assert isinstance(first, TerminationSignal) or isinstance(first.__context__, TerminationSignal)
 
