@@ -637,17 +637,21 @@ def sweep(
     json_: JsonOpt = False,
 ) -> None:
     """Run the sweep-ppo flow in this process: trials in parallel on Ray (local, or $RAY_ADDRESS),
-    each a nested MLflow run; ends with the comparison table and the best config's path."""
+    each a nested MLflow run; ends with the comparison table and the best config's path. A sweep whose
+    trials form one population trains it in this process (a local Ray would only add its start-up)."""
     from ppo.config import ConfigError
-    from ppo.sweep import load_sweep, trial_configs
+    from ppo.sweep import group_trials, load_sweep, trains_here, trial_configs
 
     try:
-        trials = trial_configs(load_sweep(spec), root=Path.cwd())
+        loaded = load_sweep(spec)
+        trials = trial_configs(loaded, root=Path.cwd())
     except ConfigError as e:
         fail(str(e))
-    console.print(f"sweep {spec}: {len(trials)} trials", highlight=False)
+    here = trains_here(len(group_trials([cfg for _, cfg in trials], loaded.populations)))
+    where = "one population, trained in this process" if here else "on Ray"
+    console.print(f"sweep {spec}: {len(trials)} trials, {where}", highlight=False)
     summary = _run_flow(
-        "flows.sweep:sweep_ppo",
+        "flows.sweep:sweep_ppo_here" if here else "flows.sweep:sweep_ppo",
         "the flow run is marked Crashed; run the same command again to start the sweep over",
         sweep_path=str(spec),
     )

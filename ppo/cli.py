@@ -73,6 +73,7 @@ class Interrupted(KeyboardInterrupt):
 
 _interrupted: list[int] = []  # the signals seen by _on_signal, in this process
 _redelivering: list[int] = []  # swallowed interrupts sent again by _redeliver_swallowed, not yet handled
+_resends: list[Any] = []  # their timers (threading.Timer), to cancel when the command ends first
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -109,11 +110,10 @@ def _redeliver_swallowed(previous: Callable[[Any], None]) -> Callable[[Any], Non
     a garbage-collector callback (JAX runs one, ``_xla_gc_callback``, at every collection) or a ``__del__``
     the exception it raises cannot propagate: CPython hands it to this hook (by default it prints
     ``Exception ignored in ...``) and carries on, and the command ran on after Ctrl-C or SIGTERM (seen in
-    CI). The signal is simulated again from a thread (``_thread.interrupt_main``), so that the handler now
-    installed, ours or Prefect's, runs once the main thread is back in ordinary code (if that lands in such
-    a place again, this hook sends it once more). Every other
-    unraisable exception goes to ``previous``."""
-    import _thread
+    CI). The signal is sent again to the main thread (:func:`_resend`) a moment later, so that the handler
+    now installed, ours or Prefect's, runs once the main thread is back in ordinary code (if that lands in
+    such a place again, this hook sends it once more). Every other unraisable exception goes to
+    ``previous``."""
     import threading
 
     def hook(unraisable: Any) -> None:
@@ -123,13 +123,34 @@ def _redeliver_swallowed(previous: Callable[[Any], None]) -> Callable[[Any], Non
             return
         if signal.getsignal(signum) is _on_signal:
             _redelivering.append(signum)
-        # after a pause: a signal simulated at once would run its handler inside this hook (which waits for
+        # after a pause: a signal sent at once would run its handler inside this hook (which waits for
         # the thread to start), where what it raises is swallowed again, and for good
-        resend = threading.Timer(0.05, _thread.interrupt_main, args=(signum,))
+        resend = threading.Timer(0.05, _resend, args=(signum,))
         resend.daemon = True
+        _resends.append(resend)
         resend.start()
 
     return hook
+
+
+def _resend(signum: int) -> None:
+    """Send ``signum`` to the main thread: a real signal (it wakes a blocking wait, where a simulated one
+    would wait for the next bytecode) when a Python handler is there to take it."""
+    import threading
+
+    if callable(signal.getsignal(signum)):
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+
+def _cancel_resends() -> list[int]:
+    """Cancel the re-sends not sent yet; their signals (the command ended before they were)."""
+    pending = []
+    for timer in _resends:
+        if not timer.finished.is_set():
+            timer.cancel()
+            pending.append(timer.args[0])
+    _resends.clear()
+    return pending
 
 
 @contextmanager
@@ -144,12 +165,16 @@ def interruptible(explain: Callable[[], str]) -> Iterator[None]:
     sys.unraisablehook = _redeliver_swallowed(previous_hook)
     try:
         yield
+        pending = _cancel_resends()  # an interrupt swallowed just before the end is still an interrupt
+        if pending:
+            raise Interrupted(pending[0])
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         logging.disable(logging.CRITICAL)
         console.print(f"interrupted: {signal.Signals(signum).name}; {explain()}", highlight=False)
         raise typer.Exit(128 + signum) from None
     finally:
+        _cancel_resends()
         sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -246,6 +246,16 @@ def group_trials(configs: list[Config], populations: bool = True) -> list[list[i
     return list(groups.values())
 
 
+def trains_here(groups: int) -> bool:
+    """Whether ``ppo sweep`` trains in its own process (the flow ``sweep_ppo_here``) rather than on Ray: one
+    group and no Ray cluster named in ``$RAY_ADDRESS``. A single group is a single task, which a local
+    Ray cannot spread; it would only add its start-up (~4 s), its shutdown and a worker process that
+    imports and compiles everything again."""
+    import os
+
+    return groups == 1 and not os.environ.get("RAY_ADDRESS")
+
+
 def eval_seeds(episodes: int) -> dict[str, tuple[int, int]]:
     """The gymnasium seed ranges ``[start, stop)`` a sweep evaluates on (see the module docstring).
 

@@ -205,6 +205,18 @@ def _log_lineage(
     return {"lineage": lineage, "final_params": final, "last_update": last_update}
 
 
+def abandon_sweep(parent_run_id: str, error: BaseException) -> None:
+    """End the sweep's parent MLflow run after ``error`` stopped the sweep: KILLED for a stop from outside
+    (Ctrl-C, SIGTERM: not an ``Exception``), FAILED otherwise; a run already ended keeps its status.
+    Not a task: it runs while the flow unwinds, where no new task run should start. Why: the parent run
+    stayed RUNNING for ever after an interrupted sweep (its trials' runs were already marked)."""
+    from ppo import tracking
+
+    client = tracking.client()
+    if client.get_run(parent_run_id).info.status == "RUNNING":
+        client.set_terminated(parent_run_id, "FAILED" if isinstance(error, Exception) else "KILLED")
+
+
 @task(name="heldout-score", retries=1, **RESULTS)
 def score_heldout(parent_run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Choose the best trial by selection score and report its score on held-out episodes (the

@@ -99,8 +99,9 @@ def test_prefects_termination_signal_swallowed_by_a_gc_callback_still_stops_the_
     assert isinstance(first, TerminationSignal) or isinstance(first.__context__, TerminationSignal)
 
 
-def test_a_second_interrupt_after_a_swallowed_one_still_leaves_at_once() -> None:
-    """Re-delivering a swallowed interrupt must not look like the user's second Ctrl-C (which exits)."""
+def test_a_redelivered_interrupt_is_not_taken_for_a_second_ctrl_c() -> None:
+    """Re-delivering a swallowed interrupt must not look like the user's second Ctrl-C (which exits at
+    once, without the one line): the command ends with its ``interrupted:`` exit code."""
     from ppo import cli
 
     def run() -> None:
@@ -108,4 +109,108 @@ def test_a_second_interrupt_after_a_swallowed_one_still_leaves_at_once() -> None
             _work_until_interrupted()
 
     assert _exit_code(run) == 130
-    assert not cli._redelivering, "a re-delivery left pending"
+    assert not cli._redelivering and not cli._resends, "a re-delivery left pending"
+
+
+_BLOCKING_WAIT = """
+import gc, signal, sys, threading
+sys.path.insert(0, {root!r})
+from ppo.cli import interruptible
+from tests.test_interrupts import _signal_inside_next_gc
+
+import typer
+
+try:
+    with interruptible(lambda: "test"):
+        with _signal_inside_next_gc(signal.SIGINT):
+            gc.collect()
+        threading.Event().wait(30)
+except typer.Exit as e:
+    sys.exit(e.exit_code)
+"""
+
+
+def test_a_swallowed_interrupt_wakes_a_blocking_wait() -> None:
+    """The re-delivery is a real signal to the main thread: a wait in a lock (as in a future's
+    ``result()`` or a thread's ``join()``) ends at once, not when the wait would have (a simulated one,
+    ``_thread.interrupt_main``, waited the 30 s). In a fresh interpreter: what a test imported before
+    (Prefect) can change how a wait is woken."""
+    started = time.monotonic()
+    out = _python(_BLOCKING_WAIT, timeout=60)
+    assert out.returncode == 130, out.stderr
+    assert "interrupted: SIGINT; test" in out.stderr
+    assert time.monotonic() - started < 15.0  # the interpreter's start and imports, not the 30 s wait
+
+
+def _python(script: str, timeout: float) -> Any:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    return subprocess.run(
+        [sys.executable, "-c", script.format(root=str(ROOT))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_an_interrupt_swallowed_as_the_command_ends_still_sets_its_exit_code() -> None:
+    """A command that finishes before the re-delivery (50 ms) was interrupted all the same: exit 130, and
+    nothing is sent after it (a stray SIGINT would hit whatever runs next in the process)."""
+    from ppo import cli
+
+    def run() -> None:
+        with _signal_inside_next_gc(signal.SIGINT):
+            gc.collect()
+
+    assert _exit_code(run) == 130
+    time.sleep(0.2)  # past the re-send's delay: nothing arrives
+    assert not cli._resends
+
+
+_SECOND_CTRL_C = """
+import signal, sys, time
+sys.path.insert(0, {root!r})
+from ppo.cli import interruptible
+from tests.test_interrupts import _signal_inside_next_gc, _work_until_interrupted
+
+def run():
+    try:
+        with _signal_inside_next_gc(signal.SIGINT):
+            _work_until_interrupted()
+    finally:
+        print("unwinding", flush=True)
+        time.sleep(30)  # a slow clean-up, and the user presses Ctrl-C again
+
+with interruptible(lambda: "test"):
+    run()
+"""
+
+
+def test_a_second_ctrl_c_after_a_redelivered_one_still_leaves_at_once() -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SECOND_CTRL_C.format(root=str(ROOT))],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "unwinding", proc.stderr.read() if proc.stderr else ""
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 130
+        assert time.monotonic() - sent < 5.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

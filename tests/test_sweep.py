@@ -23,6 +23,24 @@ def _spec(tmp_path, data):
     return path
 
 
+def _two_trials(tmp_path):
+    """A sweep file of two tracked two-seed trials (learning rates 1e-3, 3e-3), 1280 env steps each: one
+    population."""
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0, 1]}).to_dict())
+    )
+    return _spec(
+        tmp_path,
+        {
+            "base": str(base),
+            "eval_episodes": 3,
+            "fixed": {"train.max_env_steps": 1280},
+            "space": {"ppo.learning_rate": [1e-3, 3e-3]},
+        },
+    )
+
+
 def test_grid_and_random_expansion():
     grid = SweepSpec(space={"ppo.learning_rate": [1e-3, 3e-3], "ppo.epochs_per_update": [2, 4, 8]})
     assert len(expand(grid)) == 6 and expand(grid)[0] == {
@@ -160,19 +178,7 @@ def test_sweep_flow_runs_trials_on_local_ray_as_nested_runs(tmp_path, monkeypatc
 
     assert type(RUNNER).__name__ == "RayTaskRunner"
     monkeypatch.setenv("PPO_HOME", str(tmp_path / "home"))
-    base = tmp_path / "base.yaml"
-    base.write_text(
-        yaml.safe_dump(small_config(**{"tracking.enabled": True, "train.seeds": [0, 1]}).to_dict())
-    )
-    path = _spec(
-        tmp_path,
-        {
-            "base": str(base),
-            "eval_episodes": 3,
-            "fixed": {"train.max_env_steps": 1280},
-            "space": {"ppo.learning_rate": [1e-3, 3e-3]},
-        },
-    )
+    path = _two_trials(tmp_path)
     with prefect_test_harness(server_startup_timeout=120):
         state = sweep_ppo(str(path), return_state=True)
     assert state.is_completed(), state
@@ -451,3 +457,53 @@ def test_pbt_sweep_exploits_inside_one_program_and_records_the_lineage(tmp_path,
     assert best.ppo.learning_rate == pytest.approx(
         float(by_trial[out["best_trial"]].data.tags["pbt.final.ppo.learning_rate"])
     )
+
+
+def test_a_single_group_trains_here_unless_a_ray_cluster_is_named(monkeypatch):
+    from ppo.sweep import trains_here
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert trains_here(1) and not trains_here(2)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert not trains_here(1)
+
+
+def test_ppo_sweep_of_one_population_trains_it_in_its_own_process(tmp_path, monkeypatch):
+    """`ppo sweep` with one group: no Ray (whose start-up would be the sweep's largest cost), the trials
+    still nested MLflow runs, the best one scored on held-out episodes."""
+    import json
+    import subprocess
+
+    from ppo import tracking
+    from tests.helpers import ROOT, venv_env
+
+    home = tmp_path / "home"
+    path = _two_trials(tmp_path)
+    env = venv_env(PPO_HOME=str(home))
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "sweep", "-s", str(path)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "2 trials, one population, trained in this process" in stderr  # the console: stderr
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert out["trial_pids"] == [proc.pid]  # trained by the command's own process
+    assert out["best_trial"] in (0, 1) and out["best_score_heldout"] is not None
+
+    monkeypatch.setenv("PPO_HOME", str(home))  # read the command's MLflow store
+    client = tracking.client()
+    parent = client.get_run(out["parent_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.groups"] == "1"
+    assert sorted((c.info.run_name, c.info.status) for c in children) == [
+        ("trial-0", "FINISHED"),
+        ("trial-1", "FINISHED"),
+    ]

@@ -267,3 +267,28 @@ def test_signal_of_ppo_train_marks_the_mlflow_run_killed(tmp_path, sig, code):
     _one_line(cmd.after(), signal.Signals(sig).name)
     assert ckpt.is_file()
     assert _mlflow_statuses(cmd.home) == ["KILLED"]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_of_ppo_sweep_marks_the_sweep_and_its_trials_killed(tmp_path, sig, code):
+    """An interrupted sweep leaves no MLflow run RUNNING: its trials' runs and the sweep's parent run end
+    KILLED (the parent used to stay RUNNING for ever)."""
+    base = _config(tmp_path)
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        yaml.safe_dump({"base": str(base), "eval_episodes": 3, "space": {"ppo.learning_rate": [1e-3, 3e-3]}})
+    )
+    cmd, family = Command(tmp_path, "sweep", "-s", str(spec)), []
+    try:
+        cmd.wait_for_checkpoint()
+        family = cmd.family()
+        sent = cmd.signal(sig, group=sig == signal.SIGINT)
+        assert cmd.wait(timeout=60) == code, cmd.after()[-3000:]
+        assert time.time() - sent < 30, cmd.after()[-3000:]
+        assert _alive(family) == []
+    finally:
+        cmd.close()
+        _reap(family)
+    _one_line(cmd.after(), signal.Signals(sig).name)
+    statuses = _mlflow_statuses(cmd.home)
+    assert len(statuses) == 3 and set(statuses) == {"KILLED"}, statuses  # the parent and its 2 trials
