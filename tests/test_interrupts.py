@@ -7,6 +7,10 @@ and carries on. That is how ``kill -INT`` of ``ppo train`` once left the trainin
 ``Exception ignored in: <function _xla_gc_callback ...> ... ppo.cli.Interrupted: SIGINT``, then two more
 progress lines). These tests put the handler inside such a callback on purpose, for our handler and for
 Prefect's (``TerminationSignal`` on SIGTERM while a flow runs).
+
+The same boundary can fall inside a transaction on MLflow's SQLite store, which SQLAlchemy then leaves
+holding the database's lock: the writes that end the runs KILLED wait 20 s each and fail (``ppo sweep``,
+2026-12-02, "still running 60 s after the signal"). :func:`ppo.interrupts.held` keeps it out of them.
 """
 
 from __future__ import annotations
@@ -214,3 +218,47 @@ def test_a_second_ctrl_c_after_a_redelivered_one_still_leaves_at_once() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_inside_a_store_write_lands_after_it_and_leaves_the_store_usable(
+    tmp_path: Any, signum: int
+) -> None:
+    """A signal that arrives half-way through a write to the local store (here: right after its first
+    INSERT) is raised when the write is done: the write is whole, and the write that marks the run
+    KILLED goes through at once (before: "database is locked" after SQLite's 20 s busy timeout)."""
+    from mlflow.entities import Metric
+    from sqlalchemy import event
+
+    from ppo.cli import Interrupted, _on_signal
+    from ppo.tracking.store import connect, get_or_create_experiment
+
+    client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(get_or_create_experiment(client, "interrupts")).info.run_id
+    engine = client._tracking_client.store.engine
+    armed = [True]
+
+    def interrupt(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if armed and statement.lstrip().upper().startswith("INSERT"):
+            armed.clear()
+            signal.raise_signal(signum)
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    event.listen(engine, "after_cursor_execute", interrupt)
+    try:
+        with pytest.raises(Interrupted):
+            client.log_batch(run_id, metrics=[Metric("m", float(i), 0, i) for i in range(10)])
+    finally:
+        event.remove(engine, "after_cursor_execute", interrupt)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        from ppo import cli
+
+        cli._interrupted.clear()
+    assert not armed, "the write ran no INSERT: the test interrupted nothing"
+    started = time.monotonic()
+    client.set_terminated(run_id, "KILLED")
+    assert time.monotonic() - started < 5.0
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert len(client.get_metric_history(run_id, "m")) == 10  # the interrupted write is whole

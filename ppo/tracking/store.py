@@ -12,6 +12,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -101,7 +102,37 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
         ensure_sqlite_store(Path(uri[len("sqlite:///") :]))
     check_reachable(uri)
     _use(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not uri.startswith(("http://", "https://")):
+        _hold_interrupts_in_transactions(client)
+    return client
+
+
+def _hold_interrupts_in_transactions(client: MlflowClient) -> None:
+    """Run every transaction of ``client``'s database stores (tracking and registry) with Ctrl-C and
+    SIGTERM held (:func:`ppo.interrupts.held`), so that an interrupt never lands half-way through one and
+    leaves the database locked for the writes that end the runs KILLED (the module says why).
+
+    MLflow opens each transaction with its store's ``ManagedSessionMaker``; the stores are shared by every
+    client and the fluent API of this process (MLflow caches them per URI), so this covers the model
+    logging and the registry too. A store without one (a file store: no transactions) is left alone; an
+    HTTP store is not passed here (a request to a slow server must stay interruptible).
+    """
+    from ppo.interrupts import held
+
+    stores = [client._tracking_client.store, client._get_registry_client().store]
+    for store in stores:
+        sessions = getattr(store, "ManagedSessionMaker", None)
+        if sessions is None or getattr(sessions, "holds_interrupts", False):
+            continue
+
+        def holding(*args: Any, _sessions: Any = sessions, **kwargs: Any) -> Any:
+            with held(), _sessions(*args, **kwargs) as session:
+                yield session
+
+        wrapped = contextlib.contextmanager(holding)
+        wrapped.holds_interrupts = True  # type: ignore[attr-defined]
+        store.ManagedSessionMaker = wrapped
 
 
 class StoreError(RuntimeError):

@@ -9,6 +9,7 @@ the sqlite store), the flow run's state (read from the embedded Prefect database
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -51,6 +52,7 @@ def _config(tmp_path: Path, name: str = "cfg.yaml", chunks: int = 3000) -> Path:
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "PPO_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env["PYTHONFAULTHANDLER"] = "1"  # a command that hangs is sent SIGABRT: its threads' stacks go to stderr
     for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PPO_FAULTS"):
         env.pop(key, None)
     return env
@@ -103,9 +105,12 @@ class Command:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler prints where every thread is stuck
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-            late = self.after()[-3000:]
+            late = self.after()[-12000:]
             raise AssertionError(f"still running {timeout} s after the signal: {late}") from None
 
     def after(self) -> str:
