@@ -23,31 +23,58 @@ STOPS = (signal.SIGINT, signal.SIGTERM)
 
 @contextmanager
 def held() -> Iterator[None]:
-    """Run the block with SIGINT/SIGTERM held: one that arrives meanwhile is handled when the block ends,
-    by the handler that was installed (ours, Prefect's or Python's ``KeyboardInterrupt``), as if it had
-    arrived then. A signal whose disposition is not a Python function (the default for SIGTERM: the
-    process dies at once, its locks with it) is left alone, and so is every other thread (Python runs
-    handlers in the main thread only). Nested blocks hand the signal outwards. Keep the block short: a
-    stop waits for it."""
+    """Run the block with SIGINT/SIGTERM held: the first that arrives meanwhile is handled when the block
+    ends, by the handler that was installed (ours, Prefect's or Python's ``KeyboardInterrupt``), as if it
+    had arrived then; a second one is handled at once (ours then leaves at once: the user insists). A
+    signal whose disposition is not a Python function (the default for SIGTERM: the process dies at once,
+    its locks with it) is left alone, and so is every other thread (Python runs handlers in the main thread
+    only). Nested blocks hand the signal outwards. Keep the block short: a stop waits for it.
+
+    A signal can land between any two bytecodes, the handler swaps included: one that lands before a swap
+    meets the real handler (and the block does not run); ``hold`` left installed by one that lands during
+    the restore passes every signal straight on, so none is ever kept."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     arrived: list[int] = []
+    previous: dict[int, Any] = {}
+    holding = [True]
 
     def hold(signum: int, frame: Any) -> None:
-        arrived.append(signum)
+        if holding and not arrived:
+            arrived.append(signum)
+        else:
+            previous[signum](signum, frame)
 
-    previous: dict[int, Any] = {}
-    for s in map(int, STOPS):
-        handler = signal.getsignal(s)
-        if callable(handler):
-            previous[s] = handler
-            signal.signal(s, hold)
     try:
-        yield
+        with _prefect_bridge_lock():
+            try:
+                for s in map(int, STOPS):
+                    handler = signal.getsignal(s)
+                    if callable(handler):
+                        previous[s] = handler
+                        signal.signal(s, hold)
+                yield
+            finally:
+                holding.clear()
+                for s, handler in previous.items():
+                    if signal.getsignal(s) is hold:
+                        signal.signal(s, handler)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if arrived:
-            signum = arrived[0]
-            previous[signum](signum, None)  # raises here, after the block, what it would have raised in it
+        if arrived:  # raised here, after the block (and whatever it raised), as it would have been in it
+            previous[arrived[0]](arrived[0], None)
+
+
+def _prefect_bridge_lock() -> Any:
+    """Prefect's lock around its SIGTERM handler, when Prefect is imported, else nothing to hold.
+
+    Why: a Prefect runner cancels a flow run only after a thread of the run's process checks, under this
+    lock, that Prefect's own SIGTERM handler is installed (``can_ack_control_intent``); in a block ``hold``
+    is, and the cancel would turn into a crash. Holding the lock makes that check wait for the block
+    (milliseconds)."""
+    import contextlib
+    import sys
+
+    engine = sys.modules.get("prefect.utilities.engine")
+    lock = getattr(engine, "_prefect_sigterm_bridge_lock", None)
+    return lock if lock is not None else contextlib.nullcontext()

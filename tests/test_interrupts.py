@@ -15,8 +15,10 @@ holding the database's lock: the writes that end the runs KILLED wait 20 s each 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -245,20 +247,82 @@ def test_an_interrupt_inside_a_store_write_lands_after_it_and_leaves_the_store_u
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     event.listen(engine, "after_cursor_execute", interrupt)
+    # no collection may free what a broken transaction left behind (the traceback keeps it) before the check
+    gc.disable()
     try:
         with pytest.raises(Interrupted):
             client.log_batch(run_id, metrics=[Metric("m", float(i), 0, i) for i in range(10)])
+        assert not armed, "the write ran no INSERT: the test interrupted nothing"
+        with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db", timeout=0.5)) as db:
+            db.execute("BEGIN IMMEDIATE")  # before: "database is locked" (a write lock left held)
+            db.rollback()
     finally:
+        gc.enable()
         event.remove(engine, "after_cursor_execute", interrupt)
         for s, handler in previous.items():
             signal.signal(s, handler)
         from ppo import cli
 
         cli._interrupted.clear()
-    assert not armed, "the write ran no INSERT: the test interrupted nothing"
     started = time.monotonic()
     client.set_terminated(run_id, "KILLED")
     assert time.monotonic() - started < 5.0
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
     assert len(client.get_metric_history(run_id, "m")) == 10  # the interrupted write is whole
+
+
+def test_held_hands_a_signal_of_the_block_to_its_handler_after_the_block() -> None:
+    """The block runs to its end; the signal then raises what its handler raises, and the handlers are
+    the ones from before."""
+    from ppo.interrupts import held
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with held():
+            signal.raise_signal(signal.SIGINT)
+            for _ in range(1000):  # bytecode boundaries, where a handler runs
+                pass
+            done.append(True)
+    assert done
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_held_hands_a_second_signal_on_at_once_and_the_first_after_an_error_of_the_block() -> None:
+    """A second signal is the user insisting: it is handled at once, inside the block; the held first one
+    is still handled when the block ends, even though the block ended with an error."""
+    from ppo.interrupts import held
+
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            with held():
+                signal.raise_signal(signal.SIGTERM)  # held
+                signal.raise_signal(signal.SIGTERM)  # handled now: seen == [15]
+                for _ in range(1000):
+                    pass
+                assert seen == [signal.SIGTERM]
+                raise RuntimeError("the block's own error")
+        assert seen == [signal.SIGTERM, signal.SIGTERM]  # the held one, after the block
+        assert isinstance(caught.value.__context__, RuntimeError)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_hold_left_installed_passes_signals_on() -> None:
+    """A signal during the restore can leave ``hold`` installed; it must then pass every signal straight
+    to the real handler, never keep one for a block that is over."""
+    from ppo.interrupts import held
+
+    with held():
+        left = signal.getsignal(signal.SIGINT)
+    assert callable(left) and left is not signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        left(signal.SIGINT, None)
