@@ -352,12 +352,12 @@ def _crash_dead_runs() -> None:
         console.print(f"warning: could not check for flow runs left Running by killed commands: {e}")
 
 
-def _run_flow(flow: str, interrupted: str, warm: Config | None = None, **kwargs: Any) -> dict[str, Any]:
+def _run_flow(flow: str, interrupted: str, warm: list[Config] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run ``flow`` (``module:function``) in this process on the embedded or configured Prefect API; its
     result, or exit with the code of what went wrong. On Ctrl-C or SIGTERM: one line, ``interrupted:
     <signal>; <interrupted>``, and exit 130 / 143 once the runs' final states are reported. While the
-    Prefect API starts, :func:`_warm_up` imports the flow's module and, given ``warm`` (the config the flow
-    will train), prepares its training."""
+    Prefect API starts, :func:`_warm_up` imports the flow's module and, given ``warm`` (the configs the
+    flow will train in this process: one, or a population's members), prepares their training."""
     with interruptible(lambda: interrupted):
         module, name = flow.split(":")
         warming: list[threading.Thread] = []
@@ -374,12 +374,13 @@ def _run_flow(flow: str, interrupted: str, warm: Config | None = None, **kwargs:
 OVERLAP_ENV = "PPO_OVERLAP"
 
 
-def _warm_up(module: str, config: Config | None) -> list[threading.Thread]:
+def _warm_up(module: str, configs: list[Config] | None) -> list[threading.Thread]:
     """Start, in a background thread, what the flow would otherwise do after the Prefect API is up, one
-    thing after another: given ``config`` (``train-ppo``'s), compiling the training program
-    (:meth:`ppo.runtime.Runtime.compile_ahead`, whose result the train task's trainer picks up instead of
-    compiling), creating the MLflow store and the experiment, and importing the report's plotting stack;
-    then importing the flow's ``module`` (Prefect with it: ``PREFECT_API_URL`` is set by now).
+    thing after another: given ``configs`` (``train-ppo``'s one config, or the members of the population
+    a one-group ``sweep-ppo`` trains here), compiling the training program
+    (:meth:`ppo.runtime.Runtime.compile_ahead`, whose result the training picks up instead of compiling),
+    creating the MLflow store and the experiment, and importing the report's plotting stack; then
+    importing the flow's ``module`` (Prefect with it: ``PREFECT_API_URL`` is set by now).
 
     Why: the embedded API takes seconds to start in its own process, and the compiler runs with the GIL
     released on the other core. Nothing changes what runs: the tasks do the same work and find it done
@@ -392,10 +393,10 @@ def _warm_up(module: str, config: Config | None) -> list[threading.Thread]:
     def warm() -> None:
         import importlib
 
-        steps = [] if config is None else [_compile_ahead, _mlflow_store, _plotting]
+        steps = [] if not configs else [_compile_ahead, _mlflow_store, _plotting]
         for step in steps:
             try:
-                step(config)
+                step(configs)
             except Exception:  # noqa: S112 - the task that does this for real reports it
                 continue
         try:
@@ -408,28 +409,38 @@ def _warm_up(module: str, config: Config | None) -> list[threading.Thread]:
     return [thread]
 
 
-def _compile_ahead(config: Config) -> None:
-    """Compile ``config``'s training chunk in the background, unless its training is already finished (a
-    re-run whose train task is cached or finds a finished checkpoint compiles nothing, and does not even
-    import JAX: its tasks may not need it)."""
+def _compile_ahead(configs: list[Config]) -> None:
+    """Compile the training chunk in the background: one config's, unless its training is already
+    finished (a re-run whose train task is cached or finds a finished checkpoint compiles nothing, and
+    does not even import JAX: its tasks may not need it); or the population program of several members
+    (:func:`ppo.population.train_together` picks it up: the program depends on the members' shapes and
+    number, not on their hyperparameter values)."""
     from ppo.checkpoint import RESULT_NAME, checkpoint_folder
     from ppo.runtime import uses_host_envs
 
-    if uses_host_envs(config) or (checkpoint_folder(config) / RESULT_NAME).is_file():
+    config = configs[0]
+    if uses_host_envs(config):
+        return
+    if len(configs) > 1:
+        from ppo.population import compile_ahead
+
+        compile_ahead(configs)
+        return
+    if (checkpoint_folder(config) / RESULT_NAME).is_file():
         return
     from ppo.trainer import PPOTrainer
 
     PPOTrainer(config=config).runtime.compile_ahead(config.train.updates_per_chunk)
 
 
-def _mlflow_store(config: Config) -> None:
+def _mlflow_store(configs: list[Config]) -> None:
     """Open (creating its tables if new) the MLflow store the flow will log to, and its experiment."""
     from ppo import tracking
 
-    tracking.get_or_create_experiment(tracking.client(), config.experiment_name)
+    tracking.get_or_create_experiment(tracking.client(), configs[0].experiment_name)
 
 
-def _plotting(config: Config) -> None:
+def _plotting(configs: list[Config]) -> None:
     """Import the report's plotting stack (matplotlib, on its file-only backend)."""
     from ppo.report import _plt
 
@@ -598,7 +609,7 @@ def pipeline(
         "flows.train_ppo:train_ppo",
         "the flow run is marked Crashed, its MLflow run KILLED and the last checkpoint kept: run the same "
         "command again to resume training where it stopped",
-        warm=None if retrain else checked,  # a retrain trains fresh seeds: another program
+        warm=None if retrain else [checked],  # a retrain trains fresh seeds: another program
         config_path=str(config) if config else None,
         overrides=parse_overrides(set_),
         retrain=retrain,
@@ -653,6 +664,7 @@ def sweep(
     summary = _run_flow(
         "flows.sweep:sweep_ppo_here" if here else "flows.sweep:sweep_ppo",
         "the flow run is marked Crashed; run the same command again to start the sweep over",
+        warm=[cfg for _, cfg in trials] if here else None,  # on Ray, the workers compile
         sweep_path=str(spec),
     )
     _print_sweep(summary)

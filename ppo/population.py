@@ -112,6 +112,24 @@ def _rows(tree: Any, member: int, seeds: int) -> Any:
     return jax.tree.map(lambda x: x[member * seeds : (member + 1) * seeds], tree)
 
 
+def _runtime(configs: list[Config], timings: dict[str, float]) -> Any:
+    """The :class:`ppo.runtime.Runtime` of ``configs``' members (same shapes) as one population."""
+    from ppo.program import HParams
+    from ppo.runtime import Runtime
+    from ppo.sharding import configure_cpu_devices
+
+    configure_cpu_devices()  # before anything starts JAX: one CPU device per core
+    return Runtime.population(configs[0], [HParams.of(c.ppo) for c in configs], timings)
+
+
+def compile_ahead(configs: list[Config]) -> None:
+    """Start compiling, in the background, the program :func:`train_together` will run for these members'
+    trainers (it picks the compiled program up instead of compiling). Why: ``ppo sweep`` trains a
+    one-group sweep in its own process and can compile while its Prefect API starts (the program depends
+    on the members' number and shapes, not on their hyperparameter values, which are part of the state)."""
+    _runtime(configs, {}).compile_ahead(configs[0].train.updates_per_chunk)
+
+
 def train_together(
     trainers: list[PPOTrainer], on_chunk: Any = None, between: Any = None
 ) -> list[dict[str, Any] | FloatingPointError]:
@@ -130,10 +148,8 @@ def train_together(
     """
     import jax
 
-    from ppo.program import HParams
     from ppo.progress import Books
-    from ppo.runtime import Runtime, uses_host_envs
-    from ppo.sharding import configure_cpu_devices
+    from ppo.runtime import uses_host_envs
     from ppo.trainer import NonFiniteLossError, _Run
 
     if not trainers:
@@ -155,9 +171,8 @@ def train_together(
                 f"population member {i} differs from member 0 in {', '.join(diff)}: only shape-free "
                 "hyperparameters may differ within a population (train the others as separate groups)"
             )
-    configure_cpu_devices()
     timings: dict[str, float] = {}
-    runtime = Runtime.population(first, [HParams.of(t.config.ppo) for t in trainers], timings)
+    runtime = _runtime([t.config for t in trainers], timings)
     chunk, n_seeds = first.train.updates_per_chunk, len(first.train.seeds)
     started = time.perf_counter()
     runtime.compile_ahead(chunk)

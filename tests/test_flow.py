@@ -283,7 +283,7 @@ def test_a_re_run_of_a_finished_training_does_not_import_jax_at_start_up(tmp_pat
         "folder = checkpoint_folder(config)\n"
         "folder.mkdir(parents=True, exist_ok=True)\n"
         "(folder / 'result.json').write_text('{}')\n"
-        "_compile_ahead(config)\n"
+        "_compile_ahead([config])\n"
         "print('jax' in sys.modules)\n"
     )
     env = {**os.environ, "PPO_HOME": str(tmp_path)}

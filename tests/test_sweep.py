@@ -469,8 +469,9 @@ def test_a_single_group_trains_here_unless_a_ray_cluster_is_named(monkeypatch):
 
 
 def test_ppo_sweep_of_one_population_trains_it_in_its_own_process(tmp_path, monkeypatch):
-    """`ppo sweep` with one group: no Ray (whose start-up would be the sweep's largest cost), the trials
-    still nested MLflow runs, the best one scored on held-out episodes."""
+    """`ppo sweep` with one group: no Ray (whose start-up would be the sweep's largest cost), the program
+    compiled while the Prefect API starts, the trials still nested MLflow runs, the best one scored on
+    held-out episodes."""
     import json
     import subprocess
 
@@ -492,6 +493,8 @@ def test_ppo_sweep_of_one_population_trains_it_in_its_own_process(tmp_path, monk
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     assert "2 trials, one population, trained in this process" in stderr  # the console: stderr
+    # the command compiled the population's program while its Prefect API started (flows.cli._warm_up)
+    assert "program was compiled ahead, while the Prefect API started" in stderr, stderr[-3000:]
     out = json.loads(stdout.strip().splitlines()[-1])
     assert out["trial_pids"] == [proc.pid]  # trained by the command's own process
     assert out["best_trial"] in (0, 1) and out["best_score_heldout"] is not None
