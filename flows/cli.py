@@ -655,7 +655,9 @@ def sweep(
 
     try:
         loaded = load_sweep(spec)
-        trials = trial_configs(loaded, root=Path.cwd())
+        # a relative base resolved as the flow's plan-sweep task resolves it (the project's root), so that
+        # what this command checks, groups and compiles ahead is what the flow trains
+        trials = trial_configs(loaded, root=Path(__file__).resolve().parents[1])
     except ConfigError as e:
         fail(str(e))
     here = trains_here(len(group_trials([cfg for _, cfg in trials], loaded.populations)))

@@ -118,7 +118,7 @@ def run_group(
         schedule = Schedule(rule, len(trainers), len(first.train.seeds), first.train.convergence_window)
     outcomes = train_together(trainers, between=schedule)
     if trainers[0].timings.get("compiled_ahead"):  # ppo sweep's warm-up (flows.cli._warm_up) compiled it
-        log.info("the population's program was compiled ahead, while the Prefect API started")
+        log.info("the group's program was compiled ahead, while the Prefect API started")
     seeds = eval_seeds(eval_episodes)
     out = []
     for trial, trainer, logger, outcome in zip(trials, trainers, loggers, outcomes, strict=True):

@@ -471,8 +471,11 @@ def test_a_single_group_trains_here_unless_a_ray_cluster_is_named(monkeypatch):
 def test_ppo_sweep_of_one_population_trains_it_in_its_own_process(tmp_path, monkeypatch):
     """`ppo sweep` with one group: no Ray (whose start-up would be the sweep's largest cost), the program
     compiled while the Prefect API starts, the trials still nested MLflow runs, the best one scored on
-    held-out episodes."""
+    held-out episodes. Run from another directory, with the sweep's ``base`` relative to the project (as
+    the shipped sweep's is): the command resolves it as the flow does (it used to resolve it against its
+    working directory and exit 2, "config file ... does not exist")."""
     import json
+    import os
     import subprocess
 
     from ppo import tracking
@@ -480,12 +483,17 @@ def test_ppo_sweep_of_one_population_trains_it_in_its_own_process(tmp_path, monk
 
     home = tmp_path / "home"
     path = _two_trials(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "base": os.path.relpath(spec["base"], ROOT)}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     env = venv_env(PPO_HOME=str(home))
     env.pop("RAY_ADDRESS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "sweep", "-s", str(path)],
         env=env,
-        cwd=ROOT,
+        cwd=elsewhere,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
