@@ -10,8 +10,10 @@ pipeline and the gate do not know which program ran.
 Per seed, one ``SyncVectorEnv`` of ``env.num_envs`` real envs with same-step autoreset: a finished
 episode's true final observation comes back in ``info["final_obs"]`` and is what a truncated step
 bootstraps from. One policy
-step for all seeds at once is one jitted call; the envs then step on the host; after ``num_steps`` steps
-one jitted call runs GAE and the epochs for every seed.
+step for all seeds at once is one jitted call (the previous step's books, then the policy); the envs then
+step on the host; after ``num_steps`` steps one jitted call runs GAE and the epochs for every seed. The
+rollout's rows stay on the device, written in place step by step: each step the host reads only the env
+actions (per array read ~13 us here: for LunarLander this made the host path ~12% faster).
 
 Resuming: gymnasium envs cannot be saved, so after a restore the envs start fresh episodes (seeded from
 the seed and the update count); the learner state (parameters, optimiser, statistics, books) is restored
@@ -20,6 +22,7 @@ exactly. Such a resumed run is therefore not bit-identical to an uninterrupted o
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -79,25 +82,68 @@ def make_host_program(config: Config) -> Program:
     envs: list[Any] = []  # per seed, created on the first init or chunk of this process
 
     def policy_step(variables: Any, obs: jnp.ndarray, key: jax.Array) -> tuple:
-        """``(seen, actions, log_probs, values, env_actions, key)`` for one seed's envs."""
+        """``((seen, actions, log_probs, values), env_actions, key)`` for one seed's envs."""
         key, k_action = jax.random.split(key)
         seen, actions, log_probs, values = act(network, dist, variables, obs, k_action)
-        return seen, actions, log_probs, values, dist.env_action(actions), key
+        return (seen, actions, log_probs, values), dist.env_action(actions), key
+
+    def write(rows: tuple, t: jnp.ndarray, values: tuple) -> tuple:
+        """``rows[i][t] = values[i]``: the rollout's rows are filled in place on the device (donated)."""
+        return tuple(
+            jax.lax.dynamic_update_index_in_dim(r, v, t, 0) for r, v in zip(rows, values, strict=True)
+        )
+
+    def first_step(variables: Any, obs: jnp.ndarray, key: jax.Array, rows: tuple) -> tuple:
+        """The policy on the rollout's first observations, written to row 0: ``(rows, env_actions, key)``."""
+        policy, to_env, key = policy_step(variables, obs, key)
+        return (*write(rows[:4], jnp.int32(0), policy), *rows[4:]), to_env, key
 
     def books_then_policy(
-        variables: Any, stats: Any, scale: Any, key: jax.Array, step: tuple, act_next: bool
+        variables: Any,
+        stats: Any,
+        scale: Any,
+        key: jax.Array,
+        rows: tuple,
+        t: jnp.ndarray,
+        step: tuple,
+        act_next: bool,
     ) -> tuple:
-        """The books of the step just taken, then (``act_next``) the policy on its observations: one
-        jitted call per env step instead of two (the host path is bound by dispatches, not FLOPs)."""
+        """The books of step ``t`` just taken (its learner rewards and bootstrap observations written to
+        row ``t``), then (``act_next``) the policy on its observations (written to row ``t + 1``): one
+        jitted call per env step whose only output the host reads is the next env actions. The host path
+        is bound by dispatches and transfers, not FLOPs: the rows stay on the device until the update."""
         rewards, dones, next_obs, final = step
         variables, stats, scale, learner_rewards, seen_final = after_step(
             variables, stats, scale, rewards, dones, next_obs, final, ppo.gamma
         )
-        nxt = policy_step(variables, next_obs, key) if act_next else None
-        return variables, stats, scale, learner_rewards, seen_final, nxt
+        policy_rows, book_rows = rows[:4], rows[4:]
+        book_rows = write(book_rows, t, (learner_rewards, seen_final))
+        to_env = None
+        if act_next:
+            policy, to_env, key = policy_step(variables, next_obs, key)
+            policy_rows = write(policy_rows, t + 1, policy)
+        return variables, stats, scale, (*policy_rows, *book_rows), to_env, key
 
-    first_policy = jax.jit(jax.vmap(policy_step))
-    after_env_step = jax.jit(jax.vmap(books_then_policy, in_axes=(0, 0, 0, 0, 0, None)), static_argnums=5)
+    # the rows ([seeds, steps, envs, ...] per field) are donated: each step updates them in place
+    first_policy = jax.jit(jax.vmap(first_step), donate_argnums=3)
+    after_env_step = jax.jit(
+        jax.vmap(books_then_policy, in_axes=(0, 0, 0, 0, 0, None, 0, None)),
+        static_argnums=7,
+        donate_argnums=4,
+    )
+
+    @functools.cache
+    def row_shapes() -> tuple:
+        """One step's row per field: the policy's four outputs, the learner rewards, the bootstrap
+        observations (traced once, not compiled)."""
+        obs = jax.ShapeDtypeStruct((num_envs, *spec.observation_shape), jnp.float32)
+        variables = jax.eval_shape(lambda: init_params(network, spec.observation_shape, 0))
+        policy = jax.eval_shape(policy_step, variables, obs, jax.random.PRNGKey(0))[0]
+        return (*policy, jax.ShapeDtypeStruct((num_envs,), jnp.float32), obs)
+
+    def new_rows() -> tuple:
+        """Zeroed rollout rows ``[seeds, steps, envs, ...]`` for one update (donated, so fresh each time)."""
+        return tuple(jnp.zeros((len(seeds), num_steps, *x.shape), x.dtype) for x in row_shapes())
 
     def learn_masked(
         state: TrainState,
@@ -194,26 +240,33 @@ def make_host_program(config: Config) -> Program:
                 completed_return=jnp.zeros_like(state.stats.completed_return),
             )
             obs = np.asarray(state.obs)
-            seen, actions, log_probs, values, to_env, key = jax.device_get(
-                first_policy(variables, jnp.asarray(obs), key)
-            )
-            steps = []
+            rows, to_env, key = first_policy(variables, jnp.asarray(obs), key, new_rows())
+            terminated, dones = (np.zeros((len(seeds), num_steps, num_envs), bool) for _ in range(2))
             for t in range(num_steps):
-                next_obs, final, rewards, terminated, truncated = step_envs(to_env, obs, go)
-                dones = terminated | truncated
-                variables, stats, scale, learner_rewards, seen_final, nxt = after_env_step(
-                    variables, stats, scale, key, (rewards, dones, next_obs, final), t + 1 < num_steps
+                next_obs, final, rewards, terminated[:, t], truncated = step_envs(np.asarray(to_env), obs, go)
+                dones[:, t] = terminated[:, t] | truncated
+                variables, stats, scale, rows, to_env, key = after_env_step(
+                    variables,
+                    stats,
+                    scale,
+                    key,
+                    rows,
+                    t,
+                    (rewards, dones[:, t], next_obs, final),
+                    t + 1 < num_steps,
                 )
-                learner_rewards, seen_final = jax.device_get((learner_rewards, seen_final))
-                steps.append(
-                    (seen, actions, log_probs, values, learner_rewards, terminated, dones, seen_final)
-                )
-                if nxt is not None:
-                    seen, actions, log_probs, values, to_env, key = jax.device_get(nxt)
                 obs = next_obs
-            # [seeds, steps, envs, ...]: the learner's [steps, envs, ...] under the seed axis, stacked
-            # on the host and sent to the device once
-            traj = Transition(*(jnp.asarray(np.stack(xs, axis=1)) for xs in zip(*steps, strict=True)))
+            seen, actions, log_probs, values, learner_rewards, seen_final = rows
+            traj = Transition(
+                seen,
+                actions,
+                log_probs,
+                values,
+                learner_rewards,
+                jnp.asarray(terminated),
+                jnp.asarray(dones),
+                seen_final,
+            )
             state, metrics = learn_all(state, active, traj, variables, stats, scale, key, jnp.asarray(obs))
             history.append(metrics)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *history)
