@@ -207,9 +207,14 @@ ENV_SPECS = {
 }
 
 
-def make_gymnasium_env(env_id: str, max_steps_per_episode: int | None = None, **kwargs: Any) -> Any:
+def make_gymnasium_env(
+    env_id: str, max_steps_per_episode: int | None = None, env_checker: bool = True, **kwargs: Any
+) -> Any:
     """The real env ``env_id`` is evaluated on (its twin: ``gymnasium.make`` of the row's ``twin`` id and
-    keyword arguments) with the time limit ``max_steps_per_episode`` (default the env's)."""
+    keyword arguments) with the time limit ``max_steps_per_episode`` (default the env's).
+
+    ``env_checker=False`` leaves out gymnasium's passive env checker (registered envs only): the report's
+    GIF takes minatar's float frames as they are, and the checker's warnings about them are noise there."""
     import gymnasium as gym
 
     spec = env_spec(env_id)
@@ -225,7 +230,8 @@ def make_gymnasium_env(env_id: str, max_steps_per_episode: int | None = None, **
         import minatar.gym
 
         minatar.gym.register_envs()
-    return gym.make(spec.twin_id, max_episode_steps=limit, **dict(spec.twin_kwargs), **kwargs)
+    checker = {} if env_checker else {"disable_env_checker": True}  # else the registration's default
+    return gym.make(spec.twin_id, max_episode_steps=limit, **checker, **dict(spec.twin_kwargs), **kwargs)
 
 
 #: a user's JAX env: ``"<module>:<Class>"`` (README, "Your own environment")

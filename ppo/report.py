@@ -275,7 +275,7 @@ def policy_gif(
 
     if env_spec(env_id).evaluates_on_jax:
         return None
-    env = make_gymnasium_env(env_id, render_mode="rgb_array")
+    env = make_gymnasium_env(env_id, env_checker=False, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames: list[Image.Image] = []
     t, done = 0, False
