@@ -214,7 +214,8 @@ def make_gymnasium_env(
     keyword arguments) with the time limit ``max_steps_per_episode`` (default the env's).
 
     ``env_checker=False`` leaves out gymnasium's passive env checker (registered envs only): the report's
-    GIF takes minatar's float frames as they are, and the checker's warnings about them are noise there."""
+    GIF and `ppo record` take minatar's float frames as they are, and the checker's warnings about them are
+    noise there."""
     import gymnasium as gym
 
     spec = env_spec(env_id)

@@ -134,8 +134,9 @@ def make_host_program(config: Config) -> Program:
 
     @functools.cache
     def row_shapes() -> tuple:
-        """One step's row per field: the policy's four outputs, the learner rewards, the bootstrap
-        observations (traced once, not compiled)."""
+        """One step's row per field: the policy's four outputs (their shapes and dtypes traced once, not
+        compiled), then the learner rewards and the bootstrap observations (float32, as
+        :func:`ppo.rollout.after_step` returns them: a wrong one fails the donated write's trace)."""
         obs = jax.ShapeDtypeStruct((num_envs, *spec.observation_shape), jnp.float32)
         variables = jax.eval_shape(lambda: init_params(network, spec.observation_shape, 0))
         policy = jax.eval_shape(policy_step, variables, obs, jax.random.PRNGKey(0))[0]

@@ -74,7 +74,9 @@ def record(
         env_id = config.env.id
         if env_spec(env_id).evaluates_on_jax:
             raise RecordError(f"{env_id} has no gymnasium twin to render: it is evaluated on its JAX env")
-        env = make_gymnasium_env(env_id, config.env.max_steps_per_episode, render_mode="rgb_array")
+        env = make_gymnasium_env(
+            env_id, config.env.max_steps_per_episode, env_checker=False, render_mode="rgb_array"
+        )
         rate = int(fps or env.metadata.get("render_fps") or 30)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".tmp.mp4")

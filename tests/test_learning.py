@@ -112,7 +112,7 @@ def test_pendulum_learns_clearly_better_than_random(ppo_home):
 def test_breakout_minatar_learns_clearly_better_than_random(ppo_home):
     """Pixel (grid) observations end to end on a short budget of the shipped Breakout-MinAtar recipe,
     scored on the real ``minatar`` game: a uniformly random policy scores about 0.5 there (measured over
-    200 episodes: mean 0.47, max 5); 300k steps (about 15 s) of the shipped settings already return the
+    200 episodes: mean 0.47, max 5); 300k steps (about 12 s) of the shipped settings already return the
     ball many times per episode."""
     trainer = PPOTrainer.from_config(
         ROOT / "configs" / "breakout-minatar.yaml", enable_mlflow=False, seeds=[0], max_env_steps=300_000

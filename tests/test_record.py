@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import gymnasium as gym
 import pytest
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from ppo import tracking
-from tests.helpers import small_config
+from tests.helpers import small_config, tiny_breakout_config
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,27 @@ def test_record_writes_the_models_episodes_as_an_mp4(ppo_home, tmp_path):
     assert len(frames) == summary["frames"] == sum(summary["lengths"]) + 2
     assert frames[0].shape == (400, 600, 3)  # CartPole's rgb_array size
     assert frames[0].std() > 1  # a picture, not a blank frame
+
+
+def test_record_of_a_minatar_model_is_quiet_and_uses_a_default_frame_rate(ppo_home, tmp_path):
+    """minatar's games declare no render fps and render float frames: the recording takes 30 fps and the
+    frames as they are, without gymnasium's env checker warning about either on every recording."""
+    pytest.importorskip("av")
+    from ppo import PPOTrainer
+
+    run_id = PPOTrainer(config=tiny_breakout_config(), enable_mlflow=True).train()["run_id"]
+    version = tracking.register_model(run_id, "ppo-breakout-minatar")  # by hand: recording needs no gate
+    out = tmp_path / "breakout.mp4"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(
+            app,
+            ["record", "-m", f"models:/ppo-breakout-minatar/{version}", "--episodes", "1", "-o", str(out)],
+        )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["env"] == "Breakout-MinAtar" and summary["fps"] == 30 and out.stat().st_size > 0
+    assert [str(w.message) for w in caught if "passive_env_checker" in w.filename] == []
 
 
 def test_record_of_a_missing_model_is_one_line_and_exit_1(ppo_home, tmp_path):
