@@ -7,13 +7,14 @@ learner (:func:`ppo.program.make_learner`), same step books (:func:`ppo.rollout.
 returns, observation/reward normalisation), same budgets; so the trainer, checkpoints, tracking, the
 pipeline and the gate do not know which program ran.
 
-Per seed, one ``SyncVectorEnv`` of ``env.num_envs`` real envs with same-step autoreset: a finished
-episode's true final observation comes back in ``info["final_obs"]`` and is what a truncated step
-bootstraps from. One policy
-step for all seeds at once is one jitted call (the previous step's books, then the policy); the envs then
-step on the host; after ``num_steps`` steps one jitted call runs GAE and the epochs for every seed. The
-rollout's rows stay on the device, written in place step by step: each step the host reads only the env
-actions (per array read ~13 us here: for LunarLander this made the host path ~12% faster).
+Per seed, ``env.num_envs`` real envs with same-step autoreset (:mod:`ppo.host_envs`: gymnasium
+``SyncVectorEnv`` objects, split over this process and worker processes so that every core steps envs):
+a finished episode's true final observation comes back in ``info["final_obs"]`` and is what a truncated
+step bootstraps from. One policy step for all seeds at once is one jitted call (the previous step's
+books, then the policy); the envs then step on the host; after ``num_steps`` steps one jitted call runs
+GAE and the epochs for every seed. The rollout's rows stay on the device, written in place step by step:
+each step the host reads only the env actions (per array read ~13 us here: for LunarLander this made the
+host path ~12% faster).
 
 Resuming: gymnasium envs cannot be saved, so after a restore the envs start fresh episodes (seeded from
 the seed and the update count); the learner state (parameters, optimiser, statistics, books) is restored
@@ -32,6 +33,7 @@ import numpy as np
 from ppo.config import Config
 from ppo.distributions import distribution
 from ppo.envs import env_spec
+from ppo.host_envs import HostEnvs, default_workers
 from ppo.networks import init_params
 from ppo.normalize import RewardScale, init_stats, update_stats
 from ppo.program import (
@@ -46,20 +48,6 @@ from ppo.program import (
     new_episode_stats,
 )
 from ppo.rollout import Transition, act, after_step
-
-
-def make_vector_env(env_id: str, num_envs: int, max_steps: int) -> Any:
-    """``num_envs`` copies of the real env in a ``SyncVectorEnv`` with same-step autoreset (a finished
-    episode's final observation in the info). gymnasium's native vectorised envs (CartPole's) reset on the
-    next step instead, so they are not used: one semantics for every env."""
-    import gymnasium as gym
-
-    from ppo.envs import make_gymnasium_env
-
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_gymnasium_env(env_id, max_steps) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
 
 
 def _env_seeds(seed: int, update: int, num_envs: int) -> list[int]:
@@ -79,7 +67,7 @@ def make_host_program(config: Config) -> Program:
     seeds = [int(s) for s in config.train.seeds]
     max_steps = config.env.max_steps_per_episode or spec.max_episode_steps()
     within_budget, learn = make_budget(config), make_learner(config, network, dist)
-    envs: list[Any] = []  # per seed, created on the first init or chunk of this process
+    envs: list[HostEnvs] = []  # every seed's envs, made on the first init or chunk of this process
 
     def policy_step(variables: Any, obs: jnp.ndarray, key: jax.Array) -> tuple:
         """``((seen, actions, log_probs, values), env_actions, key)`` for one seed's envs."""
@@ -167,15 +155,13 @@ def make_host_program(config: Config) -> Program:
     budgets = jax.jit(jax.vmap(within_budget))
 
     def open_envs(update: np.ndarray) -> np.ndarray:
-        """Create and reset every seed's envs; their first observations ``[seeds, envs, ...]``."""
-        envs.clear()
-        first = []
-        for seed, u in zip(seeds, update, strict=True):
-            venv = make_vector_env(config.env.id, num_envs, max_steps)
-            obs, _ = venv.reset(seed=_env_seeds(seed, int(u), num_envs))
-            envs.append(venv)
-            first.append(np.asarray(obs, np.float32))
-        return np.stack(first)
+        """Make and reset every seed's envs; their first observations ``[seeds, envs, ...]``."""
+        close()
+        total = len(seeds) * num_envs
+        envs.append(HostEnvs(config.env.id, len(seeds), num_envs, max_steps, default_workers(total)))
+        return envs[0].reset(
+            [_env_seeds(seed, int(u), num_envs) for seed, u in zip(seeds, update, strict=True)]
+        )
 
     def init_one(seed: int, obs: np.ndarray) -> TrainState:
         variables: dict[str, Any] = init_params(network, spec.observation_shape, seed)
@@ -207,23 +193,6 @@ def make_host_program(config: Config) -> Program:
         )
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n_seeds, *x.shape), x.dtype), one)
 
-    def step_envs(actions: np.ndarray, obs: np.ndarray, go: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Step each active seed's envs; a frozen seed's envs do not move (its state is kept anyway)."""
-        next_obs, final = obs.copy(), obs.copy()
-        rewards = np.zeros((len(seeds), num_envs), np.float32)
-        terminated = np.zeros((len(seeds), num_envs), bool)
-        truncated = np.zeros_like(terminated)
-        for i, venv in enumerate(envs):
-            if not go[i]:
-                continue
-            o, r, term, trunc, info = venv.step(actions[i])
-            next_obs[i] = final[i] = np.asarray(o, np.float32)
-            if "_final_obs" in info:
-                for j in np.flatnonzero(info["_final_obs"]):
-                    final[i, j] = np.asarray(info["final_obs"][j], np.float32)
-            rewards[i], terminated[i], truncated[i] = r, term, trunc
-        return next_obs, final, rewards, terminated, truncated
-
     def run_chunk(state: TrainState, active: Any, num_updates: int) -> tuple[TrainState, UpdateMetrics]:
         active = jnp.asarray(active)
         if not envs:  # a restored state: fresh episodes, the books' episode in progress is dropped
@@ -232,6 +201,14 @@ def make_host_program(config: Config) -> Program:
                 obs=jnp.asarray(obs),
                 stats=state.stats._replace(ep_return=jnp.zeros_like(state.stats.ep_return)),
             )
+        try:
+            return updates(state, active, num_updates)
+        except BaseException:
+            close()  # stopped mid-rollout or a worker failed: the next chunk starts from fresh episodes
+            raise
+
+    def updates(state: TrainState, active: jnp.ndarray, num_updates: int) -> tuple[TrainState, UpdateMetrics]:
+        """``num_updates`` rollouts of every seed's envs, each followed by its PPO update."""
         history = []
         for _ in range(num_updates):
             go = np.asarray(budgets(state, active))
@@ -244,7 +221,9 @@ def make_host_program(config: Config) -> Program:
             rows, to_env, key = first_policy(variables, jnp.asarray(obs), key, new_rows())
             terminated, dones = (np.zeros((len(seeds), num_steps, num_envs), bool) for _ in range(2))
             for t in range(num_steps):
-                next_obs, final, rewards, terminated[:, t], truncated = step_envs(np.asarray(to_env), obs, go)
+                next_obs, final, rewards, terminated[:, t], truncated = envs[0].step(
+                    np.asarray(to_env), obs, go
+                )
                 dones[:, t] = terminated[:, t] | truncated
                 variables, stats, scale, rows, to_env, key = after_env_step(
                     variables,
@@ -273,8 +252,8 @@ def make_host_program(config: Config) -> Program:
         return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *history)
 
     def close() -> None:
-        for venv in envs:
-            venv.close()
+        for host_envs in envs:
+            host_envs.close()
         envs.clear()
 
     return Program(init, run_chunk, network, state_shapes, host=True, close=close)

@@ -4,6 +4,7 @@ same trainer, books, checkpoints and evaluation as the JAX path."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -91,3 +92,91 @@ def test_host_path_learns_cartpole_like_the_jax_path(ppo_home):
     assert result["converged"], result["stop_reason"]
     out = trainer.evaluate(num_episodes=50, seed=77)
     assert out["avg_reward"] >= 475, out["avg_reward"]
+
+
+def _trained_state(workers: str, monkeypatch, config) -> list[np.ndarray]:
+    monkeypatch.setenv("PPO_HOST_WORKERS", workers)
+    trainer = PPOTrainer(config=config, enable_mlflow=False)
+    result = trainer.train()
+    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(trainer.state))]
+    return [np.asarray(result["env_steps_per_seed"]), *leaves]
+
+
+def test_envs_split_over_worker_processes_change_no_number(ppo_home, monkeypatch, capfd):
+    """Two seeds' envs stepped here and in two worker processes (16 envs in parts of 5, 6, 5: each seed's
+    envs span two processes) train bit for bit as when this process steps them all; a seed that
+    converges first is frozen (its envs stop) in both."""
+    cfg = _config(
+        "CartPole-v1",
+        env={"backend": "host"},
+        train={"max_env_steps": 256 * 8, "target_reward": 20.0, "convergence_window": 5, "seeds": [0, 5]},
+    )
+    alone = _trained_state("0", monkeypatch, cfg)
+    split = _trained_state("2", monkeypatch, cfg)
+    assert "could not make them" not in capfd.readouterr().err  # the workers stepped their parts
+    assert alone[0].tolist() != [256 * 8, 256 * 8]  # a seed stopped early: the frozen path ran
+    assert len(alone) == len(split)
+    for a, b in zip(alone, split, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_env_a_worker_cannot_make_steps_here_with_a_note(ppo_home, monkeypatch, capfd):
+    """An env registered at run time in this process only: a worker cannot make it, so every env steps
+    in this process and the run says so (and trains)."""
+    import gymnasium as gym
+
+    gym.register("PpoOnlyHereCartPole-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv")
+    monkeypatch.setenv("PPO_HOST_WORKERS", "1")
+    try:
+        cfg = _config("PpoOnlyHereCartPole-v0", env={"max_steps_per_episode": 50})
+        result = PPOTrainer(config=cfg, enable_mlflow=False).train()
+    finally:
+        del gym.envs.registry["PpoOnlyHereCartPole-v0"]
+    assert result["env_steps"] == 256 * 4
+    assert "all step in this process: a worker process could not make them" in capfd.readouterr().err
+
+
+def test_a_worker_that_dies_is_a_clear_error():
+    from ppo.host_envs import HostEnvs, WorkerError
+
+    envs = HostEnvs("LunarLander-v3", num_seeds=1, num_envs=4, max_steps=100, workers=1)
+    try:
+        obs = envs.reset([[1, 2, 3, 4]])
+        assert obs.shape == (1, 4, 8)
+        envs.workers[0].process.kill()
+        with pytest.raises(WorkerError, match="ended"):
+            envs.step(np.zeros((1, 4), np.int64), obs, np.array([True]))
+    finally:
+        envs.close()
+
+
+def test_host_envs_split_evenly_over_parts():
+    from ppo.host_envs import split
+
+    assert split(1, 16, 2) == [[(0, 0, 8)], [(0, 8, 16)]]
+    assert split(2, 8, 3) == [[(0, 0, 5)], [(0, 5, 8), (1, 0, 3)], [(1, 3, 8)]]
+    assert split(5, 16, 1) == [[(i, 0, 16) for i in range(5)]]
+
+
+def test_a_run_whose_worker_died_fails_clearly_and_resumes_on_fresh_envs(ppo_home, monkeypatch):
+    """A worker killed mid-run: training stops with the worker's error (its checkpoint kept), and a resume
+    in the same process (a task retry) opens fresh envs and finishes."""
+    import psutil
+
+    from ppo.host_envs import WorkerError
+
+    monkeypatch.setenv("PPO_HOST_WORKERS", "1")
+    cfg = _config("CartPole-v1", env={"backend": "host"}, train={"checkpoint_every": 1})
+
+    def kill_workers(info) -> bool:
+        for child in psutil.Process().children():
+            if "ppo.host_envs" in " ".join(child.cmdline()):
+                child.kill()
+                child.wait()
+        return True
+
+    with pytest.raises(WorkerError, match="ended"):
+        PPOTrainer(config=cfg, enable_mlflow=False).train(callback=kill_workers)
+    resumed = PPOTrainer(config=cfg, enable_mlflow=False)
+    result = resumed.train(resume=True)
+    assert result["resumed_from_chunk"] == 1 and result["env_steps"] == 256 * 4
