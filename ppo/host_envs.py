@@ -10,10 +10,14 @@ seeded on its own, so how the envs are split changes no number: a run with worke
 bit for bit (tests/test_host_envs.py).
 
 Workers: ``PPO_HOST_WORKERS`` (default: one per core beyond the first, while every part keeps at least
-``MIN_ENVS_PER_PART`` envs; ``0`` steps everything here). A worker ignores Ctrl-C (the command decides
-what an interrupt stops) and exits when its parent closes it or dies (end of its input). An env a worker
-cannot create (say one registered at run time in the caller's own script) makes the envs fall back to
-this process, with a one-line note.
+``MIN_ENVS_PER_PART`` envs; ``0`` steps everything here). A worker runs in a process group of its own
+and ignores Ctrl-C (the command decides what an interrupt stops); it exits when its parent closes it or
+dies (the end of its input). An env a worker cannot create (say one registered at run time in the
+caller's own script) makes the envs fall back to this process, with a one-line note. The training
+program closes its envs after each run (:meth:`ppo.runtime.Runtime.release`).
+
+"Bit for bit" holds for envs that draw from their own ``np_random`` (every gymnasium env does); a user
+env drawing from the global ``random``/``np.random`` would see other draws in a worker.
 """
 
 from __future__ import annotations
@@ -120,6 +124,9 @@ class _Part:
 
 
 # ------------------------------------------------------------------------------------- the wire
+_MAX_MESSAGE = 1 << 34  # 16 GiB: more than any step's arrays; a larger length is a garbled stream
+
+
 def _send(stream: BinaryIO, message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(struct.pack("<Q", len(data)) + data)
@@ -132,6 +139,8 @@ def _receive(stream: BinaryIO) -> Any:
     if len(head) < 8:
         return None
     (size,) = struct.unpack("<Q", head)
+    if size > _MAX_MESSAGE:
+        raise WorkerError(f"a host env worker's reply is garbled (a {size}-byte message announced)")
     data = stream.read(size)
     if len(data) < size:
         return None
@@ -147,14 +156,20 @@ class _Worker:
 
     def __init__(self, env_id: str, max_steps: int, slots: list[Slot]) -> None:
         self.slots = slots
-        path = os.pathsep.join(p for p in sys.path if p)  # this process's modules: a user's env package too
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ppo.host_envs"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
-        )
-        _send(self.process.stdin, ("open", (env_id, max_steps, slots)))  # type: ignore[arg-type]
+        # this process's modules (a user's env package too); -P: not the working directory's first, where a
+        # folder named ppo/ would shadow this package
+        path = os.pathsep.join(p for p in sys.path if isinstance(p, str) and p)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-P", "-m", "ppo.host_envs"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": path},
+                process_group=0,  # Ctrl-C and a group's SIGTERM are the parent's to handle; EOF ends it
+            )
+        except OSError as e:
+            raise WorkerError(f"no worker process could start: {e}") from None
+        self.request("open", (env_id, max_steps, slots))
 
     def request(self, op: str, payload: Any) -> None:
         try:
@@ -182,14 +197,15 @@ class _Worker:
         try:
             _send(self.process.stdin, ("close", None))  # type: ignore[arg-type]
             self.process.stdin.close()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError):
+        except (OSError, ValueError):
             pass
+        # unread replies go: a worker blocked writing one (a full pipe) gets a broken pipe and ends
+        self.process.stdout.close()  # type: ignore[union-attr]
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.process.stdout.close()  # type: ignore[union-attr]
 
 
 class HostEnvs:
@@ -202,19 +218,31 @@ class HostEnvs:
         self.num_seeds, self.num_envs = num_seeds, num_envs
         parts = split(num_seeds, num_envs, workers + 1)
         self.workers: list[_Worker] = []
+        self._local: _Part | None = None
         try:
-            self.workers = [_Worker(env_id, max_steps, slots) for slots in parts[1:]]
-            self.local = _Part(env_id, max_steps, parts[0])
+            for slots in parts[1:]:
+                self.workers.append(_Worker(env_id, max_steps, slots))
+            self._local = _Part(env_id, max_steps, parts[0])
             for worker in self.workers:
                 worker.reply()  # its envs are made
-        except WorkerError as e:
+        except BaseException as e:
+            if not isinstance(e, WorkerError):
+                self.close()  # nothing left running behind the error
+                raise
             self.close()
             print(
                 f"note: {env_id}'s envs all step in this process: a worker process could not make them "
                 f"({str(e).strip().splitlines()[-1]})",
                 file=sys.stderr,
             )
-            self.workers, self.local = [], _Part(env_id, max_steps, split(num_seeds, num_envs, 1)[0])
+            self._local = _Part(env_id, max_steps, split(num_seeds, num_envs, 1)[0])
+
+    @property
+    def local(self) -> _Part:
+        """The part this process steps."""
+        if self._local is None:
+            raise WorkerError("these host envs are closed")
+        return self._local
 
     def _parts(self) -> list[Any]:
         return [self.local, *self.workers]
@@ -261,9 +289,9 @@ class HostEnvs:
         for worker in self.workers:
             worker.close()
         self.workers = []
-        if getattr(self, "local", None) is not None:
-            self.local.close()
-            self.local = None  # type: ignore[assignment]
+        if self._local is not None:
+            self._local.close()
+            self._local = None
 
 
 def _serve() -> None:
@@ -272,7 +300,7 @@ def _serve() -> None:
     import signal
     import traceback
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # its own process group already; the parent decides
     wire_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything an env prints goes to stderr, not into the replies
     wire_in = sys.stdin.buffer
@@ -299,6 +327,10 @@ def _serve() -> None:
     finally:
         if part is not None:
             part.close()
+        try:
+            wire_out.close()
+        except OSError:
+            pass  # a reply the parent no longer reads
 
 
 if __name__ == "__main__":

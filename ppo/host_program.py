@@ -158,10 +158,16 @@ def make_host_program(config: Config) -> Program:
         """Make and reset every seed's envs; their first observations ``[seeds, envs, ...]``."""
         close()
         total = len(seeds) * num_envs
-        envs.append(HostEnvs(config.env.id, len(seeds), num_envs, max_steps, default_workers(total)))
-        return envs[0].reset(
-            [_env_seeds(seed, int(u), num_envs) for seed, u in zip(seeds, update, strict=True)]
-        )
+        host_envs = HostEnvs(config.env.id, len(seeds), num_envs, max_steps, default_workers(total))
+        try:
+            first = host_envs.reset(
+                [_env_seeds(s, int(u), num_envs) for s, u in zip(seeds, update, strict=True)]
+            )
+        except BaseException:
+            host_envs.close()  # kept only once reset: a retry must not find half-made envs
+            raise
+        envs.append(host_envs)
+        return first
 
     def init_one(seed: int, obs: np.ndarray) -> TrainState:
         variables: dict[str, Any] = init_params(network, spec.observation_shape, seed)

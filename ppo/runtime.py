@@ -175,6 +175,14 @@ class Runtime:
         self.timings["compile_s"] = self.timings.get("compile_s", 0.0) + seconds
         return compiled
 
+    def release(self) -> None:
+        """Give back what the program holds between runs: the host path's envs and their worker processes
+        (a later chunk opens fresh ones). Why: programs are cached per config, and a sweep trains many
+        host-env configs in one process. A jitted program holds nothing."""
+        close = self.program.close
+        if close is not None:
+            close()
+
     def compile_ahead(self, num_updates: int) -> None:
         """Start compiling the chunk in a background thread, from the state's shapes alone.
 

@@ -227,7 +227,10 @@ class PPOTrainer:
         try:
             if resumed_from is not None and books.history:
                 self._log_history(logger, books.history, books.extra.get(UPDATE_POINTS))
-            result = self._loop(runtime, state, _Run(books, logger, callback, started))
+            try:
+                result = self._loop(runtime, state, _Run(books, logger, callback, started))
+            finally:
+                runtime.release()
             result["resumed_from_chunk"] = resumed_from
             self._complete(result, logger)
         except BaseException as e:

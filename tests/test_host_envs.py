@@ -94,10 +94,17 @@ def test_host_path_learns_cartpole_like_the_jax_path(ppo_home):
     assert out["avg_reward"] >= 475, out["avg_reward"]
 
 
+def _workers() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children() if "ppo.host_envs" in " ".join(p.cmdline())]
+
+
 def _trained_state(workers: str, monkeypatch, config) -> list[np.ndarray]:
     monkeypatch.setenv("PPO_HOST_WORKERS", workers)
     trainer = PPOTrainer(config=config, enable_mlflow=False)
     result = trainer.train()
+    assert _workers() == []  # a run gives its worker processes back when it ends
     leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(trainer.state))]
     return [np.asarray(result["env_steps_per_seed"]), *leaves]
 
@@ -161,18 +168,16 @@ def test_host_envs_split_evenly_over_parts():
 def test_a_run_whose_worker_died_fails_clearly_and_resumes_on_fresh_envs(ppo_home, monkeypatch):
     """A worker killed mid-run: training stops with the worker's error (its checkpoint kept), and a resume
     in the same process (a task retry) opens fresh envs and finishes."""
-    import psutil
-
     from ppo.host_envs import WorkerError
 
     monkeypatch.setenv("PPO_HOST_WORKERS", "1")
     cfg = _config("CartPole-v1", env={"backend": "host"}, train={"checkpoint_every": 1})
 
     def kill_workers(info) -> bool:
-        for child in psutil.Process().children():
-            if "ppo.host_envs" in " ".join(child.cmdline()):
-                child.kill()
-                child.wait()
+        assert _workers(), "the run has a worker"
+        for child in _workers():
+            child.kill()
+            child.wait()
         return True
 
     with pytest.raises(WorkerError, match="ended"):
