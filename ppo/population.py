@@ -249,8 +249,9 @@ def _final_evaluations(trainers: list[PPOTrainer], states: list[Any]) -> list[di
     """Each trainer's final evaluation of its seeds (``states``: each one's host state), played together.
 
     Why together: one evaluation per member, one after another, was a population's longest wait after its
-    training (64 CartPole members: 2.7 s of 64 x 100 episodes); in one set of envs
-    (:func:`ppo.evaluate.evaluate_params_list`) CartPole's vector env steps them all at once. The episodes
+    training (64 CartPole members: 2.2-2.7 s of 64 x 100 episodes); in one set of envs
+    (:func:`ppo.evaluate.evaluate_params_list`) CartPole's vector env steps them all at once (1.1 s,
+    measured 2026-12-02). The episodes
     are those each member's own final evaluation plays (:meth:`PPOTrainer.final_evaluation`), so the
     results are the same; members whose evaluation differs from the first one's (another episode count or
     time limit) play their own."""
