@@ -226,10 +226,9 @@ class HostEnvs:
             for worker in self.workers:
                 worker.reply()  # its envs are made
         except BaseException as e:
+            self.close()  # nothing left running behind the error
             if not isinstance(e, WorkerError):
-                self.close()  # nothing left running behind the error
                 raise
-            self.close()
             print(
                 f"note: {env_id}'s envs all step in this process: a worker process could not make them "
                 f"({str(e).strip().splitlines()[-1]})",
