@@ -119,22 +119,57 @@ class Runtime:
     def n_rows(self) -> int:
         return self.members * self.n_seeds
 
+    @property
+    def padding(self) -> int:
+        """Idle rows the devices train after the real ones (``Plan.rows``: seeds that do not divide
+        among the CPU devices); 0 for most layouts."""
+        return 0 if self.plan is None or self.plan.rows is None else self.plan.rows - self.n_rows
+
     def place(self, state: Any) -> Any:
-        """Put a (host or device) state where the chunk program expects it."""
+        """Put a (host or device) state where the chunk program expects it. With :attr:`padding`, the
+        state stays on the host, ``n_rows`` rows: the chunk function pads and places it itself."""
         import jax
 
         plan = self.plan
-        return state if plan is None else jax.device_put(state, plan.state(state, self.config.env.num_envs))
+        if plan is None:
+            return state
+        if self.padding:
+            return jax.device_get(state)
+        return jax.device_put(state, plan.state(state, self.config.env.num_envs))
+
+    def on_devices(self, state: Any) -> Any:
+        """``state`` as the compiled chunk runs it: padded with copies of its last row (see
+        :attr:`padding`) and laid out on the plan's devices."""
+        import jax
+        import numpy as np
+
+        if not self.padding:
+            return self.place(state)
+        k = self.padding
+        host = jax.device_get(state)
+        padded = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], k, axis=0)]), host)
+        return jax.device_put(padded, self.plan.state(padded, self.config.env.num_envs))
 
     def place_active(self, active: Any) -> Any:
-        """The per-seed ``active`` mask as a device array laid out like the chunk expects."""
+        """The per-seed ``active`` mask as a device array laid out like the chunk expects (with
+        :attr:`padding`, a host array: the chunk function adds the idle rows, never active)."""
         import jax
         import jax.numpy as jnp
+        import numpy as np
 
+        if self.padding:
+            return np.asarray(jax.device_get(active), bool)
         active_dev = jnp.asarray(active)
         if self.plan is not None:
             active_dev = jax.device_put(active_dev, self.plan.per_seed())
         return active_dev
+
+    def _padded_active(self, active: Any) -> Any:
+        import jax
+        import numpy as np
+
+        host = np.asarray(jax.device_get(active), bool)
+        return jax.device_put(np.concatenate([host, np.zeros(self.padding, bool)]), self.plan.per_seed())
 
     def state_shapes(self) -> Any:
         """The stacked train state as ``ShapeDtypeStruct``s (``jax.eval_shape``: nothing runs)."""
@@ -161,6 +196,9 @@ class Runtime:
             return functools.partial(self.program.run_chunk, num_updates=num_updates)
         t = time.perf_counter()
         fn, plan = self.program.run_chunk, self.plan
+        if self.padding:  # the chunk runs plan.rows rows (the padded state's shapes)
+            state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((plan.rows, *x.shape[1:]), x.dtype), state)
+            active = jax.ShapeDtypeStruct((plan.rows,), bool)
         if plan is not None:  # same program, laid out on the mesh; outputs stay where inputs are
             state_sh = plan.state(state, self.config.env.num_envs)
             fn = jax.jit(
@@ -215,4 +253,18 @@ class Runtime:
             if "compile_s" not in self.timings:  # compiled ahead by another runtime (ppo pipeline's warm-up)
                 self.timings["compile_s"] = _COMPILE_S.get(key, 0.0)
                 self.timings["compiled_ahead"] = 1.0
+        if self.padding:
+            return functools.partial(self._run_padded, _COMPILED[key])
         return _COMPILED[key]
+
+    def _run_padded(self, compiled: Any, state: Any, active: Any) -> tuple[Any, Any]:
+        """One chunk with :attr:`padding`: the host state (``n_rows`` rows) padded and placed, run, and
+        its real rows brought back to the host (the idle rows dropped) with the metrics'. Every row is
+        independent of the others, so the real rows compute what they compute without padding; the
+        round trip through host memory costs ~1 ms against a chunk's ~100 ms."""
+        import jax
+
+        n = self.n_rows
+        state, metrics = compiled(self.on_devices(state), self._padded_active(active))
+        keep = functools.partial(jax.tree.map, lambda x: x[:n])
+        return keep(jax.device_get(state)), keep(jax.device_get(metrics))

@@ -16,7 +16,8 @@ import pytest
 from ppo import PPOTrainer
 from tests.helpers import ROOT, small_config
 
-CASES = {"seed": {}, "env": {"train.seeds": [3]}}  # 2 seeds → 1 per device; 1 seed → 4 of its 8 envs each
+# 2 seeds → 1 per device; 1 seed → 4 of its 8 envs each; 3 seeds → 2 rows per device, one a padding row
+CASES = {"seed": {}, "env": {"train.seeds": [3]}, "padded": {"train.seeds": [0, 1, 2]}}
 
 SCRIPT = """
 import json, sys
@@ -34,11 +35,28 @@ for name, extra in cases.items():
     result = trainer.train()
     leaves = jax.tree.leaves(trainer.state.params)
     np.savez(sys.argv[2] + "/" + name + ".npz", *[np.asarray(x) for x in leaves])
+    placed = trainer.runtime.on_devices(trainer.state)  # where the next chunk would run it
+    obs = jax.tree.leaves(placed.obs)[0]
     out[name] = {"axis": trainer.sharding and trainer.sharding.axis, "devices": jax.device_count(),
-                 "shards": len(jax.tree.leaves(trainer.state.obs)[0].sharding.device_set),
+                 "shards": len(obs.sharding.device_set), "rows": obs.shape[0],
+                 "state_rows": jax.tree.leaves(trainer.state.obs)[0].shape[0],
                  "history": [[h["episodes"], h["avg_reward"]] for h in result["history"]]}
+# padded rows, stopped after 2 chunks and resumed: the same parameters as the uninterrupted "padded" run
+cfg = small_config(**{"train.checkpoint_dir": "ck-resume", **cases["padded"]})
+PPOTrainer(config=cfg).train(callback=lambda info: info["env_steps"] < 1280)
+resumed = PPOTrainer(config=cfg)
+out["resumed_from_chunk"] = resumed.train(resume=True)["resumed_from_chunk"]
+theirs = np.load(sys.argv[2] + "/padded.npz")
+out["resume_equal"] = all(np.array_equal(theirs[f"arr_{i}"], np.asarray(x))
+                          for i, x in enumerate(jax.tree.leaves(resumed.state.params)))
+from ppo.population import train_population
+pop = train_population(small_config(**{"train.seeds": [0]}), MEMBERS)  # 3 rows: padded to 4 on 2 devices
+out["population"] = pop.returns.tolist()
 print(json.dumps(out))
 """
+
+MEMBERS = [{"ppo.learning_rate": lr} for lr in (1e-3, 3e-3, 2e-3)]
+SCRIPT = SCRIPT.replace("cases, out =", f"MEMBERS = {MEMBERS!r}\ncases, out =")
 
 
 def test_sharded_training_follows_the_single_device_run(tmp_path, monkeypatch):
@@ -57,7 +75,11 @@ def test_sharded_training_follows_the_single_device_run(tmp_path, monkeypatch):
     assert jax.device_count() == 1
     for name, extra in CASES.items():
         got = sharded[name]
-        assert (got["axis"], got["devices"], got["shards"]) == (name, 2, 2)
+        axis = "seed" if name == "padded" else name
+        seeds = len(extra.get("train.seeds", [0, 1]))
+        assert (got["axis"], got["devices"], got["shards"]) == (axis, 2, 2)
+        # the padded run computes 4 rows, 2 per device, and hands back the 3 seeds' rows
+        assert (got["rows"], got["state_rows"]) == ((4, 3) if name == "padded" else (seeds, seeds))
         single = PPOTrainer(config=small_config(**{"train.checkpoint_dir": "single-" + name, **extra}))
         result = single.train()
         assert single.sharding is None
@@ -67,6 +89,12 @@ def test_sharded_training_follows_the_single_device_run(tmp_path, monkeypatch):
         theirs = np.load(tmp_path / f"{name}.npz")
         for i, leaf in enumerate(jax.tree.leaves(single.state.params)):
             np.testing.assert_allclose(theirs[f"arr_{i}"], np.asarray(leaf), rtol=0, atol=1e-5)
+    assert (sharded["resumed_from_chunk"], sharded["resume_equal"]) == (2, True)
+    # a population whose rows do not divide among the devices (padded) learns what it learns on one
+    from ppo.population import train_population
+
+    pop = train_population(small_config(**{"train.seeds": [0]}), MEMBERS)
+    np.testing.assert_allclose(np.array(sharded["population"]), pop.returns, rtol=0, atol=1e-4)
 
 
 def test_layouts():
@@ -79,7 +107,14 @@ def test_layouts():
     assert plan_for(small_config(), [cpu, cpu]).axis == "seed"
     six = plan_for(small_config(**{"train.seeds": [0, 1, 2, 3, 4, 5]}), [cpu] * 4)
     assert (six.axis, six.devices) == ("seed", 3)  # as many devices as divide the seeds
-    assert plan_for(small_config(**{"train.seeds": [0, 1, 2]}), [cpu, cpu]) is None  # quietly, on a CPU
+    assert six.rows is None  # no padding
+    # seeds no device count divides are padded on a CPU: 3 seeds -> 2 rows per device, the 4th an idle copy
+    three = plan_for(small_config(**{"train.seeds": [0, 1, 2]}), [cpu, cpu])
+    assert (three.axis, three.devices, three.rows) == ("seed", 2, 4)
+    five = plan_for(small_config(**{"train.seeds": [0, 1, 2, 3, 4]}), [cpu] * 4)
+    assert (five.devices, five.rows) == (3, 6)  # 2 rows per device: as few as 4 devices give, on 3 of them
+    seven = plan_for(small_config(**{"train.seeds": list(range(7))}), [cpu] * 2)
+    assert (seven.devices, seven.rows) == (2, 8)  # not 7 rows on one device
     assert plan_for(small_config(**{"train.seeds": [0]}), [cpu, cpu]) is None
     gpus = [SimpleNamespace(platform="gpu")] * 2
     with pytest.warns(RuntimeWarning, match="neither the 3 seeds nor the 5 envs divide"):
