@@ -55,9 +55,6 @@ app.registered_commands.extend(core.app.registered_commands)
 #: server and ``ppo ui`` all keep their runs in this one database, so each shows the others' history
 PREFECT_DIR = "prefect"
 
-#: the project's root: its scripts, and what a sweep's relative ``base`` is resolved against
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
 
 def _served_env() -> dict[str, str] | None:
     """The settings of the servers running for this $PPO_HOME, if their Prefect API answers, else None:
@@ -658,9 +655,9 @@ def sweep(
 
     try:
         loaded = load_sweep(spec)
-        # a relative base resolved as the flow's plan-sweep task resolves it (the project's root), so that
-        # what this command checks, groups and compiles ahead is what the flow trains
-        trials = trial_configs(loaded, root=PROJECT_ROOT)
+        # a relative base resolves as in the flow's plan-sweep task (ppo.sweep.trial_configs), so what
+        # this command checks, groups and compiles ahead is what the flow trains
+        trials = trial_configs(loaded)
     except ConfigError as e:
         fail(str(e))
     here = trains_here(len(group_trials([cfg for _, cfg in trials], loaded.populations)))
@@ -889,7 +886,9 @@ def ui(
             _wait_healthy("mlflow server", f"http://127.0.0.1:{mport}/health", started[-1], mlog)
         plog = logs / "ui-prefect.log"
         # the Host-checked server make serve runs (scripts/prefect_server.py: API, UI and services)
-        script = PROJECT_ROOT / "scripts" / "prefect_server.py"
+        from ppo.checkpoint import SOURCE_ROOT
+
+        script = SOURCE_ROOT / "scripts" / "prefect_server.py"
         prefect_cmd = [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(pport)]
         started.append(_background(prefect_cmd, env, plog))
         _wait_healthy("prefect server", f"http://127.0.0.1:{pport}/api/health", started[-1], plog)

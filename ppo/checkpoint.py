@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 CHECKPOINT_NAME = "checkpoint.msgpack"
 RESULT_NAME = "result.json"
-_ROOT = Path(__file__).resolve().parents[1]
+#: the checkout that holds ``ppo/`` and ``tasks/``: what :func:`code_version` digests, and where a sweep
+#: file's relative ``base`` resolves (:func:`ppo.sweep.trial_configs`)
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def source_digest(root: str | os.PathLike[str]) -> str:
@@ -44,8 +46,8 @@ def source_digest(root: str | os.PathLike[str]) -> str:
 def code_version() -> str:
     """This checkout's :func:`source_digest` (once per process): part of the checkpoint folder's name, so a
     re-run after a code change trains afresh instead of resuming a checkpoint of other code (the pipeline's
-    cache keys use the same digest, :func:`tasks._cache.code_version`)."""
-    return source_digest(_ROOT)
+    cache keys use the same function: ``tasks._cache`` imports it)."""
+    return source_digest(SOURCE_ROOT)
 
 
 def checkpoint_folder(config: Config, *, existing: bool = False) -> Path:

@@ -191,10 +191,14 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def trial_configs(spec: SweepSpec, root: Path | None = None) -> list[tuple[dict[str, Any], Config]]:
-    """Each trial's swept values and its full, validated config (base + fixed + swept)."""
+    """Each trial's swept values and its full, validated config (base + fixed + swept). A relative
+    ``base`` is a path in ``root``, by default the project's checkout
+    (:data:`ppo.checkpoint.SOURCE_ROOT`: ``configs/cartpole.yaml`` wherever the command runs)."""
+    from ppo.checkpoint import SOURCE_ROOT
+
     base = spec.base
-    if base is not None and root is not None and not Path(base).is_absolute():
-        base = str(root / base)
+    if base is not None and not Path(base).is_absolute():
+        base = str((root or SOURCE_ROOT) / base)
     out = []
     for i, point in enumerate(expand(spec)):
         try:

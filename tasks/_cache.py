@@ -7,7 +7,6 @@ arrays).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -18,19 +17,9 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 
-_ROOT = Path(__file__).resolve().parents[1]
-
-
-@functools.cache
-def code_version() -> str:
-    """A digest of every source file of ``ppo`` and ``tasks``, sub-packages (``ppo/tracking/``) included: part
-    of every cache key, so changing the code invalidates every cache. Computed on first use (a task's cache
-    key), once per process; the same digest names the checkpoint folder
-    (:func:`ppo.checkpoint.checkpoint_folder`)."""
-    from ppo.checkpoint import source_digest
-
-    return source_digest(_ROOT)
-
+# the digest of the sources of ppo and tasks (sub-packages included), computed on a task's first cache key,
+# once per process; the same function names the checkpoint folder (ppo.checkpoint owns it)
+from ppo.checkpoint import code_version
 
 _CODE = CacheKeyFnPolicy(cache_key_fn=lambda ctx, params: code_version())
 CACHED = INPUTS + TASK_SOURCE + _CODE

@@ -17,7 +17,6 @@ from prefect.cache_policies import NO_CACHE
 if TYPE_CHECKING:
     from ppo.config import Config
 
-_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = {"persist_result": True, "result_serializer": "json", "cache_policy": NO_CACHE}
 
 
@@ -28,7 +27,7 @@ def plan_sweep(sweep_path: str) -> dict[str, Any]:
     from ppo.sweep import eval_seeds, group_trials, load_sweep, pbt_of, trial_configs
 
     spec = load_sweep(sweep_path)
-    trials = trial_configs(spec, root=_ROOT)
+    trials = trial_configs(spec)
     groups = group_trials([cfg for _, cfg in trials], spec.populations)
     first = trials[0][1]
     client = tracking.client()

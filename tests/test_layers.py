@@ -102,12 +102,15 @@ def test_the_served_policy_imports_no_jax():
 
 def test_the_code_version_covers_subpackages(tmp_path, monkeypatch):
     """A change to any source of ``ppo`` or ``tasks``, sub-packages included, invalidates every cache."""
-    import tasks._cache as sources
+    import ppo.checkpoint as sources
+    import tasks._cache
+
+    assert tasks._cache.code_version is sources.code_version  # one digest for caches and checkpoints
 
     (tmp_path / "tasks").mkdir()
     store = tmp_path / "ppo" / "tracking" / "store.py"
     store.parent.mkdir(parents=True)
-    monkeypatch.setattr(sources, "_ROOT", tmp_path)
+    monkeypatch.setattr(sources, "SOURCE_ROOT", tmp_path)
     versions = []
     try:
         for text in ("a = 1\n", "a = 2\n"):
