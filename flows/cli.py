@@ -939,5 +939,7 @@ def ui(
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+if __name__ == "__main__":  # pragma: no cover - python -m flows.cli: the console script's way out
+    from flows.entry import main
+
+    main(app)

@@ -158,4 +158,4 @@ def test_the_console_script_is_the_full_command():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"ppo": "flows.cli:app"}
+    assert scripts == {"ppo": "flows.entry:main"}

@@ -1,0 +1,71 @@
+"""The ``ppo`` console script (flows/entry.py): the command's exit status and output, every exit handler
+run, the interpreter's teardown skipped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+def _run(tmp_path, argv: list[str], command: str = "") -> subprocess.CompletedProcess[str]:
+    """``flows.entry.main()`` with ``argv``, in a fresh interpreter; ``command`` runs first (as part of the
+    command's work, after the entry point registered its handler)."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.argv = ["ppo", *{argv!r}]
+        from flows.cli import app as real_app
+        from flows.entry import main
+
+        def app():
+            {command or "pass"}
+            real_app()
+
+        main(app)
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_exits_0_with_all_of_its_output(tmp_path):
+    out = _run(tmp_path, ["--help"])
+    assert out.returncode == 0, out.stderr
+    for command in ("train", "pipeline", "sweep", "promote", "ui"):
+        assert command in out.stdout
+
+
+def test_a_bad_config_keeps_its_exit_status_and_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo:\n  learning_rate: -1\n")
+    out = _run(tmp_path, ["pipeline", "-c", str(bad)])
+    assert out.returncode == 2
+    assert "learning_rate" in out.stderr
+
+
+def test_exit_handlers_registered_by_the_command_run_and_teardown_is_skipped(tmp_path):
+    ran, finalised = tmp_path / "handler-ran", tmp_path / "finalised"
+    command = (
+        "import atexit, os; "
+        f"atexit.register(lambda: open({str(ran)!r}, 'w').write('ok')); "
+        # an object that only the interpreter's teardown would finalise (it clears __main__'s names)
+        "sys.modules['__main__'].probe = type('P', (), {'__del__': lambda self, o=os.open, c=os.close: "
+        f"c(o({str(finalised)!r}, os.O_CREAT | os.O_WRONLY))}})()"
+    )
+    out = _run(tmp_path, ["--help"], command)
+    assert out.returncode == 0, out.stderr
+    assert ran.read_text() == "ok"
+    assert not finalised.exists()
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, 0), (4, 4), ("a message", 1)])
+def test_the_status_is_what_python_would_give(code, status):
+    from flows.entry import _status
+
+    assert _status(code) == status
