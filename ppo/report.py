@@ -232,7 +232,7 @@ def performance_profile(
     episodes with a return above tau, for the candidate's seeds ``[seeds, episodes]`` and the champion
     ``[episodes]`` side by side; the candidate's band is a 95% bootstrap over its seeds. A curve that
     lies above the other everywhere is better at every level of performance, not only on average."""
-    from ppo.stats import _percentile_ci
+    from ppo.stats import percentile_band
 
     plt = _plt()
     cand = np.atleast_2d(np.asarray(candidate, float))
@@ -250,9 +250,11 @@ def performance_profile(
         ax.plot(taus, profile(r.ravel()[None])[0], lw=2, color=f"C{i}", label=f"{label} ({r.size} episodes)")
         if r.shape[0] > 1:  # seeds resampled with replacement, each with all its episodes
             idx = np.random.default_rng(0).integers(0, r.shape[0], size=(1000, r.shape[0]))
-            boot = profile(r[idx].reshape(1000, -1))
-            band = np.array([_percentile_ci(boot[:, t], 0.95) for t in range(taus.size)])
-            ax.fill_between(taus, band[:, 0], band[:, 1], color=f"C{i}", alpha=0.2)
+            # every seed has as many episodes, so a resample's pooled profile is the mean of its seeds'
+            # profiles: [1000, seeds, taus] from the seeds' own, not 1000 x all episodes x taus compared
+            boot = profile(r)[idx].mean(axis=1)
+            low, high = percentile_band(boot, 0.95)
+            ax.fill_between(taus, low, high, color=f"C{i}", alpha=0.2)
     ax.set_ylim(-0.02, 1.02)
     title = "Performance profile (greedy evaluation episodes)"
     return _finish(fig, ax, path, "return threshold tau", "fraction of episodes with return > tau", title)

@@ -61,9 +61,16 @@ def _as_2d(returns: Any, name: str = "returns") -> np.ndarray:
     return r
 
 
-def _percentile_ci(boot: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_band(boot: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of bootstrap draws ``boot`` ``[n_boot, ...]`` at each point of the other
+    axes (one quantile call for a whole curve's band)."""
     alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
+    return lo, hi
+
+
+def _percentile_ci(boot: np.ndarray, confidence: float) -> tuple[float, float]:
+    lo, hi = percentile_band(np.ravel(boot), confidence)
     return float(lo), float(hi)
 
 
