@@ -8,7 +8,8 @@ The exit handlers still run, all of them (the embedded Prefect API's stop, Prefe
 workers, Ray's shutdown, MLflow's async logging): this one is registered before anything else is
 imported, so it runs after them; then stdout and stderr are flushed and the process ends with the
 command's exit status (``os._exit``). What is skipped is only the freeing of memory the kernel frees
-anyway.
+anyway. So a training program still compiling ahead when the command ends (a Ctrl-C during ppo
+pipeline's start-up) is abandoned, not waited for (:data:`ppo.runtime.ABANDON_COMPILES_AT_EXIT`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def _leave(status: list[int]) -> None:
 def main(app: Callable[[], Any] | None = None) -> None:
     """Run ``ppo`` (``app``, default :data:`flows.cli.app`; ``python -m flows.cli`` passes its own); the
     exit status is the command's (uncaught errors: 1, Ctrl-C outside a command's own handling: 130)."""
+    from ppo import runtime
+
     status = [1]
     atexit.register(_leave, status)  # registered before the command runs, so it runs after its handlers
+    runtime.ABANDON_COMPILES_AT_EXIT = True  # safe: this process never finalises under a running compile
     try:
         if app is None:
             from flows.cli import app

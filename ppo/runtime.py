@@ -13,12 +13,21 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ppo.config import Config, ppo_home
+
+#: Whether a process may end while a chunk compiles ahead (:meth:`Runtime.compile_ahead`) without waiting
+#: for it. Python waits at exit for every thread that is not a daemon, and finalising the interpreter
+#: under a daemon thread that is still inside XLA's compiler crashed it (SIGSEGV): so by default the
+#: compile is waited for, as before. The ``ppo`` command (flows/entry.py) sets it: it leaves with
+#: ``os._exit`` once its exit handlers ran, never finalising, so a Ctrl-C during ``ppo pipeline``'s
+#: start-up no longer waits for the compile (Breakout-MinAtar: 6-7 s).
+ABANDON_COMPILES_AT_EXIT = False
 
 #: Built programs and compiled chunks, per config hash.
 _PROGRAMS: dict[tuple[str, int | None], Any] = {}
@@ -235,9 +244,18 @@ class Runtime:
 
         shapes = self.state_shapes()
         active = jax.ShapeDtypeStruct((self.n_rows,), bool)
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ppo-compile")
-        _COMPILED[key] = pool.submit(self.compile, shapes, active, num_updates)
-        pool.shutdown(wait=False)
+        job: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            job.set_running_or_notify_cancel()
+            try:
+                job.set_result(self.compile(shapes, active, num_updates))
+            except BaseException as e:  # noqa: BLE001 - handed to chunk_fn, which compiles again
+                job.set_exception(e)
+
+        thread = threading.Thread(target=run, name="ppo-compile", daemon=ABANDON_COMPILES_AT_EXIT)
+        thread.start()
+        _COMPILED[key] = job
 
     def chunk_fn(self, state: Any, active: Any, num_updates: int) -> Any:
         """The compiled chunk for ``num_updates`` updates (compiling it, or waiting for compile-ahead)."""

@@ -30,7 +30,7 @@ def _run(tmp_path, argv: list[str], command: str = "") -> subprocess.CompletedPr
         """
     )
     return subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=100
     )
 
 
@@ -69,3 +69,23 @@ def test_the_status_is_what_python_would_give(code, status):
     from flows.entry import _status
 
     assert _status(code) == status
+
+
+def test_a_command_ending_while_its_program_compiles_ahead_does_not_wait_for_it(tmp_path):
+    # a Ctrl-C during ppo pipeline's start-up: the compile thread is a daemon, the exit does not join it,
+    # and the process leaves (os._exit) without finalising under it (which would crash: SIGSEGV)
+    done = tmp_path / "compile-done-at-exit"
+    command = (
+        "import atexit, threading; "
+        "from tests.helpers import small_config; "
+        "from ppo.trainer import PPOTrainer; "
+        "from ppo.runtime import _COMPILED; "
+        "PPOTrainer(config=small_config()).runtime.compile_ahead(2); "
+        "(job,) = _COMPILED.values(); "
+        "(thread,) = [t for t in threading.enumerate() if t.name == 'ppo-compile']; "
+        f"atexit.register(lambda: open({str(done)!r}, 'w').write(f'{{thread.daemon}} {{job.done()}}')); "
+        "raise SystemExit(130)"  # what click makes of the interrupted command's typer.Exit(130)
+    )
+    out = _run(tmp_path, ["--help"], command)
+    assert out.returncode == 130, out.stderr[-2000:]
+    assert done.read_text() == "True False"

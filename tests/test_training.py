@@ -196,3 +196,30 @@ def test_a_trainer_from_a_config_has_its_agent_before_training_but_evaluates_onl
     assert actions.shape == (3,) and trainer.agent.hidden_sizes == (16,)
     with pytest.raises(RuntimeError, match="no trained agent"):
         trainer.evaluate(num_episodes=1)
+
+
+def test_outside_the_ppo_command_a_process_waits_for_its_compile_ahead_at_exit(tmp_path):
+    """A script (not the ``ppo`` command) that ends while a chunk compiles ahead waits for the compile:
+    ending the interpreter under a daemon thread inside XLA's compiler crashed it (SIGSEGV)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    script = (
+        "import atexit, sys\n"
+        "from tests.helpers import small_config\n"
+        "from ppo.trainer import PPOTrainer\n"
+        "from ppo.runtime import _COMPILED\n"
+        "PPOTrainer(config=small_config()).runtime.compile_ahead(2)\n"
+        "(job,) = _COMPILED.values()\n"
+        "atexit.register(lambda: print('done at exit:', job.done(), flush=True))\n"
+        "sys.exit(7)\n"
+    )
+    env = {**os.environ, "PPO_HOME": str(tmp_path), "PPO_JAX_CACHE": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 7, out.stderr[-2000:]
+    assert "done at exit: True" in out.stdout
