@@ -686,10 +686,17 @@ def _print_sweep(summary: dict[str, Any]) -> None:
     swept = [k for k in rows[0] if k not in fixed and not k.startswith("final.")]  # pbt's: in the csv
     from rich import box
 
-    # compact: header names wrap rather than being cut, no outer border
-    table = Table(title=f"sweep-ppo: {len(rows)} trials, best first", box=box.SIMPLE_HEAD, pad_edge=False)
-    names = [k.rsplit(".", 1)[-1] for k in swept]
-    for col in ["trial", *names, "score", "held-out", "env steps", "wall s"]:
+    # compact: no outer border, and each header's words on lines of their own (learning / rate): with
+    # one-line headers the shipped sweep's four keys made the table wider than 80 columns and rich then
+    # folded the values themselves (0.0043 over 35)
+    table = Table(
+        title=f"sweep-ppo: {len(rows)} trials, best first",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    names = [k.rsplit(".", 1)[-1].replace("_", "\n") for k in swept]
+    for col in ["trial", *names, "score", "held-\nout", "env\nsteps", "wall s"]:
         table.add_column(col, justify="right", overflow="fold")
     table.caption = "score: selection score (it ranks); held-out: the chosen trial on unseen episodes"
     for row in rows:
