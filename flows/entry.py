@@ -4,12 +4,14 @@ interpreter's teardown.
 Why: once a command is done, Python's shutdown still tears down every module it imported, and with
 JAX, MLflow and Prefect loaded that took 0.5-1.5 s on this 2-core machine (measured: 1.5 s after the
 last exit handler of ``ppo pipeline``) during which the user, a CI job or a test waits for nothing.
-The exit handlers still run, all of them (the embedded Prefect API's stop, Prefect's log and event
-workers, Ray's shutdown, MLflow's async logging): this one is registered before anything else is
-imported, so it runs after them; then stdout and stderr are flushed and the process ends with the
-command's exit status (``os._exit``). What is skipped is only the freeing of memory the kernel frees
-anyway. So a training program still compiling ahead when the command ends (a Ctrl-C during ppo
-pipeline's start-up) is abandoned, not waited for (:data:`ppo.runtime.ABANDON_COMPILES_AT_EXIT`).
+What still runs, as before: the threads that are not daemons are joined (Prefect drains its log and
+event workers there), and every exit handler runs (the embedded Prefect API's stop, Ray's shutdown,
+MLflow's async logging, temporary directories' clean-up): this handler is registered before the command
+imports anything, so it runs after them; then it flushes stdout and stderr and ends the process with the
+command's exit status (``os._exit``). What is skipped: freeing the modules and their objects (no code of
+this project relies on a finaliser then; its files are written atomically and closed where written).
+Daemon threads are not waited for: among them a training program still compiling ahead when the command
+ends (a Ctrl-C during ``ppo pipeline``'s start-up), see :data:`ppo.runtime.ABANDON_COMPILES_AT_EXIT`.
 """
 
 from __future__ import annotations
@@ -32,24 +34,41 @@ def _status(code: object) -> int:
 
 
 def _leave(status: list[int]) -> None:
-    import logging
+    """The last exit handler: logging's shutdown, the standard streams flushed, ``os._exit``; whatever
+    happens on the way (a stream that is None or closed, a second Ctrl-C), the process ends here, never
+    in a teardown under an abandoned compile."""
+    code = status[0]
+    try:
+        import logging
 
-    logging.shutdown()  # registered before this handler when logging came first: run it here
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (ppo ... | head), or a stream closed already
-            pass
-    os._exit(status[0])
+        logging.shutdown()  # registered before this handler (logging is imported first): run it here
+        for stream in {id(s): s for s in (sys.stdout, sys.__stdout__)}.values():
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                # as Python does when it cannot flush stdout at exit (a full disk, a closed pipe): 120, so
+                # a JSON result that did not reach its file is not reported as a success
+                code = code or 120
+        for stream in {id(s): s for s in (sys.stderr, sys.__stderr__)}.values():
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+    except BaseException:  # noqa: BLE001, S110 - leave anyway, with the command's status
+        pass
+    finally:
+        os._exit(code)
 
 
 def main(app: Callable[[], Any] | None = None) -> None:
     """Run ``ppo`` (``app``, default :data:`flows.cli.app`; ``python -m flows.cli`` passes its own); the
     exit status is the command's (uncaught errors: 1, Ctrl-C outside a command's own handling: 130)."""
-    from ppo import runtime
-
     status = [1]
     atexit.register(_leave, status)  # registered before the command runs, so it runs after its handlers
+    from ppo import runtime
+
     runtime.ABANDON_COMPILES_AT_EXIT = True  # safe: this process never finalises under a running compile
     try:
         if app is None:

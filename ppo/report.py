@@ -221,6 +221,26 @@ def _picture(frame: np.ndarray) -> Any:
     return picture.resize((300, 200), Image.Resampling.NEAREST if small else Image.Resampling.BICUBIC)
 
 
+def _profile(returns: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """``[..., episodes]`` -> ``[..., taus]``: the fraction of episodes with a return above each tau."""
+    return (returns[..., None] > taus).mean(axis=-2)
+
+
+def profile_band(
+    returns: np.ndarray, taus: np.ndarray, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The performance profile's percentile-bootstrap band over seeds: ``returns`` ``[seeds, episodes]``,
+    seeds resampled with replacement, each with all its episodes, the resample's episodes pooled.
+
+    Every seed has as many episodes, so a resample's pooled profile is the mean of its seeds' profiles:
+    ``[n_boot, seeds, taus]`` from the seeds' own, instead of comparing n_boot x all episodes x taus
+    (100M booleans for 5 seeds x 100 episodes, 0.4 s)."""
+    from ppo.stats import percentile_band
+
+    idx = np.random.default_rng(seed).integers(0, returns.shape[0], size=(n_boot, returns.shape[0]))
+    return percentile_band(_profile(returns, taus)[idx].mean(axis=1), confidence)
+
+
 def performance_profile(
     candidate: np.ndarray,
     champion: np.ndarray | None,
@@ -232,8 +252,6 @@ def performance_profile(
     episodes with a return above tau, for the candidate's seeds ``[seeds, episodes]`` and the champion
     ``[episodes]`` side by side; the candidate's band is a 95% bootstrap over its seeds. A curve that
     lies above the other everywhere is better at every level of performance, not only on average."""
-    from ppo.stats import percentile_band
-
     plt = _plt()
     cand = np.atleast_2d(np.asarray(candidate, float))
     rows = [cand] + ([np.atleast_2d(np.asarray(champion, float))] if champion is not None else [])
@@ -242,19 +260,17 @@ def performance_profile(
     lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
     taus = np.linspace(lo, hi, 201) if hi > lo else np.array([lo - 1.0, lo, lo + 1.0])
 
-    def profile(r: np.ndarray) -> np.ndarray:  # [..., episodes] -> [..., taus]
-        return (r[..., None] > taus).mean(axis=-2)
-
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for i, (r, label) in enumerate(zip(rows, labels, strict=False)):
-        ax.plot(taus, profile(r.ravel()[None])[0], lw=2, color=f"C{i}", label=f"{label} ({r.size} episodes)")
+        ax.plot(
+            taus,
+            _profile(r.ravel()[None], taus)[0],
+            lw=2,
+            color=f"C{i}",
+            label=f"{label} ({r.size} episodes)",
+        )
         if r.shape[0] > 1:  # seeds resampled with replacement, each with all its episodes
-            idx = np.random.default_rng(0).integers(0, r.shape[0], size=(1000, r.shape[0]))
-            # every seed has as many episodes, so a resample's pooled profile is the mean of its seeds'
-            # profiles: [1000, seeds, taus] from the seeds' own, not 1000 x all episodes x taus compared
-            boot = profile(r)[idx].mean(axis=1)
-            low, high = percentile_band(boot, 0.95)
-            ax.fill_between(taus, low, high, color=f"C{i}", alpha=0.2)
+            ax.fill_between(taus, *profile_band(r, taus), color=f"C{i}", alpha=0.2)
     ax.set_ylim(-0.02, 1.02)
     title = "Performance profile (greedy evaluation episodes)"
     return _finish(fig, ax, path, "return threshold tau", "fraction of episodes with return > tau", title)

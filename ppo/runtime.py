@@ -247,7 +247,8 @@ class Runtime:
         job: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def run() -> None:
-            job.set_running_or_notify_cancel()
+            if not job.set_running_or_notify_cancel():  # cancelled before it started
+                return
             try:
                 job.set_result(self.compile(shapes, active, num_updates))
             except BaseException as e:  # noqa: BLE001 - handed to chunk_fn, which compiles again

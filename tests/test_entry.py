@@ -3,9 +3,11 @@ run, the interpreter's teardown skipped."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -29,9 +31,56 @@ def _run(tmp_path, argv: list[str], command: str = "") -> subprocess.CompletedPr
         main(app)
         """
     )
+    env = {**os.environ, "PPO_HOME": str(tmp_path / "home")}
     return subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=100
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100
     )
+
+
+def test_the_console_script_and_python_m_flows_cli_go_through_the_entry_point(tmp_path):
+    # main() as the console script calls it (no app: it imports flows.cli itself, after its handler is
+    # registered), and python -m flows.cli: both leave with the command's status and all of its output
+    env = {**os.environ, "PPO_HOME": str(tmp_path)}
+    for argv in (
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv = ['ppo', '--help']; from flows.entry import main; main()",
+        ],
+        [sys.executable, "-m", "flows.cli", "--help"],
+    ):
+        out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+        assert out.returncode == 0, out.stderr
+        assert "pipeline" in out.stdout and "sweep" in out.stdout
+
+
+def test_a_result_that_cannot_be_written_is_not_a_success(tmp_path):
+    # the pipeline's JSON line to a full disk: it stays in stdout's buffer until the last flush, which
+    # fails; Python says 120 when it cannot flush stdout at exit, and so does ppo (not the command's 0)
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    script = (
+        "from flows.entry import main\n"
+        "def app():\n"
+        '    print(\'{"outcome": "promoted"}\')\n'
+        "    raise SystemExit(0)\n"
+        "main(app)\n"
+    )
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            # block-buffered stdout, as in a plain shell (this one may export PYTHONUNBUFFERED)
+            env={
+                **{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+                "PPO_HOME": str(tmp_path),
+            },
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=100,
+        )
+    assert out.returncode == 120, out.stderr
 
 
 def test_help_exits_0_with_all_of_its_output(tmp_path):

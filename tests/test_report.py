@@ -319,3 +319,18 @@ def test_the_report_has_a_performance_profile_and_the_probability_of_improvement
     md = Path(files["report_md"]).read_text()
     assert "Performance profile" in md
     assert "P(deployed beats champion on a start state) | 1" in md  # +5 on every start state
+
+
+def test_the_performance_profiles_band_is_the_pooled_bootstrap_of_the_seeds():
+    # the band is computed from the seeds' own profiles; it must be what resampling the seeds and pooling
+    # their episodes gives (the plain, slow way), at every tau
+    from ppo.report import profile_band
+
+    returns = np.random.default_rng(3).normal(200, 80, size=(5, 40))
+    taus = np.linspace(-50, 450, 41)
+    low, high = profile_band(returns, taus, n_boot=300, seed=7)
+    idx = np.random.default_rng(7).integers(0, 5, size=(300, 5))
+    pooled = (returns[idx].reshape(300, -1)[..., None] > taus).mean(axis=1)  # [n_boot, taus]
+    np.testing.assert_allclose(low, np.quantile(pooled, 0.025, axis=0), atol=1e-12)
+    np.testing.assert_allclose(high, np.quantile(pooled, 0.975, axis=0), atol=1e-12)
+    assert (low <= high).all() and low[0] > 0.9 and high[-1] < 0.1
