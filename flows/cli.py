@@ -605,6 +605,10 @@ def pipeline(
         checked = require_gate_threshold(load_or_exit(config, set_))
     except ConfigError as e:
         fail(str(e))
+    # the first thing a person sees: the flow's own lines start only once its Prefect API answers and the
+    # start-up work is done (~9 s on a cold 2-core machine)
+    seeds = "fresh seeds (a challenger)" if retrain else f"seeds {list(checked.train.seeds)}"
+    console.print(f"pipeline {config}: {checked.env.id}, {seeds}; starting Prefect", highlight=False)
     summary = _run_flow(
         "flows.train_ppo:train_ppo",
         "the flow run is marked Crashed, its MLflow run KILLED and the last checkpoint kept: run the same "
