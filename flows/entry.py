@@ -33,6 +33,17 @@ def _status(code: object) -> int:
     return 1
 
 
+def _flushed(*streams: Any) -> bool:
+    """Flush each distinct stream (a stream may be None, or closed); whether all of them flushed."""
+    ok = True
+    for stream in {id(s): s for s in streams if s is not None}.values():
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            ok = False
+    return ok
+
+
 def _leave(status: list[int]) -> None:
     """The last exit handler: logging's shutdown, the standard streams flushed, ``os._exit``; whatever
     happens on the way (a stream that is None or closed, a second Ctrl-C), the process ends here, never
@@ -42,20 +53,11 @@ def _leave(status: list[int]) -> None:
         import logging
 
         logging.shutdown()  # registered before this handler (logging is imported first): run it here
-        for stream in {id(s): s for s in (sys.stdout, sys.__stdout__)}.values():
-            try:
-                if stream is not None:
-                    stream.flush()
-            except (OSError, ValueError):
-                # as Python does when it cannot flush stdout at exit (a full disk, a closed pipe): 120, so
-                # a JSON result that did not reach its file is not reported as a success
-                code = code or 120
-        for stream in {id(s): s for s in (sys.stderr, sys.__stderr__)}.values():
-            try:
-                if stream is not None:
-                    stream.flush()
-            except (OSError, ValueError):
-                pass
+        if not _flushed(sys.stdout, sys.__stdout__):
+            # as Python does when it cannot flush stdout at exit (a full disk, a closed pipe): 120, so a
+            # JSON result that did not reach its file is not reported as a success
+            code = code or 120
+        _flushed(sys.stderr, sys.__stderr__)
     except BaseException:  # noqa: BLE001, S110 - leave anyway, with the command's status
         pass
     finally:

@@ -264,7 +264,7 @@ def performance_profile(
     for i, (r, label) in enumerate(zip(rows, labels, strict=False)):
         ax.plot(
             taus,
-            _profile(r.ravel()[None], taus)[0],
+            _profile(r.ravel(), taus),
             lw=2,
             color=f"C{i}",
             label=f"{label} ({r.size} episodes)",
